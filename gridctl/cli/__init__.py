@@ -1,0 +1,47 @@
+"""The root Typer app and the one place errors become messages and exit codes.
+
+`main` is the console script. Command modules register themselves on `app`; each parses, calls one
+function and renders through cli/render.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import EXIT_USAGE, GridctlError
+
+app = typer.Typer(
+    name="gridctl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Keep GPU workloads alive on fleets of GPU machines: probe nodes over SSH, quarantine the sick ones.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+describe_app = typer.Typer(no_args_is_help=True, help="Show one object in detail.")
+app.add_typer(describe_app, name="describe")
+
+from . import admin, fleetcmds, nodes  # noqa: E402,F401  (registration by import)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code or 0)
+    except GridctlError as e:
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # click usage errors and friends
+        import click
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
+        raise

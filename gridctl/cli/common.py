@@ -1,0 +1,35 @@
+"""Options and helpers shared by the command modules: which fleet file, which store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+FleetOption = typer.Option(None, "-f", "--fleet", help="Fleet spec (default: $GRIDCTL_FLEET, else ./fleet.yaml).")
+JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable interface, see README).")
+
+
+def load(fleet_path: Optional[Path]):
+    """-> (fleet spec, store path). Raises ConfigError."""
+    from ..spec import default_fleet_path, load_fleet, state_path
+    fleet = load_fleet(fleet_path or default_fleet_path())
+    return fleet, state_path(fleet)
+
+
+def open_store(db_path: Path, *, create: bool = False):
+    from ..store import connect
+    return connect(db_path, create=create)
+
+
+def node_json(node, max_temp: float | None = None) -> dict:
+    """The documented JSON object for a stored node (nodes --json)."""
+    from .render import iso
+    return {
+        "name": node.name, "pool": node.pool, "provider": node.provider, "host": node.host,
+        "state": node.state.value, "cordoned": node.cordoned, "cordon_reason": node.cordon_reason or None,
+        "health": node.health.value, "reason": node.reason, "findings": [f.to_json() for f in node.findings],
+        "gpus_seen": node.gpus_seen, "gpus_expected": node.gpus_expected, "max_temp_c": max_temp,
+        "last_seen": iso(node.last_seen), "state_since": iso(node.state_since),
+    }

@@ -1,0 +1,157 @@
+"""Fleet-wide commands: validate, probe (read-only sweep), reconcile (one pass or a loop)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
+from . import app
+from .common import FleetOption, JsonOption, load, node_json, open_store
+from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, iso, styled
+
+
+@app.command()
+def validate(fleet_path: Optional[Path] = FleetOption) -> None:
+    """Check a fleet spec: every problem with file, line and field."""
+    fleet, _ = load(fleet_path)
+    import providers
+    console.print(f"ok: {len(fleet.pools)} pools, {fleet.node_count()} nodes")
+    for pool in fleet.pools:
+        try:
+            providers.get(pool.provider)
+        except providers.ProviderUnavailable as e:
+            err_console.print(f"note: pool {pool.name}: {e}", markup=False)
+
+
+@app.command()
+def probe(
+    nodes: List[str] = typer.Argument(None, help="Only these nodes (default: all)."),
+    fleet_path: Optional[Path] = FleetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Probe every node once over SSH, concurrently, and show what each one says. Changes no state.
+
+    Exit 0 when every node probed is healthy, 1 otherwise.
+    """
+    from ..health import classify
+    from ..reconcile.observe import Transports, sweep, take_inventory
+
+    fleet, db_path = load(fleet_path)
+    inventory = take_inventory(fleet, db_path.parent)
+    chosen = inventory.nodes
+    if nodes:
+        known = {n.name for n in inventory.nodes}
+        unknown = [n for n in nodes if n not in known]
+        if unknown:
+            raise ConfigError(f"no node named {', '.join(unknown)} in the fleet (known: {', '.join(sorted(known))})")
+        chosen = [n for n in inventory.nodes if n.name in nodes]
+    for pool, why in inventory.failed_pools.items():
+        err_console.print(f"warning: pool {pool}: {why}", markup=False, style="yellow")
+    transports = Transports()
+    try:
+        observations = sweep(chosen, transports, probe_timeout=fleet.health.probe_timeout,
+                             concurrency=fleet.health.concurrency)
+    finally:
+        transports.close()
+    stored = _stored_states(db_path)
+    rows = []
+    for inv in chosen:
+        obs = observations[inv.name]
+        verdict = classify(obs, inv.expect)
+        temps = [g.temperature_c for g in obs.gpus if g.temperature_c is not None]
+        rows.append({
+            "name": inv.name, "pool": inv.pool, "provider": inv.provider, "host": inv.target.host,
+            "state": stored.get(inv.name), "health": verdict.health.value, "reason": verdict.reason,
+            "findings": [f.to_json() for f in verdict.findings], "gpus_seen": len(obs.gpus) if obs.gpus or obs.smi_rc is not None else None,
+            "gpus_expected": inv.expect.gpus, "max_temp_c": max(temps) if temps else None,
+            "probe_s": round(obs.duration_s, 3), "last_seen": iso(obs.started_at) if obs.complete else None,
+        })
+    emit(rows, [
+        ("name", "NODE", None),
+        ("health", "HEALTH", lambda r: styled(r["health"], HEALTH_STYLE)),
+        ("reason", "FINDINGS", lambda r: r["reason"]),
+        ("gpus", "GPUS", lambda r: f"{r['gpus_seen'] if r['gpus_seen'] is not None else '-'}/{r['gpus_expected']}"),
+        ("max_temp_c", "MAX TEMP", lambda r: "-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
+        ("probe_s", "PROBE", lambda r: f"{r['probe_s']:.2f}s"),
+    ], as_json=as_json, empty="no nodes in the fleet")
+    raise typer.Exit(EXIT_OK if all(r["health"] == "healthy" for r in rows) else EXIT_FAILED)
+
+
+def _stored_states(db_path: Path) -> dict[str, str]:
+    """Read-only peek at decided states, when a store exists; probe never writes."""
+    if not db_path.exists():
+        return {}
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+        try:
+            return {r[0]: r[1] for r in conn.execute("SELECT name, state FROM nodes")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+
+
+@app.command()
+def reconcile(
+    fleet_path: Optional[Path] = FleetOption,
+    loop: bool = typer.Option(False, "--loop", help="Repeat passes until interrupted, reusing SSH connections."),
+    interval: Optional[str] = typer.Option(None, "--interval", help="Time between pass starts in --loop (default: health.interval)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only events and warnings."),
+) -> None:
+    """One idempotent health pass: inventory, probe, judge, record events. Safe from cron."""
+    from ..reconcile import PassLock, reconcile_once
+    from ..reconcile.observe import Transports
+    from ..spec import parse_duration
+
+    fleet, db_path = load(fleet_path)
+    try:
+        every = parse_duration(interval) if interval is not None else fleet.health.interval
+    except ValueError as e:
+        raise ConfigError(f"--interval: {e}") from None
+    conn = open_store(db_path, create=True)
+    lock = PassLock(db_path)
+    transports = Transports()
+    try:
+        while True:
+            began = time.monotonic()
+            if not lock.acquire():
+                pid, since = lock.holder()
+                console.print(f"another reconcile is running (pid {pid or '?'}, since {iso(since) or '?'})")
+                if not loop:
+                    return
+            else:
+                try:
+                    report = reconcile_once(fleet, conn, transports, db_path.parent)
+                finally:
+                    lock.release()
+                _print_report(report, quiet)
+            if not loop:
+                return
+            time.sleep(max(0.0, every - (time.monotonic() - began)))
+    finally:
+        transports.close()
+        conn.close()
+
+
+def _print_report(report, quiet: bool) -> None:
+    for event in report.events:
+        style = {"alert": "bold red", "warning": "yellow"}.get(event.severity, "")
+        who = f"{event.node}: " if event.node else ""
+        line = f"{event.kind:<16} {who}{event.message}"
+        console.print(f"[{style}]{line}[/{style}]" if style else line, markup=bool(style))
+    for scope in sorted(report.partitions):
+        err_console.print(f"[bold red]WARNING: {scope} partition suspected: most nodes are silent; "
+                          "not quarantining silent nodes until they answer.[/bold red]")
+    if quiet:
+        return
+    counts: dict[str, int] = {}
+    for node in report.nodes:
+        counts[node.state.value] = counts.get(node.state.value, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"pass {report.duration_s:.1f}s: {len(report.nodes)} nodes ({states or 'none'}), "
+                  f"{len(report.events)} events")

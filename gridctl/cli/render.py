@@ -1,0 +1,65 @@
+"""The one output helper: a rich table on a terminal, or the stable --json array (DESIGN section 8).
+
+Called by every read command in gridctl/cli/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STATE_STYLE = {"ready": "green", "suspect": "yellow", "quarantined": "red", "provisioning": "cyan",
+               "terminating": "magenta", "terminated": "dim"}
+HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red",
+                "unknown": "dim"}
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def ago(t: float | None, now: float | None = None) -> str:
+    if t is None:
+        return "never"
+    s = max(0, (now or time.time()) - t)
+    if s < 90:
+        return f"{s:.0f}s ago"
+    if s < 5400:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+Column = tuple[str, str, Callable[[dict], Any] | None]   # (key, header, cell renderer)
+
+
+def emit(rows: Sequence[dict], columns: Sequence[Column], *, as_json: bool, title: str | None = None,
+         empty: str = "nothing to show") -> None:
+    """Print rows as JSON (all keys) or as a table of the given columns."""
+    if as_json:
+        sys.stdout.write(json.dumps(list(rows), indent=2, default=str) + "\n")
+        return
+    if not rows:
+        console.print(empty)
+        return
+    table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+    for _, header, _ in columns:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*[str(fn(row) if fn else row.get(key, "")) for key, _, fn in columns])
+    console.print(table)
+
+
+def styled(value: str, styles: dict[str, str]) -> str:
+    style = styles.get(value)
+    return f"[{style}]{value}[/{style}]" if style else value

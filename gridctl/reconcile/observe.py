@@ -1,0 +1,196 @@
+"""Gather facts for a pass: what the providers list (inventory) and what every node's probe says.
+
+Called by reconcile_once and by `gridctl probe` (which only reads). Network I/O happens here and
+nowhere near a database transaction.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import providers
+from providers.base import Instance, InstanceState, ProviderError
+
+from ..connect import connect_many, raise_fd_limit
+from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
+from ..health import Expectation
+from ..models import Contact, Observation
+from ..probe import PROBE_SCRIPT, ProbeBudget, parse_probe, probe_command
+from ..spec import Fleet, SshSettings
+from ..transport import LocalTransport, SshTransport, Target
+
+DEFAULT_KNOWN_HOSTS = Path("~/.config/gridctl/known_hosts")
+DEFAULT_WORK_DIR = "~/.gridctl"
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+
+
+@dataclass(frozen=True)
+class InventoryNode:
+    """One node the fleet has now, with how to reach it and what it should look like."""
+
+    name: str
+    pool: str
+    provider: str
+    target: Target
+    expect: Expectation
+    work_dir: str
+
+
+@dataclass(frozen=True)
+class Inventory:
+    nodes: list[InventoryNode]
+    failed_pools: dict[str, str]     # pool -> why its listing failed (its nodes are left alone)
+
+
+class Transports:
+    """The transports of one process; kept across passes in --loop so SSH connections are reused."""
+
+    def __init__(self) -> None:
+        self.ssh = SshTransport()
+        self.local = LocalTransport()
+
+    def for_target(self, target: Target):
+        return self.local if target.local_dir is not None else self.ssh
+
+    def close(self) -> None:
+        self.ssh.close()
+
+
+def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
+    """Ask every pool's provider what exists. A pool that fails is reported, not fatal."""
+    ssh_config = _load_ssh_config()
+    nodes, failed = [], {}
+    for pool in fleet.pools:
+        try:
+            instances = providers.get(pool.provider)(fleet.fleet, pool, state_dir).list_instances()
+        except ProviderError as e:
+            failed[pool.name] = str(e)
+            continue
+        expect = Expectation(gpus=pool.gpu.count, max_gpu_temp_c=fleet.health.max_gpu_temp_c,
+                             min_disk_free_pct=fleet.health.min_disk_free_pct,
+                             probe_timeout_s=fleet.health.probe_timeout)
+        spec_nodes = {n.name: n for n in getattr(pool, "nodes", [])}
+        for inst in sorted(instances.values(), key=lambda i: i.id):
+            if inst.state is not InstanceState.RUNNING:
+                continue
+            target = _target(inst, spec_nodes.get(inst.id), pool.ssh, fleet.ssh, ssh_config)
+            work_dir = pool.ssh.work_dir or fleet.ssh.work_dir or DEFAULT_WORK_DIR
+            nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir))
+    return Inventory(nodes, failed)
+
+
+def _load_ssh_config():
+    import paramiko
+    path = Path(os.path.expanduser("~/.ssh/config"))
+    if not path.is_file():
+        return None
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except Exception:  # a config paramiko cannot read must not stop the sweep; OpenSSH would say why
+        return None
+
+
+def _target(inst: Instance, node, pool_ssh: SshSettings, fleet_ssh: SshSettings, ssh_config) -> Target:
+    def pick(attr: str, own=None):
+        for value in (own, getattr(pool_ssh, attr), getattr(fleet_ssh, attr)):
+            if value is not None:
+                return value
+        return None
+
+    if inst.local_dir is not None:
+        from providers.local import sim_env
+        return Target(name=inst.id, host="local", local_dir=inst.local_dir, local_env=sim_env(inst.local_dir))
+    return _ssh_target(inst.id, inst.host, port=pick("port", inst.port), user=pick("user", inst.user),
+                       key=pick("key", getattr(node, "key", None)),
+                       proxy_jump=pick("proxy_jump", getattr(node, "proxy_jump", None)),
+                       connect_timeout=pick("connect_timeout") or 5.0,
+                       policy=pick("host_key_policy") or "accept-new",
+                       known_hosts=pick("known_hosts") or DEFAULT_KNOWN_HOSTS, ssh_config=ssh_config)
+
+
+def _ssh_target(name: str, host: str, *, port, user, key, proxy_jump, connect_timeout, policy, known_hosts,
+                ssh_config, depth: int = 0) -> Target:
+    """Spec values first, then ~/.ssh/config for the host alias, then OpenSSH's defaults."""
+    conf = ssh_config.lookup(host) if ssh_config is not None else {}
+    keys = [Path(key)] if key else [Path(p) for p in conf.get("identityfile", [])]
+    keys += [Path(p) for p in DEFAULT_IDENTITIES if Path(p) not in keys]
+    jump = proxy_jump or conf.get("proxyjump")
+    jump_target = None
+    if jump and jump.lower() != "none" and depth < 4:
+        hop = jump.split(",")[-1].strip()   # the last hop connects to the node; earlier ones come from its config
+        juser, _, jhost = hop.rpartition("@")
+        jhost, _, jport = jhost.partition(":")
+        jump_target = _ssh_target(f"{name}-jump", jhost, port=int(jport) if jport else None, user=juser or None,
+                                  key=key, proxy_jump=None, connect_timeout=connect_timeout, policy=policy,
+                                  known_hosts=known_hosts, ssh_config=ssh_config, depth=depth + 1)
+    return Target(name=name, host=conf.get("hostname", host), port=int(port or conf.get("port", 22)),
+                  user=user or conf.get("user") or getpass.getuser(), keys=tuple(keys), proxy_jump=jump_target,
+                  connect_timeout=float(connect_timeout), host_key_policy=policy, known_hosts=Path(known_hosts))
+
+
+def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: float, concurrency: int,
+          since: dict[str, int] | None = None) -> dict[str, Observation]:
+    """Probe every node once, concurrently. Dead nodes wait in the connector, not in worker threads,
+    so wall time stays about one connect timeout plus one probe timeout."""
+    since = since or {}
+    budget = ProbeBudget(probe_timeout)
+    started = time.time()
+    by_name = {n.name: n for n in nodes}
+    results: dict[str, Observation] = {}
+    raise_fd_limit(len(nodes) + 256)
+    ssh = transports.ssh
+    direct = [n for n in nodes if n.target.local_dir is not None or n.target.proxy_jump is not None
+              or ssh.connected(n.target)]
+    to_connect = [n for n in nodes if n not in direct]
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
+        futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None)
+                   for n in direct]
+        for name, sock in connect_many((n.name, n.target.host, n.target.port, n.target.connect_timeout)
+                                       for n in to_connect):
+            if isinstance(sock, Unreachable):
+                results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
+            else:
+                futures.append(pool.submit(_probe_one, by_name[name], transports, budget,
+                                           since.get(name, 0), started, sock))
+        for fut in futures:
+            obs = fut.result()
+            results[obs.node] = obs
+    return results
+
+
+def _failed(name: str, contact: Contact, detail: str, started: float) -> Observation:
+    return Observation(node=name, contact=contact, started_at=started, duration_s=time.time() - started,
+                       detail=detail)
+
+
+def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, since: int, started: float,
+               sock) -> Observation:
+    command = probe_command(budget, since, node.work_dir)
+    t0 = time.monotonic()
+    try:
+        res = transports.for_target(node.target).run(node.target, command, PROBE_SCRIPT.encode(), budget.total_s,
+                                                      sock=sock)
+    except Unreachable as e:
+        return _failed(node.name, Contact.UNREACHABLE, str(e), started)
+    except AuthFailed as e:
+        return _failed(node.name, Contact.AUTH, str(e), started)
+    except HostKeyUnknown as e:
+        return _failed(node.name, Contact.HOST_KEY, f"unknown: {e}", started)
+    except HostKeyChanged as e:
+        return _failed(node.name, Contact.HOST_KEY, str(e), started)
+    except ProbeTimeout as e:
+        return _failed(node.name, Contact.HUNG, str(e), started)
+    except TransportError as e:
+        return _failed(node.name, Contact.UNREACHABLE, str(e), started)
+    obs = parse_probe(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0, since=since)
+    problems = list(obs.parse_problems)
+    if res.truncated:
+        problems.append("probe output over 4 MiB: truncated")
+    if not obs.complete and res.stderr.strip():
+        problems.append(f"exit {res.exit_code}: {res.stderr.decode('utf-8', 'replace').strip().splitlines()[-1][:200]}")
+    return replace(obs, parse_problems=tuple(problems))

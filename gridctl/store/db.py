@@ -1,0 +1,68 @@
+"""Open the state database: WAL, busy_timeout, foreign keys, file mode 0600, migrated.
+
+Called by every command that reads or writes state. Writes go through write_tx (BEGIN IMMEDIATE);
+callers never hold a transaction across network I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StoreError
+from .migrations import migrate
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and create, migrate) the store at path. Raises StoreError with words, never sqlite's."""
+    path = Path(path)
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(path, 0o600)
+        elif not path.exists():
+            raise StoreError(f"{path}: no state yet (run `gridctl reconcile` first)")
+        conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+    except PermissionError as e:
+        raise StoreError(f"cannot open state file {path}: permission denied ({e.filename or path})") from None
+    except OSError as e:
+        raise StoreError(f"cannot open state file {path}: {e.strerror or e}") from None
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open state file {path}: {e}") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, path)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"{path}: not a usable gridctl state file ({e})") from None
+    except StoreError:
+        conn.close()
+        raise
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(side, 0o600)
+    return conn
+
+
+@contextlib.contextmanager
+def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One short write transaction (BEGIN IMMEDIATE): all or nothing."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")

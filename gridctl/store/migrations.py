@@ -1,0 +1,93 @@
+"""Schema migrations: ordered functions, one transaction each, versioned by PRAGMA user_version.
+
+Called by db.connect. Append new migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ..errors import StoreError
+
+
+def _v1_nodes_observations_events(conn: sqlite3.Connection) -> None:
+    conn.execute("""
+        CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            pool TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            host TEXT NOT NULL,
+            port INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            health TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            cordoned INTEGER NOT NULL DEFAULT 0,
+            cordon_reason TEXT NOT NULL DEFAULT '',
+            failures INTEGER NOT NULL DEFAULT 0,
+            good INTEGER NOT NULL DEFAULT 0,
+            needs_release INTEGER NOT NULL DEFAULT 0,
+            boot_id TEXT,
+            last_seen REAL,
+            last_good REAL,
+            state_since REAL,
+            gpus_expected INTEGER NOT NULL DEFAULT 0,
+            gpus_seen INTEGER,
+            findings TEXT NOT NULL DEFAULT '[]',
+            updated_at REAL
+        )""")
+    conn.execute("""
+        CREATE TABLE observations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node TEXT NOT NULL REFERENCES nodes(name) ON DELETE CASCADE,
+            time REAL NOT NULL,
+            contact TEXT NOT NULL,
+            health TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            findings TEXT NOT NULL,
+            gpus TEXT NOT NULL,
+            max_temp_c REAL,
+            duration_s REAL NOT NULL,
+            boot_id TEXT,
+            node_time INTEGER
+        )""")
+    conn.execute("CREATE INDEX observations_node ON observations(node, id)")
+    conn.execute("""
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            kind TEXT NOT NULL,
+            severity TEXT NOT NULL DEFAULT 'info',
+            node TEXT,
+            job TEXT,
+            message TEXT NOT NULL
+        )""")
+    conn.execute("CREATE INDEX events_time ON events(time)")
+    conn.execute("CREATE INDEX events_node ON events(node, time)")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+MIGRATIONS = [_v1_nodes_observations_events]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection, path: Path | str = "state") -> int:
+    """Bring the schema to SCHEMA_VERSION. Refuses a database newer than this code."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: written by a newer gridctl (schema {version}; this one knows {SCHEMA_VERSION}); "
+                         "upgrade gridctl")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # re-read under the write lock: another process may have migrated meanwhile
+            if conn.execute("PRAGMA user_version").fetchone()[0] != number:
+                conn.execute("ROLLBACK")
+                continue
+            MIGRATIONS[number](conn)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return SCHEMA_VERSION

@@ -1,0 +1,322 @@
+"""Run a command on a node: over SSH (paramiko) or as a local subprocess (simulated nodes).
+
+Called by reconcile/observe.py. Every exec has a client-side monotonic deadline (paramiko's
+recv_exit_status ignores channel timeouts, so we poll). SSH connections are cached per target and
+reused across passes; a broken one is replaced transparently, once per call.
+Errors come out typed: Unreachable, AuthFailed, HostKeyChanged/HostKeyUnknown, ProbeTimeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from .errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
+from .hostkeys import HostKeyStore
+
+# paramiko logs its transport thread's failures with tracebacks; we classify them ourselves
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+MAX_OUTPUT = 4 * 1024 * 1024
+BANNER_TIMEOUT = 10.0
+AUTH_TIMEOUT = 10.0
+CHANNEL_TIMEOUT = 10.0
+KEEPALIVE_S = 15
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to reach one node. Built by reconcile/observe from the spec and ~/.ssh/config."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    keys: tuple[Path, ...] = ()
+    proxy_jump: "Target | None" = None
+    connect_timeout: float = 5.0
+    host_key_policy: str = "accept-new"
+    known_hosts: Path = Path("~/.config/gridctl/known_hosts")
+    local_dir: Path | None = None            # set for simulated nodes: run locally, no SSH
+    local_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        return (self.user, self.host, self.port, self.proxy_jump.key if self.proxy_jump else None)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    duration_s: float
+    truncated: bool = False
+
+
+class LocalTransport:
+    """Runs commands as local subprocesses for `provider: local` simulated nodes."""
+
+    def run(self, target: Target, command: str, stdin: bytes, timeout: float, sock=None) -> RunResult:
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        start = time.monotonic()
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise ProbeTimeout(f"no answer in {timeout:g}s") from None
+        return RunResult(out[:MAX_OUTPUT], err[:65536], proc.returncode, time.monotonic() - start,
+                         len(out) > MAX_OUTPUT)
+
+    def close(self) -> None:
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@dataclass
+class _Conn:
+    transport: paramiko.Transport
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SshTransport:
+    """A cache of authenticated paramiko Transports, one per (user, host, port, jump)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple, _Conn] = {}
+        self._lock = threading.Lock()
+        self._stores: dict[Path, HostKeyStore] = {}
+        self._pkeys: dict[Path, paramiko.PKey] = {}
+        self._agent_keys: list | None = None
+
+    # -- public
+
+    def connected(self, target: Target) -> bool:
+        conn = self._conns.get(target.key)
+        return conn is not None and conn.transport.is_active()
+
+    def run(self, target: Target, command: str, stdin: bytes, timeout: float,
+            sock: socket.socket | None = None) -> RunResult:
+        """Exec command with stdin; the whole exec (not the connect) is bounded by timeout."""
+        reused = sock is None and self.connected(target)
+        conn = self._connection(target, sock)
+        try:
+            return self._exec(conn.transport, command, stdin, timeout)
+        except _Broken as e:
+            self._drop(target)
+            if not reused:
+                raise Unreachable(f"connection lost: {e}") from None
+        # a cached connection died between passes: reconnect once, transparently
+        return self._exec(self._connection(target, None).transport, command, stdin, timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.transport.close()
+
+    # -- connecting
+
+    def _connection(self, target: Target, sock: socket.socket | None) -> _Conn:
+        with self._lock:
+            conn = self._conns.get(target.key)
+        if conn is not None and conn.transport.is_active():
+            if sock is not None:
+                sock.close()
+            return conn
+        transport = self._handshake(target, sock if sock is not None else self._open_socket(target))
+        conn = _Conn(transport)
+        with self._lock:
+            old = self._conns.get(target.key)
+            self._conns[target.key] = conn
+        if old is not None:
+            old.transport.close()
+        return conn
+
+    def _drop(self, target: Target) -> None:
+        with self._lock:
+            conn = self._conns.pop(target.key, None)
+        if conn is not None:
+            conn.transport.close()
+
+    def _open_socket(self, target: Target):
+        if target.proxy_jump is not None:
+            jump = self._connection(target.proxy_jump, None).transport
+            try:
+                return jump.open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
+                                         timeout=target.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise Unreachable(f"via {target.proxy_jump.host}: {_words(e)}") from None
+        return connect_socket(target.host, target.port, target.connect_timeout)
+
+    def _handshake(self, target: Target, sock) -> paramiko.Transport:
+        store = self._store(target.known_hosts)
+        t = paramiko.Transport(sock)
+        t.banner_timeout = min(BANNER_TIMEOUT, max(target.connect_timeout, 1.0))
+        t.auth_timeout = AUTH_TIMEOUT
+        t.handshake_timeout = BANNER_TIMEOUT + target.connect_timeout
+        pinned = store.key_types(target.host, target.port)
+        if pinned:
+            options = t.get_security_options()
+            options.key_types = [k for k in options.key_types if k in pinned] or options.key_types
+        try:
+            t.start_client(timeout=BANNER_TIMEOUT + target.connect_timeout)
+            store.check(target.host, target.port, t.get_remote_server_key(), target.host_key_policy)
+            self._authenticate(t, target)
+        except (HostKeyChanged, HostKeyUnknown, AuthFailed):
+            t.close()
+            raise
+        except paramiko.AuthenticationException as e:
+            t.close()
+            raise AuthFailed(f"{target.user}@{target.host}: {_words(e)}") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            t.close()
+            raise Unreachable(_words(e)) from None
+        t.set_keepalive(KEEPALIVE_S)
+        return t
+
+    def _authenticate(self, t: paramiko.Transport, target: Target) -> None:
+        tried = []
+        for pkey in self._keys_for(target):
+            try:
+                t.auth_publickey(target.user, pkey)
+            except paramiko.BadAuthenticationType as e:
+                raise AuthFailed(f"{target.user}@{target.host}: server allows only {', '.join(e.allowed_types)}") from None
+            except paramiko.AuthenticationException:
+                tried.append(pkey.get_name())
+                continue
+            if t.is_authenticated():
+                return
+        raise AuthFailed(f"{target.user}@{target.host}: no key accepted (tried {len(tried)}: "
+                         f"{', '.join(tried) or 'none available'})")
+
+    def _keys_for(self, target: Target) -> list:
+        keys = []
+        for path in target.keys:
+            pkey = self._load_key(path)
+            if pkey is not None:
+                keys.append(pkey)
+        if self._agent_keys is None:
+            try:
+                self._agent_keys = list(paramiko.Agent().get_keys())
+            except (paramiko.SSHException, OSError):
+                self._agent_keys = []
+        return keys + self._agent_keys
+
+    def _load_key(self, path: Path):
+        path = Path(os.path.expanduser(path))
+        if path not in self._pkeys:
+            try:
+                self._pkeys[path] = paramiko.PKey.from_path(path)
+            except FileNotFoundError:
+                return None
+            except paramiko.PasswordRequiredException:
+                raise AuthFailed(f"key {path} is encrypted: add it to ssh-agent") from None
+            except (paramiko.SSHException, OSError, ValueError) as e:
+                raise AuthFailed(f"cannot load key {path}: {_words(e)}") from None
+        return self._pkeys[path]
+
+    def _store(self, path: Path) -> HostKeyStore:
+        path = Path(os.path.expanduser(path))
+        with self._lock:
+            if path not in self._stores:
+                self._stores[path] = HostKeyStore(path)
+            return self._stores[path]
+
+    # -- executing
+
+    def _exec(self, t: paramiko.Transport, command: str, stdin: bytes, timeout: float) -> RunResult:
+        start = time.monotonic()
+        deadline = start + timeout
+        try:
+            chan = t.open_session(timeout=min(CHANNEL_TIMEOUT, timeout))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise _Broken(_words(e)) from None
+        try:
+            chan.settimeout(max(0.1, deadline - time.monotonic()))
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err, truncated = _drain(chan, deadline)
+            return RunResult(bytes(out), bytes(err), chan.recv_exit_status(), time.monotonic() - start, truncated)
+        except socket.timeout:
+            raise ProbeTimeout(f"no answer in {timeout:g}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            if not t.is_active():
+                raise _Broken(_words(e)) from None
+            raise TransportError(f"exec failed: {_words(e)}") from None
+        finally:
+            chan.close()
+
+
+class _Broken(Exception):
+    """The SSH connection itself failed (not the command)."""
+
+
+def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytearray, bytearray, bool]:
+    out, err = bytearray(), bytearray()
+    while True:
+        progressed = False
+        while chan.recv_ready():
+            data = chan.recv(65536)
+            if len(out) < MAX_OUTPUT:
+                out += data
+            progressed = True
+        while chan.recv_stderr_ready():
+            data = chan.recv_stderr(65536)
+            if len(err) < 65536:
+                err += data
+            progressed = True
+        if len(out) >= MAX_OUTPUT:
+            return out[:MAX_OUTPUT], err, True
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return out, err, False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout()
+        if not progressed:
+            select.select([chan], [], [], min(remaining, 0.2))
+
+
+def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A plain TCP connect with a timeout, classified: refused, timed out, no route, DNS."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        raise Unreachable(f"cannot resolve {host}: {e.strerror}") from None
+    except (socket.timeout, TimeoutError):
+        raise Unreachable(f"connect to {host}:{port} timed out after {timeout:g}s") from None
+    except ConnectionRefusedError:
+        raise Unreachable(f"connection refused by {host}:{port}") from None
+    except OSError as e:
+        raise Unreachable(f"connect to {host}:{port}: {e.strerror or e}") from None
+
+
+def _words(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if "Error reading SSH protocol banner" in text:
+        return "no SSH banner (sshd stalled)"
+    return text.splitlines()[0][:200]

@@ -1,0 +1,88 @@
+"""YAML with line numbers: used by spec.py so every error can name file, line and field.
+
+Called by spec.load_fleet (and later job specs). Pure apart from reading the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+Path_ = tuple  # a location: ("pools", 1, "provider")
+
+
+def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML into plain Python objects plus {location: 1-based line}. Raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 0
+        raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if root is None:
+        raise ConfigError(f"{path}: file is empty")
+    lines: dict[Path_, int] = {}
+    problems: list[str] = []
+    value = _build(root, (), lines, problems, path)
+    if problems:
+        raise ConfigError(problems)
+    return value, lines
+
+
+def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path) -> Any:
+    lines[where] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if not isinstance(key, (str, int)):
+                problems.append(f"{path}:{key_node.start_mark.line + 1}: mapping keys must be plain names")
+                continue
+            if key in out:
+                problems.append(f"{path}:{key_node.start_mark.line + 1} {format_loc(where + (key,))}: duplicate key")
+                continue
+            out[key] = _build(value_node, where + (key,), lines, problems, path)
+            lines[where + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, where + (i,), lines, problems, path) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        return node  # a non-scalar key; caller reports it
+    return _CONSTRUCTOR.construct_object(node, deep=True)
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def format_loc(loc: tuple) -> str:
+    """("pools", 1, "provider") -> "pools[1].provider"."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def line_of(lines: dict[Path_, int], loc: tuple) -> int | None:
+    """The line of the deepest known prefix of loc."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None

@@ -1,0 +1,141 @@
+"""`provider: local`: simulated GPU nodes on this machine (the embedded default, the demo, tests).
+
+Contract: providers/base.py. Each node is a directory holding its simulated GPU state; the probe
+runs there as a local subprocess with the fake `nvidia-smi`, `journalctl` and `dmesg` of
+local_bin/ first on PATH. The same writer serves the SSH test fleet, where the fake binaries pick
+the node directory from $SSH_CONNECTION.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from .base import Feature, Instance, InstanceState, Provider
+
+BIN_DIR = Path(__file__).resolve().parent / "local_bin"
+MODES = ("healthy", "xid79", "ecc", "driver", "hang", "missing-gpu", "hot", "row-remap", "down")
+_FILES = ("smi.rc", "smi.extra", "smi.sleep", "kernel.log", "down")
+
+
+class LocalProvider(Provider):
+    name = "local"
+    features = frozenset({Feature.SIMULATED})
+
+    def sim_root(self) -> Path:
+        return Path(self.pool.dir) if getattr(self.pool, "dir", None) else self.state_dir / f"sim-{self.fleet}"
+
+    def list_instances(self) -> dict[str, Instance]:
+        """`count` nodes named <pool>-<i>. A node directory missing on disk is created healthy, so
+        the pool always has what the spec asks for; existing state (faults) is left alone."""
+        out = {}
+        for i in range(self.pool.count):
+            name = f"{self.pool.name}-{i}"
+            node_dir = self.sim_root() / name
+            if not (node_dir / "boot_id").exists():
+                write_node(node_dir, name, gpus=self.pool.gpu.count, gpu_type=self.pool.gpu.type or "H100",
+                           memory_gb=self.pool.gpu.memory_gb or 80)
+            out[name] = Instance(id=name, provider=self.name, pool=self.pool.name, state=InstanceState.RUNNING,
+                                 host="local", local_dir=node_dir)
+        return out
+
+
+def sim_env(node_dir: Path) -> tuple[tuple[str, str], ...]:
+    """Environment for running the probe against one simulated node."""
+    import os
+    return (("GRIDCTL_SIM_NODE", str(node_dir)), ("GRIDCTL_BOOT_ID_FILE", str(node_dir / "boot_id")),
+            ("PATH", f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"))
+
+
+def bus_id(index: int) -> str:
+    return f"00000000:{0x18 + 0x10 * index:02X}:00.0"
+
+
+def write_node(node_dir: Path, name: str, *, gpus: int = 4, gpu_type: str = "H100", memory_gb: float = 80,
+               mode: str = "healthy") -> None:
+    """(Re)write a simulated node's state: `gpus` healthy GPUs, then the fault `mode` on top."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    node_dir.mkdir(parents=True, exist_ok=True)
+    for old in node_dir.glob("gpu.*"):
+        old.unlink()
+    for f in _FILES:
+        (node_dir / f).unlink(missing_ok=True)
+    if not (node_dir / "boot_id").exists():
+        reboot(node_dir)
+    for i in range(gpus):
+        _write_gpu(node_dir, name, i, gpu_type, memory_gb)
+    _apply_mode(node_dir, mode, gpus)
+
+
+def reboot(node_dir: Path) -> None:
+    """A new boot id, and the kernel log of the old boot is gone."""
+    (node_dir / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+    (node_dir / "kernel.log").unlink(missing_ok=True)
+
+
+def set_field(node_dir: Path, index: int, field: str, value: str) -> None:
+    path = node_dir / f"gpu.{index:02d}"
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith(field + "=")]
+    path.write_text("\n".join(lines + [f"{field}={value}"]) + "\n")
+
+
+def _write_gpu(node_dir: Path, name: str, i: int, gpu_type: str, memory_gb: float) -> None:
+    gpu_uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{i}.gridctl.example"))
+    fields = {
+        "index": i, "uuid": gpu_uuid, "name": f"NVIDIA {gpu_type} {int(memory_gb)}GB HBM3", "pci.bus_id": bus_id(i),
+        "temperature.gpu": 38 + i, "power.draw": "71.23", "power.limit": "700.00",
+        "memory.total": int(memory_gb * 1024 * 0.9956), "memory.used": 1, "utilization.gpu": 0,
+        "persistence_mode": "Enabled", "pstate": "P0",
+        "ecc.errors.uncorrected.volatile.total": 0, "ecc.errors.corrected.volatile.total": 0,
+        "retired_pages.pending": "[N/A]", "remapped_rows.pending": "No", "remapped_rows.failure": "No",
+        "gpu_recovery_action": "None",
+    }
+    for reason in ("hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown"):
+        fields[f"clocks_throttle_reasons.{reason}"] = "Not Active"
+        fields[f"clocks_event_reasons.{reason}"] = "Not Active"
+    (node_dir / f"gpu.{i:02d}").write_text("".join(f"{k}={v}\n" for k, v in fields.items()))
+
+
+def _kernel_line(text: str) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime())
+    return f"{stamp} sim kernel: {text}\n"
+
+
+def _apply_mode(node_dir: Path, mode: str, gpus: int) -> None:
+    last = max(gpus - 1, 0)
+    bdf = bus_id(last)
+    if mode == "xid79" and gpus:
+        short = bdf[4:].lower().rsplit(".", 1)[0]
+        with open(node_dir / "kernel.log", "a") as f:
+            f.write(_kernel_line(f"NVRM: Xid (PCI:{short}): 79, pid=0, GPU has fallen off the bus."))
+        (node_dir / f"gpu.{last:02d}").unlink()
+        (node_dir / "smi.extra").write_text(f"Unable to determine the device handle for GPU {bdf[4:]}: Unknown Error\n")
+        (node_dir / "smi.rc").write_text("15\n")
+    elif mode == "ecc" and gpus:
+        set_field(node_dir, 0, "ecc.errors.uncorrected.volatile.total", "2")
+    elif mode == "driver":
+        for f in node_dir.glob("gpu.*"):
+            f.unlink()
+        (node_dir / "smi.extra").write_text(
+            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+            "Make sure that the latest NVIDIA driver is installed and running.\n")
+        (node_dir / "smi.rc").write_text("9\n")
+    elif mode == "hang":
+        (node_dir / "smi.sleep").write_text("3600\n")
+    elif mode == "missing-gpu" and gpus:
+        (node_dir / f"gpu.{last:02d}").unlink()
+    elif mode == "hot" and gpus:
+        set_field(node_dir, 0, "temperature.gpu", "95")
+        set_field(node_dir, 0, "clocks_throttle_reasons.hw_thermal_slowdown", "Active")
+        set_field(node_dir, 0, "clocks_event_reasons.hw_thermal_slowdown", "Active")
+    elif mode == "row-remap" and gpus:
+        set_field(node_dir, 0, "remapped_rows.pending", "Yes")
+    elif mode == "down":
+        (node_dir / "down").write_text("simulated: node does not answer\n")
+
+
+def remove(node_dir: Path) -> None:
+    shutil.rmtree(node_dir, ignore_errors=True)
