@@ -30,7 +30,7 @@ def partitioned_scopes(inventory: list[InventoryNode], observations: dict[str, O
     scopes = set()
     seen = [n for n in inventory if n.name in observations]
     if len(seen) >= 2 and len([n for n in seen if n.name in silent]) * 2 > len(seen):
-        scopes.add(FLEET)
+        return frozenset({FLEET})   # covers every pool
     pool_size = Counter(n.pool for n in seen)
     pool_silent = Counter(n.pool for n in seen if n.name in silent)
     for pool, size in pool_size.items():
