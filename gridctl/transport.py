@@ -174,8 +174,10 @@ class SshTransport:
     def _handshake(self, target: Target, sock) -> paramiko.Transport:
         store = self._store(target.known_hosts)
         t = paramiko.Transport(sock)
+        # the same explicit bounds SSHClient.connect(timeout, banner_timeout, auth_timeout, channel_timeout) sets
         t.banner_timeout = min(BANNER_TIMEOUT, max(target.connect_timeout, 1.0))
         t.auth_timeout = AUTH_TIMEOUT
+        t.channel_timeout = CHANNEL_TIMEOUT
         t.handshake_timeout = BANNER_TIMEOUT + target.connect_timeout
         pinned = store.key_types(target.host, target.port)
         if pinned:

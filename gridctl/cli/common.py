@@ -14,7 +14,11 @@ JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable inte
 def load(fleet_path: Optional[Path]):
     """-> (fleet spec, store path). Raises ConfigError."""
     from ..spec import default_fleet_path, load_fleet, state_path
-    fleet = load_fleet(fleet_path or default_fleet_path())
+    from ..errors import ConfigError
+    path = fleet_path or default_fleet_path()
+    if fleet_path is None and not path.exists():
+        raise ConfigError(f"{path}: file not found (pass -f FLEET.yaml or set $GRIDCTL_FLEET)")
+    fleet = load_fleet(path)
     return fleet, state_path(fleet)
 
 

@@ -28,6 +28,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         elif not path.exists():
             raise StoreError(f"{path}: no state yet (run `gridctl reconcile` first)")
         conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"cannot open state file {path}: a parent of it is not a directory") from None
     except PermissionError as e:
         raise StoreError(f"cannot open state file {path}: permission denied ({e.filename or path})") from None
     except OSError as e:

@@ -202,3 +202,20 @@ def test_cordon_and_uncordon_are_recorded(ssh_fleet, tmp_path):
     assert nodes[0]["cordoned"] is False
     _, events = gridctl_json("events", "--node", names[0], "-f", path)
     assert [e["kind"] for e in events if e["kind"] in ("cordon", "uncordon")] == ["cordon", "uncordon"]
+
+
+def test_client_deadline_bounds_an_exec_that_never_ends(ssh_fleet, tmp_path):
+    """paramiko's recv_exit_status ignores channel timeouts: our own deadline must end the exec."""
+    from gridctl.errors import ProbeTimeout
+    from gridctl.transport import SshTransport, Target
+    ip = ssh_fleet.next_ip()
+    target = Target(name="sleepy", host=ip, port=ssh_fleet.port, user="root", keys=(ssh_fleet.client_key,),
+                    known_hosts=tmp_path / "kh")
+    ssh = SshTransport()
+    try:
+        with pytest.raises(ProbeTimeout):   # without our deadline this would return after 30 s, rc 0
+            ssh.run(target, "sleep 30", b"", timeout=1.0)
+        # the connection stays usable for the next command
+        assert ssh.run(target, "echo ok", b"", timeout=5.0).stdout == b"ok\n"
+    finally:
+        ssh.close()
