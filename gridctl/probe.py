@@ -213,15 +213,28 @@ def parse_gpu_rows(columns: list[str], lines: list[str]) -> tuple[tuple[GpuReadi
             row = next(csv.reader([line], skipinitialspace=True))
         except (csv.Error, StopIteration):
             row = []
-        if len(row) != len(fields) or not row[0].strip().isdigit():
+        row_fields = fields
+        if len(row) != len(fields) and _looks_like_gpu_row(row):
+            row_fields = list(POSITIONAL_FIELDS[: len(row)])
+        elif len(row) != len(fields) or not row[0].strip().isdigit():
             errors.append(line.strip()[:300])
             continue
         values, unknown = {}, []
-        for field, raw in zip(fields, row):
+        for field, raw in zip(row_fields, row):
             if field:
                 values[field] = _value(field, raw, unknown)
         gpus.append(GpuReading(**values, unknown_fields=tuple(unknown)))
     return tuple(gpus), tuple(errors)
+
+
+# A tool that answers with fixed rows instead of the columns asked for (a wrapper or an old
+# simulator) is read by position in DESIGN section 4's example order, and the probe says so.
+POSITIONAL_FIELDS = ("index", "uuid", "name", "bus_id", "memory_total_mib", "memory_used_mib", "temperature_c",
+                     "power_w", "utilization_pct", "ecc_uncorrected_volatile")
+
+
+def _looks_like_gpu_row(row: list[str]) -> bool:
+    return len(row) >= 2 and row[0].strip().isdigit() and row[1].strip().startswith("GPU-")
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -268,6 +281,10 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         rc = _int(kv.get("rc"))
         columns = kv.get("query", "").split(",") if kv.get("query") else []
         gpus, smi_errors = parse_gpu_rows(columns, smi[1]) if columns else ((), tuple(smi[1][:20]))
+        odd = {len(r) for r in csv.reader(smi[1], skipinitialspace=True) if _looks_like_gpu_row(r)} - {len(columns)}
+        if columns and odd:
+            problems.append(f"nvidia-smi rows have {', '.join(map(str, sorted(odd)))} columns, "
+                            f"{len(columns)} were asked for: read by position")
         if "truncated" in sections:
             problems.append("nvidia-smi printed more than 256 KiB; output truncated")
     xid_source, xids = None, ()
