@@ -129,6 +129,26 @@ def pss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def background_load(sample_s: float = 2.0) -> str:
+    """How busy the machine is without us (other jobs skew every figure on a 2-core box)."""
+    b0, t0 = cpu_busy()
+    time.sleep(sample_s)
+    b1, t1 = cpu_busy()
+    others = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"sshd" in cmd and b"gridctl-bench-" not in cmd and b"-D" in cmd:
+                others += 1
+    load = os.getloadavg()
+    return (f"machine {(b1 - b0) / max(1.0, t1 - t0) * 100:.0f}% busy over {sample_s:g}s, load average "
+            f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+            + (f"; WARNING: {others} other sshd -D listener(s) running (another test fleet?)" if others else ""))
+
+
 def wait_sshd_idle(fleet, timeout: float = 30.0) -> int:
     """Wait until the fleet's sshd has no session processes left; -> how many were left at the end."""
     if fleet._proc is None:
@@ -576,6 +596,7 @@ def main() -> int:
         print(f"sizes {sizes}, repeat {repeat}, {GPUS} GPUs/node, concurrency {CONCURRENCY}, "
               f"connect_timeout {CONNECT_TIMEOUT_S:g}s, probe_timeout {PROBE_TIMEOUT_S:g}s, "
               f"open-files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+        print(f"before start: {background_load()}")
         if no_blackhole and "blackhole" not in skip:
             print(f"note: blackhole rows skipped: {no_blackhole} (run as root with iptables)")
 
@@ -623,6 +644,7 @@ def main() -> int:
                 print(f"(raw py-spy stacks kept at {keep})")
 
         summary(results, sizes)
+        print(f"\nafter: {background_load()}")
         return 0
     except KeyboardInterrupt as e:
         print(f"\ninterrupted ({e or 'Ctrl-C'}): cleaning up", file=sys.stderr)

@@ -88,11 +88,16 @@ def test_mass_silence_is_treated_as_our_partition(ssh_fleet, tmp_path):
 def test_accept_new_pins_host_key_on_first_sight(ssh_fleet, tmp_path):
     path, names = _fleet(ssh_fleet, tmp_path, count=1, prefix="pin")
     ip = ssh_fleet.nodes[names[0]]["host"]
+    known_hosts = tmp_path / "gridctl" / "known_hosts"    # created by gridctl itself
+    path.write_text(path.read_text().replace(str(ssh_fleet.known_hosts), str(known_hosts)))
     assert gridctl("probe", "-f", path).returncode == 0
-    pinned = [ln for ln in ssh_fleet.known_hosts.read_text().splitlines() if ln.startswith(f"[{ip}]:")]
+    pinned = [ln for ln in known_hosts.read_text().splitlines() if ln.startswith(f"[{ip}]:")]
     host_pub = Path(str(ssh_fleet.host_key) + ".pub").read_text().split()[1]
     assert len(pinned) == 1 and host_pub in pinned[0]
-    assert oct(ssh_fleet.known_hosts.stat().st_mode & 0o777) == "0o600"
+    assert oct(known_hosts.stat().st_mode & 0o777) == "0o600"
+    # a second sweep trusts the pinned key and pins nothing new
+    assert gridctl("probe", "-f", path).returncode == 0
+    assert known_hosts.read_text().count(f"[{ip}]:") == 1
 
 
 def test_strict_policy_refuses_unknown_host_key(ssh_fleet, tmp_path):
