@@ -21,6 +21,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -45,6 +46,7 @@ BLACKHOLE_FRACTION = 0.05
 CHILD_LIMIT_S = 600              # watchdog: a child running longer than this is killed (and reported)
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
+_ADDR = re.compile(r"\b127(?:\.\d{1,3}){3}(?::\d+)?")   # node addresses in reasons, so like failures group
 _children: set[subprocess.Popen] = set()   # running children, killed on the way out
 
 
@@ -266,15 +268,17 @@ def baseline_worker(fleet_path: str) -> None:
 
 def gridctl_probe(fleet_path: Path, env: dict, n: int) -> dict:
     r = run_child([*GRIDCTL, "probe", "-f", str(fleet_path), "--json"], env)
-    r["healthy"], r["rows"], r["outcome"], r["node_s"] = 0, 0, {}, []
+    r["healthy"], r["complete"], r["rows"], r["outcome"], r["node_s"] = 0, 0, 0, {}, []
     try:
         rows = json.loads(r["stdout"])
     except json.JSONDecodeError:
         r["outcome"] = {f"no JSON (rc {r['rc']}): {r['stderr'].strip()[-300:]!r}": n}
         return r
     r["rows"] = len(rows)
+    # probed to the end with every GPU seen: the run's timing is valid even if a verdict is off
+    r["complete"] = sum(1 for row in rows if row.get("last_seen") and row.get("gpus_seen") == row.get("gpus_expected"))
     for row in rows:
-        what = row["health"] if row["health"] == "healthy" else f"{row['health']}: {row['reason'][:70]}"
+        what = row["health"] if row["health"] == "healthy" else f"{row['health']}: {_ADDR.sub('<addr>', row['reason'])[:70]}"
         r["outcome"][what] = r["outcome"].get(what, 0) + 1
         r["node_s"].append(row.get("probe_s") or 0.0)
     r["healthy"] = r["outcome"].get("healthy", 0)
@@ -283,20 +287,26 @@ def gridctl_probe(fleet_path: Path, env: dict, n: int) -> dict:
 
 def baseline_probe(fleet_path: Path, env: dict, n: int) -> dict:
     r = run_child([sys.executable, str(Path(__file__).resolve()), "--baseline-worker", str(fleet_path)], env)
-    r["healthy"], r["rows"], r["outcome"], r["node_s"] = 0, 0, {}, []
+    r["healthy"], r["complete"], r["rows"], r["outcome"], r["node_s"] = 0, 0, 0, {}, []
     try:
         doc = json.loads(r["stdout"].strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         r["outcome"] = {f"no JSON (rc {r['rc']}): {r['stderr'].strip()[-300:]!r}": n}
         return r
     r["rows"], r["healthy"], r["outcome"], r["node_s"] = doc["nodes"], doc["ok"], doc["outcome"], doc["durations"]
+    r["complete"] = doc["ok"]
     return r
+
+
+def rest_cpu(r: dict) -> float:
+    """CPU seconds the rest of the machine used during a run: sshd, the probe scripts, anything else."""
+    return max(0.0, r["machine_busy"] * r["ncpu"] * r["wall"] - r["cpu"])
 
 
 def print_runs(title: str, runs: dict[str, list[dict]], n: int, expect_healthy: int, bound: float | None) -> None:
     print(f"\n== {title} ==")
     print(f"{'':20} {'wall s med/max':>16} {'CPU s med/max':>15} {'CPU ms/node':>11} {'user/sys s':>11} "
-          f"{'RSS MiB max':>11} {'machine busy':>12} {'node s p50/max':>15}  healthy")
+          f"{'RSS MiB max':>11} {'machine busy':>12} {'rest ms/node':>12} {'node s p50/max':>15}  healthy")
     for label, rs in runs.items():
         walls = [r["wall"] for r in rs]
         cpus = [r["cpu"] for r in rs]
@@ -305,17 +315,24 @@ def print_runs(title: str, runs: dict[str, list[dict]], n: int, expect_healthy: 
         print(f"{label:20} {fmt_mm(walls):>16} {fmt_mm(cpus):>15} {med(cpus) / n * 1000:>11.2f} "
               f"{med([r['user'] for r in rs]):>5.2f}/{med([r['sys'] for r in rs]):<5.2f} "
               f"{max(r['rss_mib'] for r in rs):>11.0f} {med([r['machine_busy'] for r in rs]) * 100:>11.0f}% "
+              f"{med([rest_cpu(r) for r in rs]) / n * 1000:>12.1f} "
               f"{(f'{med(node_s):.2f} / {node_s[-1]:.2f}' if node_s else '-'):>15}  "
-              f"{healthy} of {n} (want {expect_healthy})")
+              f"{healthy} of {n} (complete {','.join(str(r['complete']) for r in rs)}; want {expect_healthy})")
+        shown: set[str] = set()
         for r in rs:
             bad = {k: v for k, v in r["outcome"].items() if k not in ("healthy", "ok")}
             if r["killed"]:
                 print(f"  !! {label}: killed by the {CHILD_LIMIT_S}s watchdog")
-            if r["healthy"] != expect_healthy or r["rows"] != n:
-                print(f"  !! {label}: NOT A VALID FIGURE: {r['rows']} rows, {r['healthy']} healthy; {bad}")
+            if r["complete"] != expect_healthy or r["rows"] != n:
+                print(f"  !! {label}: NOT A VALID FIGURE: {r['rows']} rows, {r['complete']} probed completely, "
+                      f"{r['healthy']} healthy; {bad}")
                 if "Traceback" in r["stderr"]:
                     print("     " + r["stderr"].strip()[-800:].replace("\n", "\n     "))
-            elif bad:
+            elif r["healthy"] != expect_healthy:
+                print(f"  !! {label}: every expected probe completed (timing valid) but {expect_healthy - r['healthy']} "
+                      f"verdict(s) not healthy: {bad}")
+            elif bad and repr(bad) not in shown:
+                shown.add(repr(bad))
                 print(f"     {label} non-healthy (expected): {bad}")
             if bound is not None and r["wall"] > bound:
                 print(f"  !! {label}: wall {r['wall']:.2f}s over the bound {bound:.1f}s")
@@ -359,12 +376,17 @@ def loop_mode(fleet, fleet_path: Path, n: int, repeat: int, passes: int, idle_s:
         transports = Transports()
         try:
             for p in range(1 + passes):
+                b0, tot0 = cpu_busy()
                 c0, t0 = self_cpu(), time.perf_counter()
                 obs = sweep(nodes, transports, probe_timeout=spec.health.probe_timeout,
                             concurrency=spec.health.concurrency)
                 wall, cpu = time.perf_counter() - t0, self_cpu() - c0
+                b1, tot1 = cpu_busy()
+                busy = (b1 - b0) / max(1.0, tot1 - tot0)
                 healthy = sum(classify(obs[x.name], x.expect).health.value == "healthy" for x in nodes)
-                (fresh if p == 0 else reused).append({"wall": wall, "cpu": cpu, "healthy": healthy})
+                complete = sum(1 for x in nodes if obs[x.name].complete and len(obs[x.name].gpus) == x.expect.gpus)
+                (fresh if p == 0 else reused).append({"wall": wall, "cpu": cpu, "healthy": healthy, "complete": complete, "busy": busy,
+                                                      "bad": _loop_bad(obs, nodes, classify)})
             # idle: connections open, nothing to do (what --loop costs between passes)
             c0, t0 = self_cpu(), time.perf_counter()
             time.sleep(idle_s)
@@ -379,14 +401,18 @@ def loop_mode(fleet, fleet_path: Path, n: int, repeat: int, passes: int, idle_s:
             transports.close()
     print(f"\n== loop mode, N={n}: in-process sweep() with one Transports: 1 fresh pass + {passes} reused, "
           f"x{repeat} ==")
-    print(f"{'':14} {'wall s med/max':>16} {'CPU s med/max':>15} {'CPU ms/node':>11}  healthy")
+    print(f"{'':14} {'wall s med/max':>16} {'CPU s med/max':>15} {'CPU ms/node':>11} {'machine busy':>12}  healthy")
     for label, rs in (("fresh", fresh), ("reused", reused)):
         cpus = [r["cpu"] for r in rs]
         print(f"{label:14} {fmt_mm([r['wall'] for r in rs]):>16} {fmt_mm(cpus, '.3f'):>15} "
-              f"{med(cpus) / n * 1000:>11.2f}  {','.join(str(r['healthy']) for r in rs)} of {n}")
+              f"{med(cpus) / n * 1000:>11.2f} {med([r['busy'] for r in rs]) * 100:>11.0f}%  "
+              f"{','.join(str(r['healthy']) for r in rs)} of {n}")
         for r in rs:
-            if r["healthy"] != n:
-                print(f"  !! {label}: NOT A VALID FIGURE: {r['healthy']} of {n} healthy")
+            if r["complete"] != n:
+                print(f"  !! {label}: NOT A VALID FIGURE: {r['complete']} of {n} probed completely; {r['bad']}")
+            elif r["healthy"] != n:
+                print(f"  !! {label}: all {n} probes completed (timing valid) but {n - r['healthy']} verdict(s) "
+                      f"not healthy: {r['bad']}")
     ratio = med([r["cpu"] for r in reused]) / med([r["cpu"] for r in fresh])
     print(f"{'reused/fresh':14} CPU ratio {ratio:.3f} (goal < 0.1)")
     print(f"{'idle':14} {n} open connections, no pass running: {med(idle) * 100:.1f}% of one core "
@@ -397,6 +423,16 @@ def loop_mode(fleet, fleet_path: Path, n: int, repeat: int, passes: int, idle_s:
           f"MemAvailable {s['mem_available_mib'] / 1024:.1f} GiB")
     sys.stdout.flush()
     return {"fresh": fresh, "reused": reused, "ratio": ratio, "idle": idle, "snapshot": s}
+
+
+def _loop_bad(obs: dict, nodes: list, classify) -> dict:
+    bad: dict[str, int] = {}
+    for x in nodes:
+        v = classify(obs[x.name], x.expect)
+        if v.health.value != "healthy":
+            key = f"{v.health.value}: {_ADDR.sub('<addr>', v.reason)[:70]}"
+            bad[key] = bad.get(key, 0) + 1
+    return bad
 
 
 def startup(fleet_path: Path, env: dict, runs: int) -> dict:
@@ -499,10 +535,9 @@ def profile_probe(fleet_path: Path, env: dict, out_dir: Path, seconds_hint: str)
 
 # ---------------------------------------------------------------- setup
 
-def setup_fleet(root: Path, max_n: int):
-    from fleetsim import SshFleet
-
-    fleet = SshFleet(root / "fleet").start()
+def setup_fleet(fleet, max_n: int):
+    """Start the sshd of `fleet` (made by the caller, so its finally can stop a half-started one) and add nodes."""
+    fleet.start()
     for i in range(max_n):
         fleet.add_node(f"n{i:04d}", fleet.next_ip(), gpus=GPUS)
     # pin the host key for every node up front: the steady state of a fleet gridctl has seen before
@@ -601,7 +636,9 @@ def main() -> int:
             print(f"note: blackhole rows skipped: {no_blackhole} (run as root with iptables)")
 
         t_setup = time.perf_counter()
-        fleet = setup_fleet(root, max(sizes))
+        from fleetsim import SshFleet
+        fleet = SshFleet(root / "fleet")
+        setup_fleet(fleet, max(sizes))
         fleets = {n: write_fleet(fleet, root, n) for n in sizes}
         print(f"fleet: one sshd on port {fleet.port} for {max(sizes)} loopback addresses "
               f"({fleet.nodes['n0000']['host']} ...), set up in {time.perf_counter() - t_setup:.1f}s; work dir {root}")
@@ -662,7 +699,7 @@ def main() -> int:
 
 def summary(results: dict, sizes: list[int]) -> None:
     print("\n== summary (median of repeats; max in brackets) ==")
-    print("| N | configuration | client | wall s | CPU s | CPU ms/node | peak RSS MiB | healthy |")
+    print("| N | configuration | client | wall s | CPU s | CPU ms/node | peak RSS MiB | healthy per run |")
     print("|---|---|---|---|---|---|---|---|")
     for kind, label in (("probe", "all up"), ("blackhole", "5% blackholed")):
         for n in sizes:
@@ -673,7 +710,7 @@ def summary(results: dict, sizes: list[int]) -> None:
                 walls, cpus = [r["wall"] for r in rs], [r["cpu"] for r in rs]
                 print(f"| {n} | {label} | {client} | {med(walls):.2f} ({max(walls):.2f}) | {med(cpus):.2f} "
                       f"({max(cpus):.2f}) | {med(cpus) / n * 1000:.1f} | {max(r['rss_mib'] for r in rs):.0f} | "
-                      f"{'/'.join(str(r['healthy']) for r in rs)} of {n} |")
+                      f"{'/'.join(str(r['healthy']) for r in rs)} of {n} (complete {'/'.join(str(r['complete']) for r in rs)}) |")
     for n in sizes:
         lp = results["loop"].get(n)
         if lp:

@@ -80,7 +80,7 @@ def classify(obs: Observation, exp: Expectation) -> Verdict:
     if obs.contact is Contact.OK:
         findings += _output_findings(obs, exp)
     worst = max((f.severity for f in findings), key=lambda s: s.rank, default=I)
-    if obs.contact in (Contact.UNREACHABLE, Contact.AUTH, Contact.HOST_KEY):
+    if obs.contact in (Contact.UNREACHABLE, Contact.AUTH, Contact.HOST_KEY, Contact.HOST_KEY_UNKNOWN):
         health = Health.UNREACHABLE
     elif worst.rank >= U.rank:
         health = Health.UNHEALTHY
@@ -104,9 +104,9 @@ def _contact_findings(obs: Observation, exp: Expectation) -> list[Finding]:
         return [Finding("unreachable", U, f"unreachable: {detail}")]
     if obs.contact is Contact.AUTH:
         return [Finding("auth-failed", U, f"ssh authentication refused: {detail}", alert=True)]
+    if obs.contact is Contact.HOST_KEY_UNKNOWN:
+        return [Finding("host-key-unknown", U, f"host key not trusted (strict policy): {detail}", alert=True)]
     if obs.contact is Contact.HOST_KEY:
-        if "unknown" in detail:
-            return [Finding("host-key-unknown", U, f"host key not trusted (strict policy): {detail}", alert=True)]
         return [Finding("host-key-changed", F, f"host key changed: {detail}", needs_reset=True, alert=True)]
     if obs.contact is Contact.HUNG:
         return [Finding("probe-hung", F, f"probe hung: no answer in {exp.probe_timeout_s:g}s while SSH answered "
@@ -170,7 +170,7 @@ def _smi_findings(obs: Observation, exp: Expectation) -> list[Finding]:
         first = obs.smi_errors[0] if obs.smi_errors else "no message"
         out.append(Finding("smi-failed", U, f"nvidia-smi failed (rc {rc}): {first[:160]}"))
     seen = len(obs.gpus)
-    if seen < exp.gpus and (rc == 0 or obs.gpus or lost_bus):
+    if seen < exp.gpus and obs.complete and (rc == 0 or obs.gpus or lost_bus):
         out.append(Finding("gpu-missing", F, f"saw {seen} of {exp.gpus} GPUs", needs_reset=True))
     return out
 

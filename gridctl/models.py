@@ -50,7 +50,8 @@ class Contact(str, enum.Enum):
     OK = "ok"                      # the script ran to its end marker
     UNREACHABLE = "unreachable"    # connect refused / timed out / no banner / DNS: silence
     AUTH = "auth"                  # credentials refused: configuration, alert
-    HOST_KEY = "host-key"          # host key changed or unknown under strict: alert
+    HOST_KEY = "host-key"          # host key changed: alert, may be an attack
+    HOST_KEY_UNKNOWN = "host-key-unknown"  # strict policy and the key is not known: alert
     HUNG = "hung"                  # connected, but the probe did not finish in time
 
 

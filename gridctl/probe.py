@@ -122,7 +122,7 @@ def probe_command(budget: ProbeBudget, since: int, work_dir: str) -> str:
 # ---------------------------------------------------------------- parsing
 
 _XID_RE = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<bdf>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?)"
-                     r"(?P<mig>[^)]*)\): (?P<xid>\d+),?\s*(?P<rest>.*)")
+                     r"(?P<mig>[^)]*)\): (?P<xid>\d{1,6}),?\s*(?P<rest>.*)")
 _GPU_AT_RE = re.compile(r"NVRM: (?:The NVIDIA )?GPU (?:at )?(?:PCI:)?(?P<bdf>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?)")
 _ISO_RE = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:[.,]\d+)?([+-]\d{2}:?\d{2}|Z)?")
 
@@ -193,7 +193,7 @@ def _value(field: str, raw: str, unknown: list[str]):
             return int(float(text))
         if field in _FLOAT_FIELDS:
             return float(text)
-    except ValueError:
+    except (ValueError, OverflowError):   # "inf", "1e400"
         return None
     if field in _BOOL_FIELDS:
         return low in ("yes", "active", "1", "true")
@@ -209,10 +209,7 @@ def parse_gpu_rows(columns: list[str], lines: list[str]) -> tuple[tuple[GpuReadi
     for line in lines:
         if not line.strip():
             continue
-        try:
-            row = next(csv.reader([line], skipinitialspace=True))
-        except (csv.Error, StopIteration):
-            row = []
+        row = _csv_row(line)
         row_fields = fields
         if len(row) != len(fields) and _looks_like_gpu_row(row):
             row_fields = list(POSITIONAL_FIELDS[: len(row)])
@@ -231,6 +228,13 @@ def parse_gpu_rows(columns: list[str], lines: list[str]) -> tuple[tuple[GpuReadi
 # simulator) is read by position in DESIGN section 4's example order, and the probe says so.
 POSITIONAL_FIELDS = ("index", "uuid", "name", "bus_id", "memory_total_mib", "memory_used_mib", "temperature_c",
                      "power_w", "utilization_pct", "ecc_uncorrected_volatile")
+
+
+def _csv_row(line: str) -> list[str]:
+    try:
+        return next(csv.reader([line], skipinitialspace=True))
+    except (csv.Error, StopIteration):   # e.g. a field over csv's size limit
+        return []
 
 
 def _looks_like_gpu_row(row: list[str]) -> bool:
@@ -281,7 +285,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         rc = _int(kv.get("rc"))
         columns = kv.get("query", "").split(",") if kv.get("query") else []
         gpus, smi_errors = parse_gpu_rows(columns, smi[1]) if columns else ((), tuple(smi[1][:20]))
-        odd = {len(r) for r in csv.reader(smi[1], skipinitialspace=True) if _looks_like_gpu_row(r)} - {len(columns)}
+        odd = {len(r) for r in map(_csv_row, smi[1]) if _looks_like_gpu_row(r)} - {len(columns)}
         if columns and odd:
             problems.append(f"nvidia-smi rows have {', '.join(map(str, sorted(odd)))} columns, "
                             f"{len(columns)} were asked for: read by position")

@@ -43,6 +43,7 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 def _check_name(value: str) -> str:
@@ -75,7 +76,7 @@ class SshSettings(_Model):
     known_hosts: Optional[Path] = None
     work_dir: Optional[str] = None
     proxy_jump: Optional[str] = None
-    connect_timeout: Optional[Duration] = None
+    connect_timeout: Optional[PositiveDuration] = None
 
     @field_validator("key", mode="before")
     @classmethod
@@ -101,12 +102,12 @@ class SshSettings(_Model):
 
 
 class HealthSettings(_Model):
-    interval: Duration = 15.0
+    interval: PositiveDuration = 15.0
     concurrency: int = Field(64, ge=1, le=4096)
-    probe_timeout: Duration = 15.0
+    probe_timeout: PositiveDuration = 15.0
     unhealthy_after: int = Field(2, ge=1)
     recover_after: int = Field(3, ge=1)
-    stale_after: Duration = 60.0
+    stale_after: PositiveDuration = 60.0
     max_gpu_temp_c: float = 90.0
     min_disk_free_pct: float = Field(5.0, ge=0, le=100)
 
@@ -248,6 +249,9 @@ def load_fleet(path: str | os.PathLike) -> Fleet:
     data, lines = load_with_lines(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping with fleet, pools, ... at the top level")
+    duplicates = _duplicate_names(data)
+    if duplicates:
+        raise ConfigError([f"{path}:{line_of(lines, loc)} {format_loc(loc)}: {what}" for loc, what in duplicates])
     try:
         return Fleet.model_validate(data, context={"base": path.parent.resolve()})
     except ValidationError as e:
@@ -257,6 +261,30 @@ def load_fleet(path: str | os.PathLike) -> Fleet:
             line = line_of(lines, loc)
             problems.append(f"{path}:{line} {format_loc(loc)}: {message}" if line else f"{path} {format_loc(loc)}: {message}")
         raise ConfigError(sorted(set(problems), key=_line_key)) from None
+
+
+def _duplicate_names(data: dict) -> list[tuple[tuple, str]]:
+    """Pool names, and node names across the fleet, must be unique: point at the second use."""
+    out: list[tuple[tuple, str]] = []
+    pools = data.get("pools") if isinstance(data.get("pools"), list) else []
+    seen_pools: dict[str, int] = {}
+    seen_nodes: dict[str, tuple] = {}
+    for i, pool in enumerate(pools):
+        if not isinstance(pool, dict):
+            continue
+        name = pool.get("name")
+        if isinstance(name, str):
+            if name in seen_pools:
+                out.append((("pools", i, "name"), f"pool name {name!r} is already used by pools[{seen_pools[name]}]"))
+            seen_pools.setdefault(name, i)
+        for j, node in enumerate(pool.get("nodes") if isinstance(pool.get("nodes"), list) else []):
+            node_name = node.get("name") if isinstance(node, dict) else None
+            if isinstance(node_name, str):
+                if node_name in seen_nodes:
+                    out.append((("pools", i, "nodes", j, "name"),
+                                f"node name {node_name!r} is already used by {format_loc(seen_nodes[node_name])}"))
+                seen_nodes.setdefault(node_name, ("pools", i, "nodes", j))
+    return out
 
 
 def _line_key(problem: str) -> tuple:

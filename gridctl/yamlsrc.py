@@ -34,14 +34,19 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
         raise ConfigError(f"{path}: file is empty")
     lines: dict[Path_, int] = {}
     problems: list[str] = []
-    value = _build(root, (), lines, problems, path)
+    value = _build(root, (), lines, problems, path, set())
     if problems:
         raise ConfigError(problems)
     return value, lines
 
 
-def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path) -> Any:
+def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path, active: set) -> Any:
     lines[where] = node.start_mark.line + 1
+    if id(node) in active:
+        problems.append(f"{path}:{node.start_mark.line + 1} {format_loc(where)}: an alias refers to itself")
+        return None
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        active = active | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
@@ -52,11 +57,11 @@ def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Pat
             if key in out:
                 problems.append(f"{path}:{key_node.start_mark.line + 1} {format_loc(where + (key,))}: duplicate key")
                 continue
-            out[key] = _build(value_node, where + (key,), lines, problems, path)
+            out[key] = _build(value_node, where + (key,), lines, problems, path, active)
             lines[where + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, where + (i,), lines, problems, path) for i, item in enumerate(node.value)]
+        return [_build(item, where + (i,), lines, problems, path, active) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 

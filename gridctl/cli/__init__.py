@@ -39,9 +39,18 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:  # click usage errors and friends
-        import click
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
-        raise
+    except _click_errors() as e:   # usage errors: unknown flag, missing argument, bare `gridctl`
+        e.show()
+        sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
+
+
+def _click_errors() -> tuple[type, ...]:
+    """Typer >= 0.20 bundles its own click (typer._click); older ones use click itself."""
+    import importlib
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            pass
+    return tuple(found)

@@ -39,13 +39,12 @@ def cordon(name: str, reason: str = typer.Option(None, "--reason", help="Why (sh
             now = time.time()
             queries.save_node(conn, replace(node, cordoned=True, cordon_reason=reason), now)
             queries.add_events(conn, [Event(now, "cordon", reason, node=name)])
-    console.print(f"{name} cordoned: {reason}")
+    console.print(f"{name} cordoned: {reason}", markup=False)
 
 
 @app.command()
 def uncordon(name: str, fleet_path: Optional[Path] = FleetOption) -> None:
-    """Allow work on a node again. A node quarantined for a reset-class fault is released to
-    `suspect` and must pass the usual good probes before it is ready."""
+    """Allow work on a node again; a quarantined node is released to suspect, then needs good probes."""
     from ..store import queries, write_tx
     _, db_path = load(fleet_path)
     with open_store(db_path, create=True) as conn:
@@ -60,4 +59,4 @@ def uncordon(name: str, fleet_path: Optional[Path] = FleetOption) -> None:
                 message = f"released from quarantine ({node.reason}); waiting for good probes"
             queries.save_node(conn, updated, now)
             queries.add_events(conn, [Event(now, "uncordon", message, node=name)])
-    console.print(f"{name}: {message}")
+    console.print(f"{name}: {message}", markup=False)

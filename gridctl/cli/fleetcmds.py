@@ -10,8 +10,10 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
-from .common import FleetOption, JsonOption, load, node_json, open_store
-from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, iso, styled
+from .common import FleetOption, JsonOption, load, open_store
+from rich.text import Text
+
+from .render import HEALTH_STYLE, console, emit, err_console, esc, iso, styled
 
 
 @app.command()
@@ -73,7 +75,7 @@ def probe(
     emit(rows, [
         ("name", "NODE", None),
         ("health", "HEALTH", lambda r: styled(r["health"], HEALTH_STYLE)),
-        ("reason", "FINDINGS", lambda r: r["reason"]),
+        ("reason", "FINDINGS", lambda r: esc(r["reason"])),
         ("gpus", "GPUS", lambda r: f"{r['gpus_seen'] if r['gpus_seen'] is not None else '-'}/{r['gpus_expected']}"),
         ("max_temp_c", "MAX TEMP", lambda r: "-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
         ("probe_s", "PROBE", lambda r: f"{r['probe_s']:.2f}s"),
@@ -143,7 +145,7 @@ def _print_report(report, quiet: bool) -> None:
         style = {"alert": "bold red", "warning": "yellow"}.get(event.severity, "")
         who = f"{event.node}: " if event.node else ""
         line = f"{event.kind:<16} {who}{event.message}"
-        console.print(f"[{style}]{line}[/{style}]" if style else line, markup=bool(style))
+        console.print(Text(line, style=style))
     for scope in sorted(report.partitions):
         err_console.print(f"[bold red]WARNING: {scope} partition suspected: most nodes are silent; "
                           "not quarantining silent nodes until they answer.[/bold red]")

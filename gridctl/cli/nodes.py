@@ -12,13 +12,13 @@ from rich.table import Table
 from ..errors import ConfigError, NotFoundError
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, node_json, open_store
-from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, iso, styled
+from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, esc, iso, styled
 
 
 def _store_or_none(fleet_path):
     _, db_path = load(fleet_path)
     if not db_path.exists():
-        err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first")
+        err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first", markup=False)
         return None
     return open_store(db_path)
 
@@ -42,7 +42,8 @@ def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) 
         ("gpus", "GPUS", lambda r: f"{r['gpus_seen'] if r['gpus_seen'] is not None else '-'}/{r['gpus_expected']}"),
         ("max_temp_c", "TEMP", lambda r: "-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
         ("last_seen", "LAST SEEN", lambda r: ago(_ts(r["last_seen"]), now)),
-        ("reason", "REASON", lambda r: r["reason"] + (f" [dim]cordoned: {r['cordon_reason']}[/dim]" if r["cordoned"] else "")),
+        ("reason", "REASON", lambda r: esc(r["reason"]) + (f" [dim]cordoned: {esc(r['cordon_reason'])}[/dim]"
+                                                         if r["cordoned"] else "")),
     ], as_json=as_json, empty="no nodes recorded yet")
 
 
@@ -74,13 +75,14 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
         return
     now = time.time()
     grid = Table.grid(padding=(0, 2))
-    grid.add_row("Node", f"[bold]{node.name}[/bold]  pool {node.pool} ({node.provider}), {node.host}:{node.port}")
+    grid.add_row("Node", f"[bold]{esc(node.name)}[/bold]  pool {esc(node.pool)} ({node.provider}), "
+                 f"{esc(node.host)}:{node.port}")
     grid.add_row("State", styled(node.state.value, STATE_STYLE) + f" since {ago(node.state_since, now)}"
-                 + (f"  [bold]cordoned[/bold]: {node.cordon_reason}" if node.cordoned else ""))
-    grid.add_row("Health", styled(node.health.value, HEALTH_STYLE) + f"  {node.reason}")
+                 + (f"  [bold]cordoned[/bold]: {esc(node.cordon_reason)}" if node.cordoned else ""))
+    grid.add_row("Health", styled(node.health.value, HEALTH_STYLE) + f"  {esc(node.reason)}")
     grid.add_row("Seen", f"last answer {ago(node.last_seen, now)}, last healthy {ago(node.last_good, now)}; "
                  f"{node.good} good / {node.failures} failed probes in a row")
-    grid.add_row("Boot id", node.boot_id or "-")
+    grid.add_row("Boot id", esc(node.boot_id or "-"))
     if node.needs_release:
         grid.add_row("Release", "needs a GPU reset or reboot, then `gridctl uncordon`")
     console.print(grid)
@@ -94,7 +96,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
             table.add_column(h)
         for g in obs["gpus"]:
             mem = f"{g['memory_used_mib']}/{g['memory_total_mib']} MiB" if g.get("memory_total_mib") else "-"
-            table.add_row(str(g["index"]), str(g.get("name") or "-"), str(g.get("bus_id") or "-"),
+            table.add_row(str(g["index"]), esc(str(g.get("name") or "-")), esc(str(g.get("bus_id") or "-")),
                           f"{g['temperature_c']:g}°C" if g.get("temperature_c") is not None else "-", mem,
                           f"{g['utilization_pct']:g}%" if g.get("utilization_pct") is not None else "-",
                           str(g.get("ecc_uncorrected_volatile") if g.get("ecc_uncorrected_volatile") is not None else "-"))
@@ -136,7 +138,7 @@ def events(
     with conn:
         rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit)]
     emit(rows, [
-        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", lambda r: r["node"] or "-"),
-        ("message", "MESSAGE", lambda r: styled(r["message"], {}) if r["severity"] == "info"
-         else f"[{'bold red' if r['severity'] == 'alert' else 'yellow'}]{r['message']}[/]"),
+        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", lambda r: esc(r["node"] or "-")),
+        ("message", "MESSAGE", lambda r: esc(r["message"]) if r["severity"] == "info"
+         else f"[{'bold red' if r['severity'] == 'alert' else 'yellow'}]{esc(r['message'])}[/]"),
     ], as_json=as_json, empty="no events")

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -56,10 +57,11 @@ def emit(rows: Sequence[dict], columns: Sequence[Column], *, as_json: bool, titl
     for _, header, _ in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*[str(fn(row) if fn else row.get(key, "")) for key, _, fn in columns])
+        # a renderer returns markup (and escapes what it shows); a plain cell is escaped here
+        table.add_row(*[str(fn(row)) if fn else esc(str(row.get(key, ""))) for key, _, fn in columns])
     console.print(table)
 
 
 def styled(value: str, styles: dict[str, str]) -> str:
     style = styles.get(value)
-    return f"[{style}]{value}[/{style}]" if style else value
+    return f"[{style}]{esc(value)}[/{style}]" if style else esc(value)

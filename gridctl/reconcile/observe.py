@@ -180,7 +180,7 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
     except AuthFailed as e:
         return _failed(node.name, Contact.AUTH, str(e), started)
     except HostKeyUnknown as e:
-        return _failed(node.name, Contact.HOST_KEY, f"unknown: {e}", started)
+        return _failed(node.name, Contact.HOST_KEY_UNKNOWN, str(e), started)
     except HostKeyChanged as e:
         return _failed(node.name, Contact.HOST_KEY, str(e), started)
     except ProbeTimeout as e:

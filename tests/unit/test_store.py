@@ -1,0 +1,274 @@
+"""store.connect / migrations / queries on a real SQLite file under tmp_path.
+
+Guards against: a state file others can read, a database from a newer gridctl being silently
+downgraded, sqlite's own exceptions leaking to the user, unbounded observation history, and a
+failed pass leaving half its writes behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from gridctl.errors import StoreError
+from gridctl.models import (Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
+                            Severity, Verdict)
+from gridctl.store import connect, write_tx
+from gridctl.store import migrations, queries
+
+
+@pytest.fixture
+def db(tmp_path):
+    conn = connect(tmp_path / "state" / "fleet.db")
+    yield conn
+    conn.close()
+
+
+def node(name="n1", **kw) -> NodeRecord:
+    base = dict(name=name, pool="p", provider="local", host="local", port=22)
+    base.update(kw)
+    return NodeRecord(**base)
+
+
+def observation(name="n1", t=1000.0, temp=41.0) -> tuple[Observation, Verdict]:
+    o = Observation(node=name, contact=Contact.OK, started_at=t, duration_s=0.2, node_time=int(t), boot_id="b1",
+                    gpus=(GpuReading(index=0, bus_id="0000:18:00.0", temperature_c=temp),), complete=True)
+    return o, Verdict(Health.HEALTHY, (), "1 GPUs healthy")
+
+
+# ---------------------------------------------------------------- connect
+
+def test_new_store_file_is_private(tmp_path):
+    path = tmp_path / "state" / "fleet.db"
+    connect(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_existing_store_file_is_made_private(tmp_path):
+    path = tmp_path / "fleet.db"
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    connect(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_pragmas(db):
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    assert db.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+
+
+def test_migrating_from_empty_creates_the_schema(tmp_path):
+    path = tmp_path / "fleet.db"
+    sqlite3.connect(path).close()    # an empty sqlite file, version 0
+    conn = connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"nodes", "observations", "events", "meta"} <= tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+    conn.close()
+
+
+def test_connect_twice_is_a_no_op_migration(tmp_path):
+    path = tmp_path / "fleet.db"
+    conn = connect(path)
+    with write_tx(conn):
+        queries.save_node(conn, node(), 1.0)
+    conn.close()
+    conn = connect(path)
+    assert list(queries.load_nodes(conn)) == ["n1"]
+    assert migrations.migrate(conn) == migrations.SCHEMA_VERSION
+    conn.close()
+
+
+def test_refuses_a_database_from_a_newer_gridctl(tmp_path):
+    path = tmp_path / "fleet.db"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {migrations.SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer") as e:
+        connect(path)
+    assert str(path) in str(e.value)
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION + 1   # left alone
+    raw.close()
+
+
+def test_a_file_that_is_not_a_database_gives_store_error(tmp_path):
+    path = tmp_path / "fleet.db"
+    path.write_bytes(b"this is a text file, not SQLite\n" * 200)
+    with pytest.raises(StoreError) as e:
+        connect(path)
+    assert not isinstance(e.value, sqlite3.Error)
+    assert str(path) in str(e.value) and "not a usable gridctl state file" in str(e.value)
+
+
+def test_a_directory_in_place_of_the_file_gives_store_error(tmp_path):
+    path = tmp_path / "fleet.db"
+    path.mkdir()
+    with pytest.raises(StoreError, match="cannot open state file"):
+        connect(path)
+
+
+def test_state_dir_under_a_regular_file_gives_store_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="cannot open state file"):
+        connect(tmp_path / "file" / "x.db")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unreadable_state_dir_gives_store_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o000)
+    try:
+        with pytest.raises(StoreError, match="permission denied"):
+            connect(locked / "x.db")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_create_false_on_a_missing_store_says_run_reconcile(tmp_path):
+    path = tmp_path / "none.db"
+    with pytest.raises(StoreError, match="gridctl reconcile"):
+        connect(path, create=False)
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------- queries
+
+def test_node_round_trip(db):
+    findings = (Finding("xid", Severity.FATAL, "xid 79 on GPU 3 (0000:8a:00.0): fell off the bus", gpu=3,
+                        needs_reset=True),
+                Finding("auth-failed", Severity.UNHEALTHY, "refused", alert=True))
+    n = node(state=NodeState.QUARANTINED, health=Health.UNHEALTHY, reason="xid 79", cordoned=True,
+             cordon_reason="ops", failures=2, good=0, needs_release=True, boot_id="b1", last_seen=10.5,
+             last_good=9.0, state_since=10.5, gpus_expected=8, gpus_seen=7, findings=findings)
+    with write_tx(db):
+        queries.save_node(db, n, 11.0)
+        queries.save_node(db, node("n0"), 11.0)
+    assert queries.load_nodes(db) == {"n0": node("n0"), "n1": n}
+    assert list(queries.load_nodes(db)) == ["n0", "n1"]
+    assert queries.get_node(db, "n1") == n
+    assert queries.get_node(db, "nope") is None
+
+
+def test_save_node_updates_in_place(db):
+    with write_tx(db):
+        queries.save_node(db, node(reason="a"), 1.0)
+        queries.save_node(db, node(reason="b", state=NodeState.SUSPECT), 2.0)
+    assert db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0] == 1
+    assert queries.get_node(db, "n1").reason == "b"
+
+
+def test_record_observation_keeps_only_the_newest(db):
+    with write_tx(db):
+        queries.save_node(db, node("n1"), 1.0)
+        queries.save_node(db, node("n2"), 1.0)
+        for i in range(queries.OBSERVATIONS_KEPT + 15):
+            queries.record_observation(db, *observation("n1", t=1000.0 + i, temp=float(i)))
+        queries.record_observation(db, *observation("n2", t=5.0))
+    count = dict(db.execute("SELECT node, COUNT(*) FROM observations GROUP BY node").fetchall())
+    assert count == {"n1": queries.OBSERVATIONS_KEPT, "n2": 1}
+    oldest = db.execute("SELECT MIN(time) FROM observations WHERE node = 'n1'").fetchone()[0]
+    assert oldest == 1000.0 + 15
+    latest = queries.latest_observation(db, "n1")
+    assert latest["max_temp_c"] == float(queries.OBSERVATIONS_KEPT + 14)
+    assert latest["gpus"][0]["bus_id"] == "0000:18:00.0" and latest["contact"] == "ok"
+    assert queries.latest_max_temps(db) == {"n1": float(queries.OBSERVATIONS_KEPT + 14), "n2": 41.0}
+    assert queries.last_node_times(db) == {"n1": 1000 + queries.OBSERVATIONS_KEPT + 14, "n2": 5}
+
+
+def test_observation_for_an_unknown_node_violates_the_foreign_key(db):
+    with pytest.raises(sqlite3.IntegrityError):
+        with write_tx(db):
+            queries.record_observation(db, *observation("ghost"))
+
+
+def test_deleting_a_node_deletes_its_observations(db):
+    with write_tx(db):
+        queries.save_node(db, node(), 1.0)
+        queries.record_observation(db, *observation())
+    with write_tx(db):
+        queries.delete_node(db, "n1")
+    assert db.execute("SELECT COUNT(*) FROM observations").fetchone()[0] == 0
+    assert queries.latest_observation(db, "n1") is None
+
+
+def test_events_round_trip_with_since_node_and_limit(db):
+    evs = [Event(100.0, "node-added", "added", node="a"),
+           Event(200.0, "node-state", "ready -> suspect: x", node="b", severity="warning"),
+           Event(300.0, "fleet-partition", "3 of 4 silent", severity="alert"),
+           Event(400.0, "alert", "host key changed", node="a", job="j1", severity="alert")]
+    with write_tx(db):
+        queries.add_events(db, evs)
+    assert queries.list_events(db) == evs                                   # oldest first
+    assert queries.list_events(db, since=200.0) == evs[1:]
+    assert queries.list_events(db, node="a") == [evs[0], evs[3]]
+    assert queries.list_events(db, since=150.0, node="a") == [evs[3]]
+    assert queries.list_events(db, limit=2) == evs[2:]                      # the newest two
+    assert queries.list_events(db, node="nobody") == []
+
+
+def test_meta_and_cordon(db):
+    with write_tx(db):
+        queries.set_meta(db, "partitions", "fleet")
+        queries.save_node(db, node(), 1.0)
+    assert queries.get_meta(db, "partitions") == "fleet"
+    with write_tx(db):
+        queries.set_meta(db, "partitions", None)
+        cordoned = queries.set_cordon(db, "n1", True, "maintenance", 2.0)
+        assert queries.set_cordon(db, "ghost", True, "x", 2.0) is None
+    assert queries.get_meta(db, "partitions") is None
+    assert cordoned.cordoned and queries.get_node(db, "n1").cordon_reason == "maintenance"
+    with write_tx(db):
+        queries.set_cordon(db, "n1", False, "ignored", 3.0)
+    assert queries.get_node(db, "n1").cordoned is False and queries.get_node(db, "n1").cordon_reason == ""
+
+
+# ---------------------------------------------------------------- write_tx
+
+def test_write_tx_rolls_back_on_exception(db):
+    with write_tx(db):
+        queries.save_node(db, node(reason="before"), 1.0)
+        queries.add_events(db, [Event(1.0, "node-added", "x", node="n1")])
+    with pytest.raises(RuntimeError):
+        with write_tx(db):
+            queries.save_node(db, node(reason="after"), 2.0)
+            queries.save_node(db, node("n2"), 2.0)
+            queries.add_events(db, [Event(2.0, "node-state", "y", node="n1")])
+            raise RuntimeError("killed mid-pass")
+    assert not db.in_transaction
+    assert {n: r.reason for n, r in queries.load_nodes(db).items()} == {"n1": "before"}
+    assert [e.message for e in queries.list_events(db)] == ["x"]
+
+
+def test_write_tx_is_visible_to_another_connection_only_after_commit(tmp_path):
+    path = tmp_path / "fleet.db"
+    a, b = connect(path), connect(path)
+    try:
+        with write_tx(a):
+            queries.save_node(a, node(), 1.0)
+            assert queries.load_nodes(b) == {}
+        assert list(queries.load_nodes(b)) == ["n1"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_wal_side_files_are_private(tmp_path):
+    path = tmp_path / "fleet.db"
+    a = connect(path)
+    with write_tx(a):
+        queries.save_node(a, node(), 1.0)
+    b = connect(path)   # side files exist now; connect tightens them
+    for suffix in ("-wal", "-shm"):
+        side = tmp_path / f"fleet.db{suffix}"
+        if side.exists():
+            assert stat.S_IMODE(side.stat().st_mode) == 0o600
+    a.close()
+    b.close()
