@@ -493,7 +493,7 @@ def profile_probe(fleet_path: Path, env: dict, out_dir: Path, seconds_hint: str)
         print("\n(profile skipped: py-spy not installed; pip install py-spy)")
         return
     raw = out_dir / "probe.pyspy.txt"
-    argv = [spy, "record", "--format", "raw", "--rate", "200", "-o", str(raw), "--",
+    argv = [spy, "record", "--nonblocking", "--format", "raw", "--rate", "200", "-o", str(raw), "--",
             *GRIDCTL, "probe", "-f", str(fleet_path), "--json"]
     r = run_child(argv, env)
     if not raw.exists():
@@ -501,9 +501,9 @@ def profile_probe(fleet_path: Path, env: dict, out_dir: Path, seconds_hint: str)
         return
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
-    total = 0
+    total = empty = 0
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _, count = line.strip().rpartition(" ")
         if not count.isdigit():
             continue
         frames = [f for f in stack.split(";") if f]
@@ -512,13 +512,19 @@ def profile_probe(fleet_path: Path, env: dict, out_dir: Path, seconds_hint: str)
         if frames and frames[0].startswith("thread "):
             frames = frames[1:]
         n = int(count)
+        if not frames:          # no Python stack in the sample (py-spy could not read one): not counted
+            empty += n
+            continue
         total += n
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
         for f in set(frames):
             incl[f] = incl.get(f, 0) + n
-    print(f"\n== py-spy on one `gridctl probe` ({seconds_hint}), {total} samples at 200 Hz, all threads, "
-          f"idle excluded; raw stacks: {raw} ==")
+    if not total:
+        print(f"\n(profile: no samples with a stack; {empty} without)")
+        return
+    print(f"\n== py-spy on one `gridctl probe` ({seconds_hint}): wall {r['wall']:.1f}s, {total} samples with a stack "
+          f"at 200 Hz ({empty} without, not counted), all threads, idle excluded; on a saturated machine "
+          "runnable-but-waiting threads count as busy, so read shares, not seconds ==")
     print("top own (where CPU is spent):")
     for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {c / total * 100:5.1f}%  {f}")
@@ -591,6 +597,7 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds to measure idle CPU in loop mode (default 5)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,probe,blackhole,loop")
     ap.add_argument("--profile", action="store_true", help="also run one gridctl probe at the largest N under py-spy")
+    ap.add_argument("--profile-raw", metavar="PATH", help="with --profile: keep py-spy's raw stacks here")
     ap.add_argument("--baseline-worker", metavar="FLEET", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -608,6 +615,9 @@ def main() -> int:
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
+    # Ctrl-C / kill -INT must reach the finally below even when started in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise)
     signal.signal(signal.SIGHUP, _raise)
 
@@ -675,16 +685,15 @@ def main() -> int:
             n = max(sizes)
             wait_sshd_idle(fleet)
             profile_probe(fleets[n], env, root, f"N={n}, all up")
-            keep = Path(tempfile.gettempdir()) / f"gridctl-bench-probe-N{n}.pyspy.txt"
-            if (root / "probe.pyspy.txt").exists():
-                shutil.copy(root / "probe.pyspy.txt", keep)
-                print(f"(raw py-spy stacks kept at {keep})")
+            if args.profile_raw and (root / "probe.pyspy.txt").exists():
+                shutil.copy(root / "probe.pyspy.txt", args.profile_raw)
+                print(f"(raw py-spy stacks kept at {args.profile_raw})")
 
         summary(results, sizes)
         print(f"\nafter: {background_load()}")
         return 0
     except KeyboardInterrupt as e:
-        print(f"\ninterrupted ({e or 'Ctrl-C'}): cleaning up", file=sys.stderr)
+        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", file=sys.stderr)
         return 130
     finally:
         for proc in list(_children):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 GRIDCTL = [sys.executable, "-c", "from gridctl.cli import main; main()"]
 

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 

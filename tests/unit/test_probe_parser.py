@@ -7,7 +7,6 @@ output crashing the sweep (parse_probe must never raise).
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timezone
 
