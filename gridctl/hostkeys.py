@@ -37,18 +37,34 @@ class HostKeyStore:
                     self._keys.load(str(source))
                 except (OSError, paramiko.SSHException, ValueError):
                     pass  # an unreadable or odd line elsewhere must not stop probing
+        # paramiko's lookup scans every entry; index plain names so a 500-node sweep stays linear
+        self._index: dict[str, dict[str, paramiko.PKey]] = {}
+        self._hashed = False
+        for entry in self._keys._entries:
+            for hostname in entry.hostnames:
+                if hostname.startswith("|1|"):
+                    self._hashed = True
+                else:
+                    self._index.setdefault(hostname, {}).setdefault(entry.key.get_name(), entry.key)
+
+    def _lookup(self, name: str) -> dict[str, paramiko.PKey] | None:
+        found = self._index.get(name)
+        if found is None and self._hashed:
+            entry = self._keys.lookup(name)
+            found = dict(entry) if entry else None
+        return found
 
     def key_types(self, host: str, port: int) -> list[str]:
         """Key types we already trust for this host, so the server is asked for one of those."""
         with self._lock:
-            entry = self._keys.lookup(pin_name(host, port))
-            return list(entry.keys()) if entry else []
+            entry = self._lookup(pin_name(host, port))
+            return list(entry) if entry else []
 
     def check(self, host: str, port: int, key: paramiko.PKey, policy: str) -> None:
         """Accept a known matching key; pin an unknown one under accept-new; raise otherwise."""
         name = pin_name(host, port)
         with self._lock:
-            entry = self._keys.lookup(name)
+            entry = self._lookup(name)
             known = entry.get(key.get_name()) if entry else None
             if known is not None:
                 if known == key:
@@ -61,7 +77,7 @@ class HostKeyStore:
             if policy != "accept-new":
                 raise HostKeyUnknown(f"{name} host key unknown ({key.get_name()} {key.fingerprint}); "
                                      f"policy strict: add it to {self.path}")
-            self._keys.add(name, key.get_name(), key)
+            self._index.setdefault(name, {})[key.get_name()] = key
             self._append(f"{name} {key.get_name()} {key.get_base64()}\n")
 
     def _append(self, line: str) -> None:

@@ -62,7 +62,7 @@ echo "@time $(date +%s)"
 BOOT=$(cat "${GRIDCTL_BOOT_ID_FILE:-/proc/sys/kernel/random/boot_id}" 2>/dev/null)
 echo "@boot_id ${BOOT:-unknown}"
 # nvidia-smi in uninterruptible sleep for over a minute: the driver is wedged (a brief D is normal I/O)
-STUCK=$(ps -eo stat=,etimes=,comm= 2>/dev/null | awk '$1 ~ /^D/ && $2 > 60 && $3 == "nvidia-smi"' | wc -l)
+STUCK=$(ps -eo stat=,etimes=,comm= 2>/dev/null | awk '$1 ~ /^D/ && $2 > 60 && $2 < 31536000 && $3 == "nvidia-smi"' | wc -l)
 echo "@stuck nvidia-smi=$STUCK"
 TMP=$(mktemp 2>/dev/null) || TMP=/tmp/gridctl-probe.$$
 trap 'rm -f "$TMP"' EXIT

@@ -104,7 +104,8 @@ class _Conn:
 class SshTransport:
     """A cache of authenticated paramiko Transports, one per (user, host, port, jump)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep                         # False: close each connection after its command
         self._conns: dict[tuple, _Conn] = {}
         self._lock = threading.Lock()
         self._stores: dict[Path, HostKeyStore] = {}
@@ -123,13 +124,17 @@ class SshTransport:
         reused = sock is None and self.connected(target)
         conn = self._connection(target, sock)
         try:
-            return self._exec(conn.transport, command, stdin, timeout)
-        except _Broken as e:
-            self._drop(target)
-            if not reused:
-                raise Unreachable(f"connection lost: {e}") from None
-        # a cached connection died between passes: reconnect once, transparently
-        return self._exec(self._connection(target, None).transport, command, stdin, timeout)
+            try:
+                return self._exec(conn.transport, command, stdin, timeout)
+            except _Broken as e:
+                self._drop(target)
+                if not reused:
+                    raise Unreachable(f"connection lost: {e}") from None
+            # a cached connection died between passes: reconnect once, transparently
+            return self._exec(self._connection(target, None).transport, command, stdin, timeout)
+        finally:
+            if not self.keep:
+                self._drop(target)
 
     def close(self) -> None:
         with self._lock:
@@ -146,7 +151,11 @@ class SshTransport:
             if sock is not None:
                 sock.close()
             return conn
-        transport = self._handshake(target, sock if sock is not None else self._open_socket(target))
+        try:
+            transport = self._handshake(target, sock if sock is not None else self._open_socket(target))
+        except _Dropped:
+            # sshd closed before its banner (MaxStartups, LoginGraceTime): a fresh connect, once
+            transport = self._handshake(target, self._open_socket(target))
         conn = _Conn(transport)
         with self._lock:
             old = self._conns.get(target.key)
@@ -195,8 +204,12 @@ class SshTransport:
             raise AuthFailed(f"{target.user}@{target.host}: {_words(e)}") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             t.close()
+            if isinstance(e, (EOFError, ConnectionResetError)) or isinstance(e.__context__, (EOFError, ConnectionResetError)):
+                raise _Dropped(f"connection closed by {target.host}:{target.port} before the SSH handshake") from None
             raise Unreachable(_words(e)) from None
         t.set_keepalive(KEEPALIVE_S)
+        # paramiko's reader thread wakes every 0.1 s by default; an idle cached connection need not
+        t.sock.settimeout(1.0)
         return t
 
     def _authenticate(self, t: paramiko.Transport, target: Target) -> None:
@@ -207,6 +220,8 @@ class SshTransport:
             except paramiko.BadAuthenticationType as e:
                 raise AuthFailed(f"{target.user}@{target.host}: server allows only {', '.join(e.allowed_types)}") from None
             except paramiko.AuthenticationException:
+                if not t.is_active():
+                    raise Unreachable(f"{target.host}:{target.port} closed the connection during authentication") from None
                 tried.append(pkey.get_name())
                 continue
             if t.is_authenticated():
@@ -278,6 +293,10 @@ class _Broken(Exception):
     """The SSH connection itself failed (not the command)."""
 
 
+class _Dropped(Unreachable):
+    """The server closed the TCP connection before the SSH handshake finished."""
+
+
 def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytearray, bytearray, bool]:
     out, err = bytearray(), bytearray()
     while True:
@@ -294,7 +313,8 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytearray, bytearra
             progressed = True
         if len(out) >= MAX_OUTPUT:
             return out[:MAX_OUTPUT], err, True
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+        if (chan.exit_status_ready() and (chan.eof_received or chan.closed) and not chan.recv_ready()
+                and not chan.recv_stderr_ready()):
             return out, err, False
         remaining = deadline - time.monotonic()
         if remaining <= 0:

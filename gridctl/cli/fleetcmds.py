@@ -53,7 +53,7 @@ def probe(
         chosen = [n for n in inventory.nodes if n.name in nodes]
     for pool, why in inventory.failed_pools.items():
         err_console.print(f"warning: pool {pool}: {why}", markup=False, style="yellow")
-    transports = Transports()
+    transports = Transports(keep=False)
     try:
         observations = sweep(chosen, transports, probe_timeout=fleet.health.probe_timeout,
                              concurrency=fleet.health.concurrency)
@@ -117,7 +117,7 @@ def reconcile(
         raise ConfigError(f"--interval: {e}") from None
     conn = open_store(db_path, create=True)
     lock = PassLock(db_path)
-    transports = Transports()
+    transports = Transports(keep=loop)
     try:
         while True:
             began = time.monotonic()

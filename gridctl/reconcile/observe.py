@@ -50,8 +50,9 @@ class Inventory:
 class Transports:
     """The transports of one process; kept across passes in --loop so SSH connections are reused."""
 
-    def __init__(self) -> None:
-        self.ssh = SshTransport()
+    def __init__(self, keep: bool = True) -> None:
+        """keep=False (one-shot commands): close each SSH connection once its probe is done."""
+        self.ssh = SshTransport(keep=keep)
         self.local = LocalTransport()
 
     def for_target(self, target: Target):
@@ -146,7 +147,8 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     ssh = transports.ssh
     direct = [n for n in nodes if n.target.local_dir is not None or n.target.proxy_jump is not None
               or ssh.connected(n.target)]
-    to_connect = [n for n in nodes if n not in direct]
+    direct_names = {n.name for n in direct}
+    to_connect = [n for n in nodes if n.name not in direct_names]
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
         futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None)
                    for n in direct]
