@@ -128,6 +128,7 @@ class Observation:
     stuck_smi: int = 0                # nvidia-smi processes in D state on the node
     parse_problems: tuple[str, ...] = ()
     complete: bool = False            # saw @end
+    attempts: tuple["AttemptReport", ...] = ()   # job attempt dirs on the node (not yet reaped)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class NodeRecord:
     gpus_expected: int = 0
     gpus_seen: int | None = None
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    draining: bool = False          # `gridctl drain`: cordoned, and its jobs are being moved
 
     @property
     def schedulable(self) -> bool:
@@ -183,3 +185,94 @@ class Event:
     node: str | None = None
     job: str | None = None
     severity: str = "info"   # info | warning | alert
+
+
+# ---------------------------------------------------------------- jobs (DESIGN section 5)
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class AttemptState(str, enum.Enum):
+    STARTING = "starting"            # recorded before the remote start; confirmed by the launch or a probe
+    RUNNING = "running"
+    SILENT = "silent"                # its node stopped answering: the process may or may not still run
+    EXITED = "exited"
+    LOST = "lost"                    # node failed, rebooted, or silent past unreachable_grace
+    HUNG = "hung"                    # no heartbeat for hang_timeout: killed
+    KILLED = "killed"                # stopped by gridctl (cancel, drain, fencing, max_duration)
+    FAILED_TO_START = "failed_to_start"
+
+    @property
+    def live(self) -> bool:
+        """May still hold GPUs and count as the replica's copy."""
+        return self in (AttemptState.STARTING, AttemptState.RUNNING, AttemptState.SILENT)
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """One attempt directory as a node's probe saw it (times on the node's clock)."""
+
+    id: str
+    pid: int | None
+    alive: bool
+    exit_code: int | None
+    heartbeat_at: int | None
+    started_at: int | None
+    fenced: bool = False              # the probe killed it because it was on the kill list
+    node_now: int | None = None       # the node's clock when it looked
+    reaped: bool = False              # on the kill list: marked done by this probe
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of one replica of a job on one node, as the store keeps it."""
+
+    id: str                           # "<job>.<n>"
+    job: str
+    n: int
+    replica: int
+    node: str
+    state: AttemptState
+    reason: str = ""
+    gpus: tuple[str, ...] = ()        # GPU UUIDs (CUDA_VISIBLE_DEVICES)
+    created_at: float = 0.0
+    started_at: float | None = None   # confirmed running
+    ended_at: float | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    heartbeat_at: float | None = None  # our clock, from the probe's heartbeat age
+    silent_since: float | None = None
+    outcome: str = ""                 # how a terminal attempt counts: ok | exit | node | hung | duration | cancel | superseded
+    reaped: bool = False              # its directory on the node is marked done
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job: the user's intent (spec, cancel) and the decided state with its reason."""
+
+    name: str
+    spec: dict                        # the validated job spec as JSON-able dict
+    state: JobState = JobState.PENDING
+    reason: str = "waiting for the next reconcile pass"
+    reason_code: str = "pending"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    restarts: int = 0                 # node-failure requeues so far
+    failures: int = 0                 # process failures so far (exit != 0, hung)
+    next_try_at: float | None = None  # backoff: no new attempt before this
+    pending_since: float | None = None
+    cancel_requested: bool = False
+    attempts_made: int = 0
+
+    @property
+    def job_class(self) -> str:
+        return self.spec.get("class", "service")

@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
-from .models import Contact, GpuReading, Observation, XidEvent
+from .launcher import ALIVE_FN, ATTEMPT_ID_RE
+from .models import AttemptReport, Contact, GpuReading, Observation, XidEvent
 
 PROBE_VERSION = 1
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024      # client-side cap on what one probe may return
@@ -55,7 +56,7 @@ def query(fields: tuple) -> str:
 
 
 _SCRIPT = r"""
-T=$1; TLOG=$2; SINCE=$3; WD=$4
+T=$1; TLOG=$2; SINCE=$3; WD=$4; KILL=$5
 case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\~/}" ;; esac
 echo "@gridctl-probe __VERSION__"
 echo "@time $(date +%s)"
@@ -91,10 +92,28 @@ echo "@xid source=$SRC"
 D=$WD
 while [ -n "$D" ] && [ "$D" != / ] && [ ! -d "$D" ]; do D=$(dirname "$D"); done
 timeout -k 2 "$TLOG" df -Pk "${D:-/}" 2>/dev/null | awk -v d="${D:-/}" 'NR == 2 { printf "@disk %s %.0f %.0f\n", d, $4 * 1024, $2 * 1024 }'
+# attempts of jobs: fence (kill) the ones gridctl has ended, then report every unreaped one
+if [ -d "$WD/attempts" ]; then
+  __ALIVE__
+  for id in $(echo "$KILL" | tr ',' ' '); do
+    A="$WD/attempts/$id"; [ -d "$A" ] || continue
+    P=$(cat "$A/pid" 2>/dev/null)
+    if [ -n "$P" ] && alive "$P"; then kill -KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; echo "@fenced $id pid=$P"; fi
+    : >"$A/reaped"
+  done
+  NOW=$(date +%s)
+  for A in "$WD"/attempts/*; do
+    [ -d "$A" ] && [ ! -e "$A/reaped" ] || continue
+    P=$(cat "$A/pid" 2>/dev/null); L=0
+    [ -n "$P" ] && alive "$P" && L=1
+    HB=$(stat -c %Y "$A/heartbeat" "$A/stdout" "$A/stderr" 2>/dev/null | sort -n | tail -n 1)
+    echo "@attempt ${A##*/} pid=${P:--} alive=$L exit=$(cat "$A/exit" 2>/dev/null || echo -) hb=${HB:--} started=$(cat "$A/started" 2>/dev/null || echo -) now=$NOW"
+  done
+fi
 echo "@end"
 """
 
-PROBE_SCRIPT = (_SCRIPT.replace("__VERSION__", str(PROBE_VERSION)).replace("__FULL__", shlex.quote(query(FULL_FIELDS)))
+PROBE_SCRIPT = (_SCRIPT.replace("__VERSION__", str(PROBE_VERSION)).replace("  __ALIVE__\n", "  " + ALIVE_FN).replace("__FULL__", shlex.quote(query(FULL_FIELDS)))
                 .replace("__CORE__", shlex.quote(query(CORE_FIELDS))).replace("__CAP__", str(SMI_OUTPUT_CAP)))
 
 
@@ -113,9 +132,13 @@ class ProbeBudget:
         return max(1, int(self.total_s * 0.15))
 
 
-def probe_command(budget: ProbeBudget, since: int, work_dir: str) -> str:
-    """The remote command line; the script itself goes on stdin. Every argument is quoted."""
-    args = [str(budget.smi_s), str(budget.log_s), str(int(since)), work_dir]
+def probe_command(budget: ProbeBudget, since: int, work_dir: str, kill: tuple[str, ...] = ()) -> str:
+    """The remote command line; the script itself goes on stdin. Every argument is quoted.
+    `kill`: attempt ids gridctl has ended on this node: killed if still alive, then marked reaped."""
+    bad = [a for a in kill if not ATTEMPT_ID_RE.match(a)]
+    if bad:
+        raise ValueError(f"invalid attempt ids {bad}")
+    args = [str(budget.smi_s), str(budget.log_s), str(int(since)), work_dir, ",".join(kill)]
     return "sh -s -- " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -257,9 +280,14 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
     sections: dict[str, tuple[str, list[str]]] = {}
     current: list[str] | None = None
     problems: list[str] = []
+    repeated: dict[str, list[str]] = {"attempt": [], "fenced": []}
     for line in text.splitlines():
         if line.startswith("@"):
             name, _, rest = line[1:].partition(" ")
+            if name in repeated:
+                if len(repeated[name]) < 10000:
+                    repeated[name].append(rest.strip())
+                continue
             current = []
             sections[name] = (rest.strip(), current)
         elif current is not None:
@@ -307,7 +335,28 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         boot_id=boot if boot and boot != "unknown" else None, smi_rc=rc, smi_fields=tuple(columns),
         smi_errors=smi_errors, gpus=gpus, xids=xids, xid_source=xid_source, disk_free_bytes=disk_free,
         disk_total_bytes=disk_total, stuck_smi=stuck, parse_problems=tuple(problems), complete=complete,
+        attempts=parse_attempts(repeated["attempt"], repeated["fenced"]),
     )
+
+
+def parse_attempts(lines: list[str], fenced: list[str]) -> tuple[AttemptReport, ...]:
+    """`@attempt ID pid=P alive=0|1 exit=N hb=T started=T now=T` lines -> reports (bad lines skipped)."""
+    killed = {f.split()[0] for f in fenced if f.split()}
+    out = []
+    for line in lines:
+        ident, _, rest = line.partition(" ")
+        if not ATTEMPT_ID_RE.match(ident):
+            continue
+        kv = _kv(rest)
+        now = _int(kv.get("now"))
+        out.append(AttemptReport(id=ident, pid=_int(kv.get("pid")), alive=kv.get("alive") == "1",
+                                 exit_code=_int(kv.get("exit")), heartbeat_at=_int(kv.get("hb")),
+                                 started_at=_int(kv.get("started")), fenced=ident in killed, node_now=now))
+    for ident in sorted(killed - {r.id for r in out}):
+        if ATTEMPT_ID_RE.match(ident):
+            out.append(AttemptReport(id=ident, pid=None, alive=False, exit_code=None, heartbeat_at=None,
+                                     started_at=None, fenced=True, reaped=True))
+    return tuple(out)
 
 
 def _int(text: str | None) -> int | None:

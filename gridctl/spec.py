@@ -110,6 +110,8 @@ class HealthSettings(_Model):
     stale_after: PositiveDuration = 60.0
     max_gpu_temp_c: float = 90.0
     min_disk_free_pct: float = Field(5.0, ge=0, le=100)
+    lemon_after: int = Field(3, ge=1)          # failures of different jobs on one node ...
+    lemon_window: PositiveDuration = 3600.0    # ... within this window make it a lemon
 
 
 class GpuSpec(_Model):
@@ -292,13 +294,13 @@ def _line_key(problem: str) -> tuple:
     return (int(m.group(1)) if m else 0, problem)
 
 
-def _describe(err: dict, data: Any) -> tuple[tuple, str]:
+def _describe(err: dict, data: Any, root: Any = None) -> tuple[tuple, str]:
     """pydantic error -> (location in the user's file, one human sentence)."""
     loc = tuple(p for i, p in enumerate(err["loc"]) if not (i == 2 and err["loc"][0] == "pools" and p in _POOL_MODELS))
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _allowed_keys(loc[:-1], data)
+        allowed = _allowed_keys(loc[:-1], data, root or Fleet)
         hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         return loc, f"unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(sorted(allowed))})")
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
@@ -322,8 +324,8 @@ def _dig(data: Any, loc: tuple) -> Any:
     return data
 
 
-def _allowed_keys(loc: tuple, data: Any) -> list[str]:
-    model: Any = Fleet
+def _allowed_keys(loc: tuple, data: Any, root: Any = None) -> list[str]:
+    model: Any = root or Fleet
     for i, part in enumerate(loc):
         if isinstance(part, int):
             continue

@@ -83,6 +83,29 @@ class LocalTransport:
         return RunResult(out[:MAX_OUTPUT], err[:65536], proc.returncode, time.monotonic() - start,
                          len(out) > MAX_OUTPUT)
 
+    def stream(self, target: Target, command: str, out, timeout: float | None) -> int | None:
+        """Run command, copying its stdout to `out` as it comes; returns the exit code."""
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    break
+                out.write(chunk)
+                out.flush()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ProbeTimeout(f"no end in {timeout:g}s")
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        return proc.wait()
+
     def close(self) -> None:
         pass
 
@@ -135,6 +158,35 @@ class SshTransport:
         finally:
             if not self.keep:
                 self._drop(target)
+
+    def stream(self, target: Target, command: str, out, timeout: float | None) -> int | None:
+        """Run command, copying its stdout to `out` as it arrives; returns the exit code."""
+        conn = self._connection(target, None)
+        try:
+            chan = conn.transport.open_session(timeout=CHANNEL_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise Unreachable(f"cannot open a session: {_words(e)}") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            chan.settimeout(1.0)
+            chan.exec_command(command)
+            chan.shutdown_write()
+            while True:
+                try:
+                    data = chan.recv(65536)
+                except socket.timeout:
+                    if not conn.transport.is_active():
+                        raise Unreachable("connection lost") from None
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ProbeTimeout(f"no end in {timeout:g}s") from None
+                    continue
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+            return chan.recv_exit_status()
+        finally:
+            chan.close()
 
     def close(self) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ def cordon(name: str, reason: str = typer.Option(None, "--reason", help="Why (sh
         with write_tx(conn):
             node = _node_or_fail(conn, name)
             now = time.time()
-            queries.save_node(conn, replace(node, cordoned=True, cordon_reason=reason), now)
+            queries.save_node(conn, replace(node, cordoned=True, cordon_reason=reason), now, user=True)
             queries.add_events(conn, [Event(now, "cordon", reason, node=name)])
     console.print(f"{name} cordoned: {reason}", markup=False)
 
@@ -51,12 +51,12 @@ def uncordon(name: str, fleet_path: Optional[Path] = FleetOption) -> None:
         with write_tx(conn):
             node = _node_or_fail(conn, name)
             now = time.time()
-            updated = replace(node, cordoned=False, cordon_reason="")
+            updated = replace(node, cordoned=False, cordon_reason="", draining=False)
             message = "uncordoned"
             if node.state is NodeState.QUARANTINED:
                 updated = replace(updated, state=NodeState.SUSPECT, needs_release=False, good=0, failures=0,
                                   state_since=now, reason=f"released by {getpass.getuser()} after: {node.reason}")
                 message = f"released from quarantine ({node.reason}); waiting for good probes"
-            queries.save_node(conn, updated, now)
+            queries.save_node(conn, updated, now, user=True)
             queries.add_events(conn, [Event(now, "uncordon", message, node=name)])
     console.print(f"{name}: {message}", markup=False)

@@ -145,7 +145,7 @@ def _print_report(report, quiet: bool) -> None:
         style = {"alert": "bold red", "warning": "yellow"}.get(event.severity, "")
         who = f"{event.node}: " if event.node else ""
         line = f"{event.kind:<16} {who}{event.message}"
-        console.print(Text(line, style=style))
+        console.print(Text(line, style=style), soft_wrap=True)
     for scope in sorted(report.partitions):
         err_console.print(f"[bold red]WARNING: {scope} partition suspected: most nodes are silent; "
                           "not quarantining silent nodes until they answer.[/bold red]")

@@ -104,7 +104,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
         console.print(table)
     console.print("\n[bold]Recent events[/bold]")
     for e in events or []:
-        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False)
+        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
     if not events:
         console.print("  none")
 

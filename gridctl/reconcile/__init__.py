@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..health import Thresholds
-from ..models import Event, NodeRecord
+from ..models import Contact, Event, NodeRecord
+from ..placement import Gpu
 from ..spec import Fleet
 from ..store import queries
-from .apply import apply_pass, prior_partitions
+from .act import carry_out
+from .apply import apply_pass, apply_results, prior_partitions
+from .jobs import JobPlan, LemonRule, NodeView, plan_jobs
 from .observe import Transports, sweep, take_inventory
-from .plan import plan_pass
+from .plan import FLEET, plan_pass
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class PassReport:
     events: list[Event]
     partitions: frozenset[str]
     failed_pools: dict[str, str]
+    launches: int = 0
+    stops: int = 0
 
 
 class PassLock:
@@ -71,16 +76,62 @@ def thresholds(fleet: Fleet) -> Thresholds:
 
 
 def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transports, state_dir: Path) -> PassReport:
-    """One idempotent pass. Reads the store, does all network I/O with no transaction open, then
-    writes the outcome in one short transaction."""
+    """One idempotent pass. Reads the store, does all network I/O with no transaction open, writes
+    the decisions in one short transaction, then starts/stops attempts and records the answers
+    in a second one. Killed anywhere, the next pass heals: an attempt recorded `starting` but never
+    launched is found missing; an attempt ended in the store but still alive is on its node's
+    kill list until the node confirms it is gone."""
     started = time.time()
     stored = queries.load_nodes(conn)
     since = {name: t - 5 for name, t in queries.last_node_times(conn).items() if t}
     prior = prior_partitions(conn)
+    jobs = queries.load_jobs(conn, active_only=True)
+    unreaped = queries.load_attempts(conn, unreaped=True)
+    attempts = {a.id: a for a in queries.load_attempts(conn, jobs=list(jobs))}
+    history = queries.load_attempts(conn, jobs=[], since=started - fleet.health.lemon_window)
+    kill: dict[str, list[str]] = {}
+    for a in unreaped:
+        if not a.state.live:
+            kill.setdefault(a.node, []).append(a.id)
     inventory = take_inventory(fleet, state_dir)
     observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
-                         concurrency=fleet.health.concurrency, since=since)
+                         concurrency=fleet.health.concurrency, since=since,
+                         kill={k: tuple(v) for k, v in kill.items()})
     now = time.time()
     plan = plan_pass(stored, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet), prior)
-    apply_pass(conn, plan, now)
-    return PassReport(started, now - started, plan.nodes, plan.events, plan.partitions, inventory.failed_pools)
+    views = _views(plan, inventory.nodes, observations, stored)
+    jp = plan_jobs(jobs, list(attempts.values()), views, now, history=history,
+                   lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window))
+    reaped = [i for name, ids in kill.items() if _complete(observations.get(name)) for i in ids]
+    apply_pass(conn, plan, now, jp, reaped)
+    by_name = {n.name: n for n in inventory.nodes}
+    launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, fleet.health.concurrency)
+    done = time.time()
+    events = apply_results(conn, jp, launched, stopped, done)
+    return PassReport(started, done - started, plan.nodes, plan.events + jp.events + events, plan.partitions,
+                      inventory.failed_pools, len(jp.launches), len(jp.stops))
+
+
+def _complete(obs) -> bool:
+    return obs is not None and obs.contact is Contact.OK and obs.complete
+
+
+def _views(plan, inventory, observations, stored) -> dict[str, NodeView]:
+    records = {n.name: n for n in plan.nodes}
+    views = {}
+    for inv in inventory:
+        rec = records.get(inv.name)
+        if rec is None:
+            continue
+        obs = observations.get(inv.name)
+        answered = obs is not None and obs.contact in (Contact.OK, Contact.HUNG)
+        complete = _complete(obs)
+        old = stored.get(inv.name)
+        rebooted = bool(answered and obs.boot_id and old is not None and old.boot_id and obs.boot_id != old.boot_id)
+        cut = FLEET in plan.partitions or f"pool:{inv.pool}" in plan.partitions
+        gpus = tuple(Gpu(g.uuid, g.index, g.name or "", g.memory_total_mib) for g in obs.gpus if g.uuid) \
+            if complete else ()
+        views[inv.name] = NodeView(rec, answered, complete, partitioned=cut and not answered, rebooted=rebooted,
+                                   reports={r.id: r for r in obs.attempts} if complete else {},
+                                   gpus=gpus, work_dir=inv.work_dir)
+    return views

@@ -80,7 +80,9 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
             if inst.state is not InstanceState.RUNNING:
                 continue
             target = _target(inst, spec_nodes.get(inst.id), pool.ssh, fleet.ssh, ssh_config)
-            work_dir = pool.ssh.work_dir or fleet.ssh.work_dir or DEFAULT_WORK_DIR
+            work_dir = (pool.ssh.work_dir or fleet.ssh.work_dir or DEFAULT_WORK_DIR).replace("{node}", inst.id)
+            if inst.local_dir is not None:
+                work_dir = str(inst.local_dir / "work")   # each simulated node keeps its own attempts
             nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir))
     return Inventory(nodes, failed)
 
@@ -135,10 +137,12 @@ def _ssh_target(name: str, host: str, *, port, user, key, proxy_jump, connect_ti
 
 
 def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: float, concurrency: int,
-          since: dict[str, int] | None = None) -> dict[str, Observation]:
+          since: dict[str, int] | None = None, kill: dict[str, tuple[str, ...]] | None = None
+          ) -> dict[str, Observation]:
     """Probe every node once, concurrently. Dead nodes wait in the connector, not in worker threads,
     so wall time stays about one connect timeout plus one probe timeout."""
     since = since or {}
+    kill = kill or {}
     budget = ProbeBudget(probe_timeout)
     started = time.time()
     by_name = {n.name: n for n in nodes}
@@ -150,15 +154,15 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     direct_names = {n.name for n in direct}
     to_connect = [n for n in nodes if n.name not in direct_names]
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
-        futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None)
-                   for n in direct]
+        futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None,
+                               kill.get(n.name, ())) for n in direct]
         for name, sock in connect_many((n.name, n.target.host, n.target.port, n.target.connect_timeout)
                                        for n in to_connect):
             if isinstance(sock, Unreachable):
                 results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
             else:
                 futures.append(pool.submit(_probe_one, by_name[name], transports, budget,
-                                           since.get(name, 0), started, sock))
+                                           since.get(name, 0), started, sock, kill.get(name, ())))
         for fut in futures:
             obs = fut.result()
             results[obs.node] = obs
@@ -171,8 +175,8 @@ def _failed(name: str, contact: Contact, detail: str, started: float) -> Observa
 
 
 def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, since: int, started: float,
-               sock) -> Observation:
-    command = probe_command(budget, since, node.work_dir)
+               sock, kill: tuple[str, ...] = ()) -> Observation:
+    command = probe_command(budget, since, node.work_dir, kill)
     t0 = time.monotonic()
     try:
         res = transports.for_target(node.target).run(node.target, command, PROBE_SCRIPT.encode(), budget.total_s,

@@ -67,7 +67,52 @@ def _v1_nodes_observations_events(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
-MIGRATIONS = [_v1_nodes_observations_events]
+def _v2_jobs_attempts(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
+    conn.execute("""
+        CREATE TABLE jobs (
+            name TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            class TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            reason_code TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            restarts INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL,
+            pending_since REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            attempts_made INTEGER NOT NULL DEFAULT 0
+        )""")
+    conn.execute("""
+        CREATE TABLE attempts (
+            id TEXT PRIMARY KEY,
+            job TEXT NOT NULL REFERENCES jobs(name) ON DELETE CASCADE,
+            n INTEGER NOT NULL,
+            replica INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            gpus TEXT NOT NULL DEFAULT '[]',
+            created_at REAL NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            exit_code INTEGER,
+            pid INTEGER,
+            heartbeat_at REAL,
+            silent_since REAL,
+            outcome TEXT NOT NULL DEFAULT '',
+            reaped INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (job, n)
+        )""")
+    conn.execute("CREATE INDEX attempts_job ON attempts(job, n)")
+    conn.execute("CREATE INDEX attempts_unreaped ON attempts(reaped, node)")
+    conn.execute("CREATE INDEX events_job ON events(job, time)")
+
+
+MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -11,7 +11,8 @@ import sqlite3
 from dataclasses import asdict, fields, replace
 from typing import Iterable
 
-from ..models import Event, Finding, Health, NodeRecord, NodeState, Observation, Severity, Verdict
+from ..models import (Attempt, AttemptState, Event, Finding, Health, JobRecord, JobState, NodeRecord, NodeState,
+                      Observation, Severity, Verdict)
 
 OBSERVATIONS_KEPT = 50
 
@@ -36,6 +37,7 @@ def _node_from_row(row: sqlite3.Row) -> NodeRecord:
         last_seen=row["last_seen"], last_good=row["last_good"], state_since=row["state_since"],
         gpus_expected=row["gpus_expected"], gpus_seen=row["gpus_seen"],
         findings=tuple(_finding_from_json(d) for d in json.loads(row["findings"])),
+        draining=bool(row["draining"]),
     )
 
 
@@ -49,19 +51,26 @@ def get_node(conn: sqlite3.Connection, name: str) -> NodeRecord | None:
     return _node_from_row(row) if row else None
 
 
-def save_node(conn: sqlite3.Connection, node: NodeRecord, now: float) -> None:
-    """Insert or replace one node row (inside write_tx)."""
+_USER_NODE_COLUMNS = {"cordoned", "cordon_reason", "draining"}
+
+
+def save_node(conn: sqlite3.Connection, node: NodeRecord, now: float, *, user: bool = False) -> None:
+    """Insert or update one node row (inside write_tx). user=True: an admin command, flags included."""
     values = asdict(node)
     values["state"] = node.state.value
     values["health"] = node.health.value
     values["findings"] = _findings_json(node.findings)
     values["cordoned"] = int(node.cordoned)
     values["needs_release"] = int(node.needs_release)
+    values["draining"] = int(node.draining)
     cols = _NODE_COLUMNS + ["updated_at"]
     values["updated_at"] = now
+    # the user's flags (cordon, drain) are written by admin commands only: a pass that read the
+    # row before `gridctl cordon` committed must not undo it
+    kept = set() if user else _USER_NODE_COLUMNS
     conn.execute(
         f"INSERT INTO nodes ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-        f"ON CONFLICT(name) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols if c != 'name')}",
+        f"ON CONFLICT(name) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols if c != 'name' and c not in kept)}",
         [values[c] for c in cols],
     )
 
@@ -137,13 +146,15 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
                      (key, value))
 
 
-def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str, now: float) -> NodeRecord | None:
+def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str, now: float,
+               draining: bool = False) -> NodeRecord | None:
     """Flip the manual cordon flag (inside write_tx). Returns the updated node, None if unknown."""
     node = get_node(conn, name)
     if node is None:
         return None
-    node = replace(node, cordoned=cordoned, cordon_reason=reason if cordoned else "")
-    save_node(conn, node, now)
+    node = replace(node, cordoned=cordoned, cordon_reason=reason if cordoned else "",
+                   draining=draining if cordoned else False)
+    save_node(conn, node, now, user=True)
     return node
 
 
@@ -151,3 +162,103 @@ def last_node_times(conn: sqlite3.Connection) -> dict[str, int]:
     """The node's own clock at its latest answered probe: where the next kernel-log read starts."""
     rows = conn.execute("SELECT node, MAX(node_time) AS t FROM observations WHERE node_time IS NOT NULL GROUP BY node")
     return {r["node"]: r["t"] for r in rows}
+
+
+# ---------------------------------------------------------------- jobs and attempts
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(name=row["name"], spec=json.loads(row["spec"]), state=JobState(row["state"]),
+                     reason=row["reason"], reason_code=row["reason_code"], created_at=row["created_at"],
+                     updated_at=row["updated_at"], restarts=row["restarts"], failures=row["failures"],
+                     next_try_at=row["next_try_at"], pending_since=row["pending_since"],
+                     cancel_requested=bool(row["cancel_requested"]), attempts_made=row["attempts_made"])
+
+
+def _attempt_from_row(row: sqlite3.Row) -> Attempt:
+    return Attempt(id=row["id"], job=row["job"], n=row["n"], replica=row["replica"], node=row["node"],
+                   state=AttemptState(row["state"]), reason=row["reason"], gpus=tuple(json.loads(row["gpus"])),
+                   created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+                   exit_code=row["exit_code"], pid=row["pid"], heartbeat_at=row["heartbeat_at"],
+                   silent_since=row["silent_since"], outcome=row["outcome"], reaped=bool(row["reaped"]))
+
+
+def insert_job(conn: sqlite3.Connection, job: JobRecord) -> bool:
+    """Record a new job (inside write_tx). False when the name is taken."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO jobs (name, spec, class, state, reason, reason_code, created_at, updated_at,"
+        " pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.name, json.dumps(job.spec), job.job_class, job.state.value, job.reason, job.reason_code,
+         job.created_at, job.updated_at, job.pending_since))
+    return cur.rowcount == 1
+
+
+def save_job(conn: sqlite3.Connection, job: JobRecord) -> None:
+    """Write the pass's decision for a job; the user's cancel flag is never cleared here."""
+    conn.execute(
+        "UPDATE jobs SET state = ?, reason = ?, reason_code = ?, updated_at = ?, restarts = ?, failures = ?,"
+        " next_try_at = ?, pending_since = ?, attempts_made = ? WHERE name = ?",
+        (job.state.value, job.reason, job.reason_code, job.updated_at, job.restarts, job.failures,
+         job.next_try_at, job.pending_since, job.attempts_made, job.name))
+
+
+def request_cancel(conn: sqlite3.Connection, name: str) -> bool:
+    cur = conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE name = ?", (name,))
+    return cur.rowcount == 1
+
+
+def get_job(conn: sqlite3.Connection, name: str) -> JobRecord | None:
+    row = conn.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
+    return _job_from_row(row) if row else None
+
+
+def load_jobs(conn: sqlite3.Connection, *, active_only: bool = False) -> dict[str, JobRecord]:
+    """Jobs by name. active_only: not terminal, or terminal with attempts still live or unreaped."""
+    if active_only:
+        rows = conn.execute(
+            "SELECT * FROM jobs WHERE state IN ('pending', 'running') OR cancel_requested = 1 AND state != 'cancelled'"
+            " OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
+            " ORDER BY created_at, name").fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM jobs ORDER BY created_at, name").fetchall()
+    return {r["name"]: _job_from_row(r) for r in rows}
+
+
+def load_attempts(conn: sqlite3.Connection, *, jobs: Iterable[str] | None = None, unreaped: bool = False,
+                  since: float | None = None) -> list[Attempt]:
+    """Attempts of the given jobs (all when None), oldest first; unreaped: only those whose
+    directory on the node is not yet marked done; since: also every attempt that ended after it."""
+    where, args = [], []
+    if jobs is not None:
+        names = list(jobs)
+        where.append(f"job IN ({', '.join('?' for _ in names)})" if names else "0")
+        args += names
+    if unreaped:
+        where.append("reaped = 0")
+    sql = "SELECT * FROM attempts" + (" WHERE " + " AND ".join(where) if where else "")
+    if since is not None:
+        sql += (" OR " if where else " WHERE ") + "ended_at >= ?"
+        args.append(since)
+    rows = conn.execute(sql + " ORDER BY job, n", args).fetchall()
+    return [_attempt_from_row(r) for r in rows]
+
+
+def save_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
+    conn.execute(
+        "INSERT INTO attempts (id, job, n, replica, node, state, reason, gpus, created_at, started_at, ended_at,"
+        " exit_code, pid, heartbeat_at, silent_since, outcome, reaped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET node = excluded.node, state = excluded.state, reason = excluded.reason,"
+        " gpus = excluded.gpus, started_at = excluded.started_at, ended_at = excluded.ended_at,"
+        " exit_code = excluded.exit_code, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at,"
+        " silent_since = excluded.silent_since, outcome = excluded.outcome, reaped = excluded.reaped",
+        (a.id, a.job, a.n, a.replica, a.node, a.state.value, a.reason, json.dumps(list(a.gpus)), a.created_at,
+         a.started_at, a.ended_at, a.exit_code, a.pid, a.heartbeat_at, a.silent_since, a.outcome, int(a.reaped)))
+
+
+def mark_reaped(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
+    conn.executemany("UPDATE attempts SET reaped = 1 WHERE id = ?", [(i,) for i in ids])
+
+
+def job_events(conn: sqlite3.Connection, job: str, limit: int = 200) -> list[Event]:
+    rows = conn.execute("SELECT * FROM events WHERE job = ? ORDER BY id DESC LIMIT ?", (job, limit)).fetchall()
+    return [Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
+                  severity=r["severity"]) for r in reversed(rows)]

@@ -1,0 +1,349 @@
+"""Job verbs: run, jobs, describe job, logs, cancel, drain."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import ConfigError, NotFoundError
+from ..models import AttemptState, Event
+from . import app, describe_app
+from .common import FleetOption, JsonOption, load, open_store
+from .render import ago, console, emit, err_console, esc, iso, styled
+
+JOB_STYLE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "failed": "red", "cancelled": "dim"}
+ATTEMPT_STYLE = {"running": "green", "starting": "cyan", "silent": "yellow", "exited": "dim", "lost": "red",
+                 "hung": "red", "killed": "dim", "failed_to_start": "red"}
+
+
+def pass_now(fleet, db_path: Path, wait_s: float) -> tuple[object | None, str]:
+    """Run one reconcile pass here, waiting up to wait_s for a running one to release the lock.
+    Returns (report, "") or (None, why no pass ran)."""
+    from ..reconcile import PassLock, reconcile_once
+    from ..reconcile.observe import Transports
+    lock = PassLock(db_path)
+    deadline = time.monotonic() + wait_s
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            pid, since = lock.holder()
+            return None, f"another reconcile is running (pid {pid or '?'}, since {iso(since) or '?'}); it will act on this"
+        time.sleep(0.2)
+    transports = Transports(keep=False)
+    conn = open_store(db_path, create=True)
+    try:
+        return reconcile_once(fleet, conn, transports, db_path.parent), ""
+    finally:
+        lock.release()
+        transports.close()
+        conn.close()
+
+
+def _attempt_json(a) -> dict:
+    return {"id": a.id, "n": a.n, "replica": a.replica, "node": a.node, "state": a.state.value, "reason": a.reason,
+            "gpus": list(a.gpus), "started_at": iso(a.started_at), "ended_at": iso(a.ended_at),
+            "exit_code": a.exit_code, "created_at": iso(a.created_at)}
+
+
+def job_json(job, attempts) -> dict:
+    spec = job.spec
+    return {"name": job.name, "class": job.job_class, "state": job.state.value, "reason": job.reason,
+            "reason_code": job.reason_code, "replicas": spec.get("replicas", 1), "gpus": spec.get("gpus", 0),
+            "restarts": job.restarts, "failures": job.failures, "created_at": iso(job.created_at),
+            "updated_at": iso(job.updated_at), "attempts": [_attempt_json(a) for a in attempts]}
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    args: Optional[List[str]] = typer.Argument(None, help="job.yaml, or (with --name) the command and its arguments after --"),
+    fleet_path: Optional[Path] = FleetOption,
+    name: Optional[str] = typer.Option(None, "--name", help="Job name (lower-case letters, digits, . _ -)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per replica (default 1)."),
+    job_class: Optional[str] = typer.Option(None, "--class", help="service | batch | training | manual."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", help="Service replicas."),
+    gpu_type: Optional[str] = typer.Option(None, "--gpu-type", help="e.g. H100."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Only nodes of this pool."),
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)."),
+    wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler to take the lock."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Record a job, place it and start it (or say why it is pending)."""
+    from ..jobspec import job_from_flags, load_job
+    from ..models import JobRecord
+    from ..store import queries, write_tx
+    fleet, db_path = load(fleet_path)
+    args = args or []
+    if name is None:
+        if len(args) != 1 or not args[0].endswith((".yaml", ".yml")):
+            raise ConfigError("give a job file (gridctl run job.yaml) or --name NAME -- COMMAND ARGS...")
+        spec = load_job(args[0])
+    else:
+        if not args:
+            raise ConfigError("--name given but no command: gridctl run --name NAME --gpus N -- COMMAND ARGS...")
+        spec = job_from_flags({"name": name, "class": job_class, "command": list(args), "gpus": gpus,
+                               "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env)})
+    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
+        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+    now = time.time()
+    conn = open_store(db_path, create=True)
+    try:
+        with write_tx(conn):
+            record = JobRecord(name=spec.name, spec=spec.to_store(), created_at=now, updated_at=now, pending_since=now,
+                               reason="waiting for the next reconcile pass")
+            if not queries.insert_job(conn, record):
+                old = queries.get_job(conn, spec.name)
+                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "
+                                  "cancel it or choose another name")
+            queries.add_events(conn, [Event(now, "job-created", f"{spec.job_class} job: {spec.gpus} GPU(s) x "
+                                            f"{spec.replicas} replica(s): {spec.shell_command[:200]}", job=spec.name)])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait)
+    _show_job_line(db_path, spec.name, as_json, why)
+
+
+def _show_job_line(db_path: Path, name: str, as_json: bool, note: str = "") -> None:
+    from ..store import queries
+    conn = open_store(db_path)
+    try:
+        job = queries.get_job(conn, name)
+        attempts = queries.load_attempts(conn, jobs=[name])
+    finally:
+        conn.close()
+    if as_json:
+        print(json.dumps([job_json(job, attempts)], indent=2))
+        return
+    live = [a for a in attempts if a.state.live]
+    console.print(f"job [bold]{esc(name)}[/bold]: {styled(job.state.value, JOB_STYLE)} - {esc(job.reason)}",
+                  soft_wrap=True)
+    for a in live:
+        console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
+                      f"GPUs {','.join(a.gpus) or 'none'}", markup=False, soft_wrap=True)
+    if note:
+        err_console.print(note, markup=False)
+
+
+@app.command("jobs")
+def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+             all_jobs: bool = typer.Option(True, "--all/--active", help="Include finished jobs (default) or only active ones.")) -> None:
+    """List jobs with their state, where they run, and the reason for anything not running."""
+    from ..store import queries
+    _, db_path = load(fleet_path)
+    if not db_path.exists():
+        emit([], [], as_json=as_json, empty="no jobs yet")
+        return
+    conn = open_store(db_path)
+    try:
+        jobs = queries.load_jobs(conn, active_only=not all_jobs)
+        attempts = queries.load_attempts(conn, jobs=list(jobs))
+    finally:
+        conn.close()
+    rows = [job_json(j, [a for a in attempts if a.job == j.name]) for j in jobs.values()]
+    now = time.time()
+
+    def where(r: dict) -> str:
+        live = [a for a in r["attempts"] if a["state"] in ("running", "starting", "silent")]
+        return esc(",".join(sorted({a["node"] for a in live})) or "-")
+
+    def attempt(r: dict) -> str:
+        return str(max((a["n"] for a in r["attempts"]), default=0))
+
+    emit(rows, [
+        ("name", "JOB", None), ("class", "CLASS", None),
+        ("state", "STATE", lambda r: styled(r["state"], JOB_STYLE)),
+        ("node", "NODE", where),
+        ("gpus", "GPUS", lambda r: f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"])),
+        ("attempt", "ATTEMPT", attempt), ("restarts", "RESTARTS", lambda r: str(r["restarts"] + r["failures"])),
+        ("age", "AGE", lambda r: ago(_ts(r["created_at"]), now).replace(" ago", "")),
+        ("reason", "REASON", lambda r: "" if r["state"] == "running" and r["reason_code"] == "running"
+         and r["replicas"] == 1 else esc(r["reason"])),
+    ], as_json=as_json, empty="no jobs yet")
+
+
+def _ts(value: str | None) -> float | None:
+    from datetime import datetime
+    return None if value is None else datetime.fromisoformat(value).timestamp()
+
+
+@describe_app.command("job")
+def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
+    """Spec, state, reason, every attempt, and the job's events."""
+    from rich.table import Table
+    from ..store import queries
+    _, db_path = load(fleet_path)
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    conn = open_store(db_path)
+    try:
+        job = queries.get_job(conn, name)
+        if job is None:
+            known = ", ".join(list(queries.load_jobs(conn))[:20]) or "none"
+            raise NotFoundError(f"no job named {name} (known: {known})")
+        attempts = queries.load_attempts(conn, jobs=[name])
+        events = queries.job_events(conn, name)
+    finally:
+        conn.close()
+    if as_json:
+        out = job_json(job, attempts)
+        out["spec"] = job.spec
+        out["events"] = [{"time": iso(e.time), "kind": e.kind, "severity": e.severity, "node": e.node,
+                          "job": e.job, "message": e.message} for e in events]
+        print(json.dumps([out], indent=2))
+        return
+    spec = job.spec
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("Job", f"[bold]{esc(job.name)}[/bold]  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
+                 + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else ""))
+    grid.add_row("State", styled(job.state.value, JOB_STYLE) + f"  {esc(job.reason)}")
+    command = spec.get("command")
+    grid.add_row("Command", esc(command if isinstance(command, str) else " ".join(command)))
+    grid.add_row("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
+                 f"{job.failures} process failures")
+    recovery = {k: v for k, v in (spec.get("recovery") or {}).items() if v not in (None, [])}
+    if recovery:
+        grid.add_row("Recovery", esc(", ".join(f"{k}={v}" for k, v in recovery.items())))
+    console.print(grid)
+    table = Table(title="Attempts", show_edge=False, header_style="bold")
+    for h in ("#", "REPLICA", "NODE", "STATE", "GPUS", "STARTED", "ENDED", "EXIT", "REASON"):
+        table.add_column(h, overflow="fold")
+    for a in attempts:
+        table.add_row(str(a.n), str(a.replica), esc(a.node), styled(a.state.value, ATTEMPT_STYLE),
+                      str(len(a.gpus)), iso(a.started_at) or "-", iso(a.ended_at) or "-",
+                      "-" if a.exit_code is None else str(a.exit_code), esc(a.reason))
+    console.print()
+    console.print(table)
+    console.print("\n[bold]Events[/bold]")
+    for e in events:
+        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
+    if not events:
+        console.print("  none")
+
+
+@app.command()
+def logs(
+    job_name: str = typer.Argument(..., metavar="JOB"),
+    fleet_path: Optional[Path] = typer.Option(None, "--fleet", help="Fleet spec (-f means --follow here)."),
+    attempt_n: Optional[int] = typer.Option(None, "--attempt", help="Attempt number (default: the live or latest one)."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the attempt ends."),
+    stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
+) -> None:
+    """Print an attempt's stdout (or stderr) from its node."""
+    from ..errors import GridctlError
+    from ..launcher import log_command
+    from ..reconcile.observe import Transports, take_inventory
+    from ..store import queries
+    fleet, db_path = load(fleet_path)
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
+    conn = open_store(db_path)
+    try:
+        if queries.get_job(conn, job_name) is None:
+            raise NotFoundError(f"no job named {job_name}")
+        attempts = queries.load_attempts(conn, jobs=[job_name])
+    finally:
+        conn.close()
+    if not attempts:
+        raise NotFoundError(f"job {job_name} has no attempts yet")
+    if attempt_n is not None:
+        chosen = next((a for a in attempts if a.n == attempt_n), None)
+        if chosen is None:
+            raise NotFoundError(f"job {job_name} has no attempt {attempt_n} (attempts: "
+                                f"{', '.join(str(a.n) for a in attempts)})")
+    else:
+        live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
+        chosen = live[-1] if live else attempts[-1]
+    inventory = take_inventory(fleet, db_path.parent)
+    node = next((n for n in inventory.nodes if n.name == chosen.node), None)
+    if node is None:
+        raise NotFoundError(f"attempt {chosen.n} ran on {chosen.node}, which is no longer in the fleet")
+    command = log_command(node.work_dir, chosen.id, "stderr" if stderr else "stdout", follow)
+    transports = Transports(keep=False)
+    try:
+        transport = transports.for_target(node.target)
+        code = transport.stream(node.target, command, sys.stdout.buffer, timeout=None if follow else 60.0)
+    except GridctlError as e:
+        raise GridctlError(f"{chosen.node}: {e}") from None
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        transports.close()
+    if code not in (0, None):
+        err_console.print(f"no {'stderr' if stderr else 'stdout'} for attempt {chosen.n} on {chosen.node} "
+                          "(cleaned up, or never written)", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optional[Path] = FleetOption,
+           wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
+    """Stop a job's live attempts; the job ends `cancelled`."""
+    from ..store import queries, write_tx
+    fleet, db_path = load(fleet_path)
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
+    conn = open_store(db_path)
+    try:
+        with write_tx(conn):
+            job = queries.get_job(conn, job_name)
+            if job is None:
+                raise NotFoundError(f"no job named {job_name}")
+            if job.state.terminal:
+                console.print(f"job {job_name} already {job.state.value}: {job.reason}", markup=False)
+                return
+            queries.request_cancel(conn, job_name)
+            queries.add_events(conn, [Event(time.time(), "cancel-requested", "cancel requested by user", job=job_name)])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait)
+    _show_job_line(db_path, job_name, False, why)
+
+
+@app.command()
+def drain(node_name: str = typer.Argument(..., metavar="NODE"), fleet_path: Optional[Path] = FleetOption,
+          reason: Optional[str] = typer.Option(None, "--reason", help="Why (shown in nodes and events)."),
+          wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
+    """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues."""
+    import getpass
+    from dataclasses import replace
+    from ..store import queries, write_tx
+    fleet, db_path = load(fleet_path)
+    conn = open_store(db_path, create=True)
+    try:
+        with write_tx(conn):
+            node = queries.get_node(conn, node_name)
+            if node is None:
+                known = ", ".join(sorted(queries.load_nodes(conn))) or "none recorded yet"
+                raise NotFoundError(f"no node named {node_name} (known: {known})")
+            why = reason or f"drained by {getpass.getuser()}"
+            now = time.time()
+            queries.save_node(conn, replace(node, cordoned=True, cordon_reason=why, draining=True), now, user=True)
+            queries.add_events(conn, [Event(now, "drain", f"cordoned and draining: {why}", node=node_name)])
+    finally:
+        conn.close()
+    _, note = pass_now(fleet, db_path, wait)
+    conn = open_store(db_path)
+    try:
+        left = [a for a in queries.load_attempts(conn, unreaped=False) if a.node == node_name and a.state.live]
+    finally:
+        conn.close()
+    if note:
+        err_console.print(note, markup=False)
+    if left:
+        console.print(f"{node_name} draining; still there: " + ", ".join(f"{a.id} ({a.state.value})" for a in left),
+                      markup=False)
+    else:
+        console.print(f"{node_name} drained: no live attempts left", markup=False)

@@ -1,0 +1,108 @@
+"""Pure: fit a job's GPU request onto nodes at GPU granularity, or say precisely why not (DESIGN section 6).
+
+Called by reconcile/jobs.py for every attempt it needs to start. No I/O.
+A node offers its GPUs (from this pass's probe) minus those held by live attempts. Only ready,
+uncordoned nodes take work. Bin-packing by default (fill busy nodes first); `spread` puts
+replicas of one job on different nodes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Gpu:
+    uuid: str
+    index: int
+    name: str = ""
+    memory_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One node as placement sees it."""
+
+    node: str
+    pool: str
+    gpus: tuple[Gpu, ...]
+    used: frozenset[str] = frozenset()           # GPU UUIDs held by live attempts
+    unavailable: str | None = None               # why it takes no work ("quarantined (xid 79)"), None if it does
+    replicas: dict[str, int] = field(default_factory=dict)   # job -> live attempts here
+
+
+@dataclass(frozen=True)
+class Request:
+    job: str
+    gpus: int
+    gpu_type: str | None = None
+    gpu_memory_gb: float | None = None
+    pool: str | None = None
+    spread: bool = False
+    avoid: frozenset[str] = frozenset()          # nodes where this job already failed
+    exclude: frozenset[str] = frozenset()        # nodes it must not use now (a silent node it is hedging from)
+
+    def describe(self) -> str:
+        kind = self.gpu_type or "GPU"
+        mem = f"-{self.gpu_memory_gb:g}GB" if self.gpu_memory_gb else ""
+        what = f"{self.gpus}x{kind}{mem}" if self.gpus else "a node (0 GPUs)"
+        return what + (f" in pool {self.pool}" if self.pool else "")
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str
+    gpus: tuple[Gpu, ...]
+
+
+def _matches(gpu: Gpu, req: Request) -> bool:
+    if req.gpu_type and req.gpu_type.lower() not in gpu.name.lower():
+        return False
+    if req.gpu_memory_gb and (gpu.memory_mib is None or gpu.memory_mib < req.gpu_memory_gb * 1000):
+        return False
+    return True
+
+
+def _why_not(offer: Offer, req: Request) -> str | None:
+    """None when the node fits; otherwise a short phrase for the pending reason."""
+    if offer.node in req.exclude:
+        return f"{offer.node} silent"
+    if offer.unavailable:
+        return f"{offer.node} {offer.unavailable}"
+    if req.pool and offer.pool != req.pool:
+        return f"{offer.node} in pool {offer.pool}"
+    if req.gpus == 0:
+        return None
+    fitting = [g for g in offer.gpus if _matches(g, req)]
+    if not fitting:
+        have = offer.gpus[0].name if offer.gpus else "no GPUs"
+        if req.gpu_memory_gb and offer.gpus and all(_matches(g, Request(req.job, 1, req.gpu_type)) for g in offer.gpus):
+            return f"{offer.node} GPUs have {(offer.gpus[0].memory_mib or 0) / 1024:.0f} GiB"
+        return f"{offer.node} has {have}"
+    free = [g for g in fitting if g.uuid not in offer.used]
+    if len(free) < req.gpus:
+        return f"{offer.node} has {len(free)} free GPU{'' if len(free) == 1 else 's'}"
+    return None
+
+
+def place(req: Request, offers: list[Offer]) -> Placement | str:
+    """The chosen node and GPUs, or the pending reason naming why each node was rejected."""
+    fits: list[tuple[tuple, Offer, tuple[Gpu, ...]]] = []
+    rejected: list[str] = []
+    for offer in offers:
+        why = _why_not(offer, req)
+        if why is not None:
+            rejected.append(why)
+            continue
+        free = [g for g in offer.gpus if _matches(g, req) and g.uuid not in offer.used] if req.gpus else []
+        chosen = tuple(sorted(free, key=lambda g: g.index)[: req.gpus])
+        left = len([g for g in offer.gpus if g.uuid not in offer.used]) - len(chosen)
+        here = offer.replicas.get(req.job, 0) if req.spread else 0
+        key = (offer.node in req.avoid, here, left, offer.node)
+        fits.append((key, offer, chosen))
+    if fits:
+        _, offer, chosen = min(fits, key=lambda f: f[0])
+        return Placement(offer.node, chosen)
+    if not offers:
+        return f"no node fits {req.describe()}: the fleet has no nodes yet"
+    return f"no node fits {req.describe()}: " + ", ".join(rejected)

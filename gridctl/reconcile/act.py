@@ -1,0 +1,65 @@
+"""Carry out a pass's launches and stops on the nodes, concurrently, with no transaction open.
+
+Called by reconcile_once between its two write transactions. Each action is one exec on the
+node's transport; failures come back as results (never raised), so one bad node cannot stop
+the others.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import GridctlError
+from ..launcher import LaunchResult, launch_script, parse_launch, parse_stop, stop_script
+from .jobs import Launch, Stop
+from .observe import InventoryNode, Transports
+
+LAUNCH_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class StopResult:
+    stop: Stop
+    ok: bool
+    detail: str
+
+
+def _run(transports: Transports, node: InventoryNode, script: str, timeout: float) -> str:
+    res = transports.for_target(node.target).run(node.target, "sh -s", script.encode(), timeout)
+    return res.stdout.decode("utf-8", "replace")
+
+
+def launch_one(transports: Transports, node: InventoryNode, launch: Launch) -> LaunchResult:
+    try:
+        out = _run(transports, node, launch_script(launch.work_dir, launch.spec), LAUNCH_TIMEOUT_S)
+    except GridctlError as e:
+        return LaunchResult(False, None, f"{type(e).__name__}: {e}")
+    return parse_launch(out)
+
+
+def stop_one(transports: Transports, node: InventoryNode | None, stop: Stop) -> StopResult:
+    if node is None:
+        return StopResult(stop, False, "node not in the inventory")
+    try:
+        out = _run(transports, node, stop_script(stop.work_dir, stop.attempt_id, stop.reason, stop.grace_s),
+                   stop.grace_s + 15.0)
+    except GridctlError as e:
+        return StopResult(stop, False, str(e))
+    word = parse_stop(out)
+    return StopResult(stop, word in ("killed", "terminated", "gone", "absent"), word)
+
+
+def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch], stops: list[Stop],
+              concurrency: int = 32) -> tuple[list[tuple[Launch, LaunchResult]], list[StopResult]]:
+    """Stops and launches at once; a launch's `then_stop` runs only after that launch succeeded."""
+    if not launches and not stops:
+        return [], []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(launches) + len(stops))),
+                            thread_name_prefix="gridctl-act") as pool:
+        stop_futs = [pool.submit(stop_one, transports, nodes.get(s.node), s) for s in stops]
+        launch_futs = [(ln, pool.submit(launch_one, transports, nodes[ln.node], ln)) for ln in launches
+                       if ln.node in nodes]
+        launched = [(ln, fut.result()) for ln, fut in launch_futs]
+        stopped = [f.result() for f in stop_futs]
+    return launched, stopped
