@@ -61,5 +61,8 @@ def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches:
         launch_futs = [(ln, pool.submit(launch_one, transports, nodes[ln.node], ln)) for ln in launches
                        if ln.node in nodes]
         launched = [(ln, fut.result()) for ln, fut in launch_futs]
+        # drain hand-over: the old copy stops only once its replacement has started
+        stop_futs += [pool.submit(stop_one, transports, nodes.get(s.node), s)
+                      for ln, res in launched if res.ok for s in ln.then_stop]
         stopped = [f.result() for f in stop_futs]
     return launched, stopped

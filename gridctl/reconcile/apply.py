@@ -55,9 +55,10 @@ def apply_results(conn: sqlite3.Connection, plan: JobPlan, launched: list[tuple[
             queries.save_attempt(conn, attempt)
             events += evs
             if result.ok:
-                for old_id in launch.then_stop:
-                    old = plan.attempts.get(old_id) or next(
-                        (a for a in queries.load_attempts(conn, jobs=[launch.attempt.job]) if a.id == old_id), None)
+                for stop in launch.then_stop:
+                    old = plan.attempts.get(stop.attempt_id) or next(
+                        (a for a in queries.load_attempts(conn, jobs=[launch.attempt.job]) if a.id == stop.attempt_id),
+                        None)
                     if old is not None and old.state.live:
                         queries.save_attempt(conn, replace(old, state=AttemptState.KILLED, ended_at=now,
                                                            outcome="drain", reason=f"drained: replaced by attempt {attempt.n}"))

@@ -44,7 +44,7 @@ class Launch:
     node: str
     work_dir: str
     spec: LaunchSpec
-    then_stop: tuple[str, ...] = ()          # drain: stop these attempts once this one runs
+    then_stop: tuple["Stop", ...] = ()       # drain: stop these attempts once this one runs
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,10 @@ class _Pass:
         if draining and len(active) == len(draining):
             a = draining[0]
             if spec.job_class == "service":
-                placed = self._start(job, spec, r, offers, exclude={a.node}, then_stop=(a.id,), why="drain")
+                view = self.views[a.node]
+                old = Stop(a.id, a.job, a.node, view.work_dir, f"drained: {view.record.cordon_reason or 'drain'}",
+                           self.grace_s)
+                placed = self._start(job, spec, r, offers, exclude={a.node}, then_stop=(old,), why="drain")
                 return "running", "" if placed is True else f"drain of {a.node} waits: {placed}"
             self.end(a, S.KILLED, Outcome.DRAIN, f"node {a.node} is draining", stop=True)
             job = self._apply_ended(self.jobs[job.name], spec)
@@ -390,7 +393,7 @@ class _Pass:
         return "pending", placed
 
     def _start(self, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer], *, exclude: set[str],
-               then_stop: tuple[str, ...] = (), why: str) -> bool | str:
+               then_stop: tuple["Stop", ...] = (), why: str) -> bool | str:
         failed_on = frozenset(a.node for a in self.attempts.values() if a.job == job.name and a.outcome in
                               (Outcome.EXIT.value, Outcome.HUNG.value, Outcome.NODE.value, Outcome.START.value))
         req = Request(job.name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool, spec.spreads,
