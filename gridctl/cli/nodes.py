@@ -119,6 +119,7 @@ def events(
     fleet_path: Optional[Path] = FleetOption,
     since: Optional[str] = typer.Option(None, "--since", help="Only events newer than this (e.g. 10m, 1h, 2d)."),
     node: Optional[str] = typer.Option(None, "--node", help="Only events of this node."),
+    job: Optional[str] = typer.Option(None, "--job", help="Only events of this job."),
     limit: int = typer.Option(200, "--limit", min=1, help="At most this many (the newest)."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -136,9 +137,10 @@ def events(
         emit([], [], as_json=as_json)
         return
     with conn:
-        rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit)]
+        rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit, job=job)]
     emit(rows, [
         ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", lambda r: esc(r["node"] or "-")),
+        ("job", "JOB", lambda r: esc(r["job"] or "-")),
         ("message", "MESSAGE", lambda r: esc(r["message"]) if r["severity"] == "info"
          else f"[{'bold red' if r['severity'] == 'alert' else 'yellow'}]{esc(r['message'])}[/]"),
     ], as_json=as_json, empty="no events")

@@ -118,7 +118,7 @@ def add_events(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
 
 
 def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: str | None = None,
-                limit: int = 1000) -> list[Event]:
+                limit: int = 1000, job: str | None = None) -> list[Event]:
     """Newest last; at most `limit` of the newest that match."""
     where, args = [], []
     if since is not None:
@@ -127,6 +127,9 @@ def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: s
     if node is not None:
         where.append("node = ?")
         args.append(node)
+    if job is not None:
+        where.append("job = ?")
+        args.append(job)
     sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
     return [Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
