@@ -105,9 +105,8 @@ def reconcile(
     interval: Optional[str] = typer.Option(None, "--interval", help="Time between pass starts in --loop (default: health.interval)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only events and warnings."),
 ) -> None:
-    """One idempotent health pass: inventory, probe, judge, record events. Safe from cron."""
-    from ..reconcile import PassLock, reconcile_once
-    from ..reconcile.observe import Transports
+    """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
+    from ..reconcile.loop import Busy, Loop
     from ..spec import parse_duration
 
     fleet, db_path = load(fleet_path)
@@ -115,29 +114,22 @@ def reconcile(
         every = parse_duration(interval) if interval is not None else fleet.health.interval
     except ValueError as e:
         raise ConfigError(f"--interval: {e}") from None
-    conn = open_store(db_path, create=True)
-    lock = PassLock(db_path)
-    transports = Transports(keep=loop)
+    if every <= 0:
+        raise ConfigError("--interval: must be more than 0")
+
+    def show(report) -> None:
+        if isinstance(report, Busy):
+            console.print(f"another reconcile is running (pid {report.pid or '?'}, since {iso(report.since) or '?'})")
+        else:
+            _print_report(report, quiet)
+
+    runner = Loop(fleet, db_path, every, show)
     try:
-        while True:
-            began = time.monotonic()
-            if not lock.acquire():
-                pid, since = lock.holder()
-                console.print(f"another reconcile is running (pid {pid or '?'}, since {iso(since) or '?'})")
-                if not loop:
-                    return
-            else:
-                try:
-                    report = reconcile_once(fleet, conn, transports, db_path.parent)
-                finally:
-                    lock.release()
-                _print_report(report, quiet)
-            if not loop:
-                return
-            time.sleep(max(0.0, every - (time.monotonic() - began)))
-    finally:
-        transports.close()
-        conn.close()
+        runner.run(once=not loop)
+    except KeyboardInterrupt:
+        if runner.in_pass.is_set():
+            err_console.print("interrupted mid-pass: nothing half-written; the next pass picks up from the store")
+        raise typer.Exit(130) from None
 
 
 def _print_report(report, quiet: bool) -> None:

@@ -265,3 +265,14 @@ def job_events(conn: sqlite3.Connection, job: str, limit: int = 200) -> list[Eve
     rows = conn.execute("SELECT * FROM events WHERE job = ? ORDER BY id DESC LIMIT ?", (job, limit)).fetchall()
     return [Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
                   severity=r["severity"]) for r in reversed(rows)]
+
+
+def events_after(conn: sqlite3.Connection, last_id: int, limit: int = 500) -> list[tuple[int, Event]]:
+    """Events with id > last_id, oldest first (for following the event stream)."""
+    rows = conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+    return [(r["id"], Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
+                            severity=r["severity"])) for r in rows]
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]

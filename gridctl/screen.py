@@ -1,0 +1,236 @@
+"""The watch screen: a snapshot of the store, rendered as rich tables that fit the terminal.
+
+Called by `gridctl watch` and `gridctl demo` (live, or once), and by tests that render to a fixed-
+width Console. `snapshot` reads; `render` is pure (snapshot + width -> renderable).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .models import Attempt, Event, JobRecord, NodeRecord
+from .store import queries
+
+STATE_STYLE = {"ready": "green", "suspect": "yellow", "quarantined": "red", "provisioning": "cyan",
+               "terminating": "magenta", "terminated": "dim", "cordoned": "grey50"}
+JOB_STYLE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "failed": "red", "cancelled": "grey50"}
+EVENT_STYLE = {"alert": "bold red", "warning": "yellow"}
+
+
+@dataclass(frozen=True)
+class GpuSummary:
+    max_temp_c: float | None
+    util_pct: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    fleet: str
+    now: float
+    nodes: list[NodeRecord]
+    gpus: dict[str, GpuSummary]
+    jobs: list[JobRecord]
+    attempts: list[Attempt]
+    events: list[Event]
+    last_pass: float | None = None
+    pass_s: float | None = None
+    next_pass_at: float | None = None
+    interval: float = 15.0
+    stale_after: float = 60.0
+    partitions: tuple[str, ...] = ()
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_after: float, events: int = 8,
+             next_pass_at: float | None = None, note: str = "") -> Snapshot:
+    nodes = list(queries.load_nodes(conn).values())
+    gpus = {}
+    for row in conn.execute("SELECT node, max_temp_c, gpus FROM observations WHERE id IN "
+                            "(SELECT MAX(id) FROM observations GROUP BY node)"):
+        utils = [g.get("utilization_pct") for g in json.loads(row["gpus"]) if g.get("utilization_pct") is not None]
+        gpus[row["node"]] = GpuSummary(row["max_temp_c"], sum(utils) / len(utils) if utils else None)
+    jobs = list(queries.load_jobs(conn).values())
+    attempts = queries.load_attempts(conn, jobs=[j.name for j in jobs])
+    recent = list(reversed(queries.list_events(conn, limit=events)))
+    last = queries.get_meta(conn, "last_pass")
+    took = queries.get_meta(conn, "last_pass_s")
+    parts = queries.get_meta(conn, "partitions")
+    return Snapshot(fleet, time.time(), nodes, gpus, jobs, attempts, recent,
+                    last_pass=float(last) if last else None, pass_s=float(took) if took else None,
+                    next_pass_at=next_pass_at, interval=interval, stale_after=stale_after,
+                    partitions=tuple(parts.split(",")) if parts else (), note=note)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def _seen(snap: Snapshot, node: NodeRecord) -> Text:
+    if node.last_seen is None:
+        return Text("never", style="red")
+    age = snap.now - node.last_seen
+    style = "green" if age <= 2 * snap.interval + 1 else ("yellow" if age <= snap.stale_after else "red")
+    return Text(_age(age) + " ago", style=style)
+
+
+def _table(width: int, columns: list[tuple[str, int, dict]]) -> tuple[Table, list[str]]:
+    """columns: (header, priority (lower = more important), column options). Columns are dropped
+    from the least important until the estimated width fits."""
+    keep = list(columns)
+    def need(cols) -> int:
+        return sum(opts.get("min_width", len(h)) + 2 for h, _, opts in cols)
+    while need(keep) > width and len(keep) > 2:
+        worst = max(keep, key=lambda c: c[1])
+        keep.remove(worst)
+    table = Table(show_edge=False, header_style="bold", pad_edge=False, box=None, expand=False)
+    fixed = need([c for c in keep if c[2].get("ratio") is None])
+    for header, _, opts in keep:
+        flexible = opts.get("ratio") is not None
+        extra = {"max_width": max(opts.get("min_width", 10), width - fixed - 2)} if flexible else \
+            {"min_width": opts.get("min_width")}
+        table.add_column(header, **{k: v for k, v in opts.items() if k not in ("min_width", "ratio")}, **extra)
+    return table, [h for h, _, _ in keep]
+
+
+def nodes_table(snap: Snapshot, width: int) -> Table:
+    used: dict[str, int] = {}
+    for a in snap.attempts:
+        if a.state.live:
+            used[a.node] = used.get(a.node, 0) + len(a.gpus)
+    table, headers = _table(width, [
+        ("NODE", 0, {"no_wrap": True, "min_width": 8}),
+        ("POOL", 6, {"no_wrap": True, "min_width": 6}),
+        ("STATE", 0, {"no_wrap": True, "min_width": 11}),
+        ("GPUS", 1, {"no_wrap": True, "min_width": 5}),
+        ("TEMP", 4, {"no_wrap": True, "min_width": 5}),
+        ("UTIL", 5, {"no_wrap": True, "min_width": 4}),
+        ("SEEN", 2, {"no_wrap": True, "min_width": 8}),
+        ("REASON", 3, {"no_wrap": True, "overflow": "ellipsis", "min_width": 20, "ratio": 1}),
+    ])
+    for n in snap.nodes:
+        state = "cordoned" if n.cordoned and n.state.value == "ready" else n.state.value
+        cells = {
+            "NODE": Text(n.name), "POOL": Text(n.pool),
+            "STATE": Text(state + (" (drain)" if n.draining else ""), style=STATE_STYLE.get(state, "")),
+            "GPUS": Text(f"{used.get(n.name, 0)}/{n.gpus_seen if n.gpus_seen is not None else n.gpus_expected}"),
+            "TEMP": Text(f"{snap.gpus[n.name].max_temp_c:.0f}°C" if n.name in snap.gpus and
+                         snap.gpus[n.name].max_temp_c is not None else "-"),
+            "UTIL": Text(f"{snap.gpus[n.name].util_pct:.0f}%" if n.name in snap.gpus and
+                         snap.gpus[n.name].util_pct is not None else "-"),
+            "SEEN": _seen(snap, n),
+            "REASON": Text(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else "")),
+        }
+        table.add_row(*[cells[h] for h in headers])
+    return table
+
+
+def jobs_table(snap: Snapshot, width: int) -> Table:
+    table, headers = _table(width, [
+        ("JOB", 0, {"no_wrap": True, "min_width": 8}),
+        ("CLASS", 5, {"no_wrap": True, "min_width": 7}),
+        ("STATE", 0, {"no_wrap": True, "min_width": 9}),
+        ("NODE", 1, {"no_wrap": True, "min_width": 6, "overflow": "ellipsis", "max_width": 24}),
+        ("GPUS", 4, {"no_wrap": True, "min_width": 4}),
+        ("ATT", 3, {"no_wrap": True, "min_width": 5}),
+        ("AGE", 6, {"no_wrap": True, "min_width": 4}),
+        ("REASON", 2, {"no_wrap": True, "overflow": "ellipsis", "min_width": 20, "ratio": 1}),
+    ])
+    by_job: dict[str, list[Attempt]] = {}
+    for a in snap.attempts:
+        by_job.setdefault(a.job, []).append(a)
+    for j in snap.jobs:
+        mine = by_job.get(j.name, [])
+        live = [a for a in mine if a.state.live]
+        spec = j.spec
+        replicas = spec.get("replicas", 1)
+        reason = "" if j.state.value == "running" and j.reason_code == "running" and replicas == 1 else j.reason
+        cells = {
+            "JOB": Text(j.name), "CLASS": Text(j.job_class),
+            "STATE": Text(j.state.value, style=JOB_STYLE.get(j.state.value, "")),
+            "NODE": Text(",".join(sorted({a.node for a in live})) or "-"),
+            "GPUS": Text(f"{spec.get('gpus', 0)}x{replicas}" if replicas > 1 else str(spec.get("gpus", 0))),
+            "ATT": Text(f"{j.attempts_made}/{j.restarts + j.failures}"),
+            "AGE": Text(_age(snap.now - j.created_at)),
+            "REASON": Text(reason),
+        }
+        table.add_row(*[cells[h] for h in headers])
+    return table
+
+
+def events_table(snap: Snapshot, width: int) -> Table:
+    table = Table(show_edge=False, show_header=False, box=None, pad_edge=False)
+    table.add_column("time", no_wrap=True)
+    table.add_column("what", no_wrap=True, overflow="ellipsis", max_width=max(20, width - 10))
+    for e in snap.events:
+        who = e.node or e.job or ""
+        line = Text(f"{who}: " if who else "", style="bold")
+        line.append(f"{e.kind} {e.message}", style=EVENT_STYLE.get(e.severity, ""))
+        table.add_row(Text(time.strftime("%H:%M:%S", time.localtime(e.time)), style="dim"), line)
+    return table
+
+
+def footer(snap: Snapshot) -> Text:
+    states: dict[str, int] = {}
+    for n in snap.nodes:
+        states[n.state.value] = states.get(n.state.value, 0) + 1
+    jobs: dict[str, int] = {}
+    for j in snap.jobs:
+        jobs[j.state.value] = jobs.get(j.state.value, 0) + 1
+    gpus_total = sum(n.gpus_seen if n.gpus_seen is not None else n.gpus_expected for n in snap.nodes)
+    gpus_used = sum(len(a.gpus) for a in snap.attempts if a.state.live)
+    parts = []
+    if snap.pass_s is not None:
+        parts.append(f"pass {snap.pass_s:.1f}s")
+    if snap.last_pass is not None:
+        parts.append(f"last {_age(snap.now - snap.last_pass)} ago")
+    if snap.next_pass_at is not None:
+        parts.append(f"next in {_age(snap.next_pass_at - snap.now)}")
+    parts.append(f"{len(snap.nodes)} nodes (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")"
+                 if snap.nodes else "no nodes yet")
+    parts.append(f"jobs " + (", ".join(f"{v} {k}" for k, v in sorted(jobs.items())) or "none"))
+    parts.append(f"GPUs {gpus_used}/{gpus_total} used")
+    text = Text(" · ".join(parts), style="dim")
+    if snap.partitions:
+        text.append(f"\nPARTITION SUSPECTED ({', '.join(snap.partitions)}): silent nodes are not quarantined",
+                    style="bold red")
+    if snap.note:
+        text.append("\n" + snap.note, style="bold")
+    return text
+
+
+def render(snap: Snapshot, width: int) -> Group:
+    title = Text(f"gridctl watch · fleet {snap.fleet}", style="bold")
+    title.append(time.strftime("  %H:%M:%S", time.localtime(snap.now)), style="dim")
+    return Group(
+        title,
+        Text("NODES", style="bold cyan"), nodes_table(snap, width),
+        Text(""), Text("JOBS", style="bold cyan"),
+        jobs_table(snap, width) if snap.jobs else Text("no jobs (gridctl run ...)", style="dim"),
+        Text(""), Text("EVENTS (newest first)", style="bold cyan"),
+        events_table(snap, width) if snap.events else Text("none yet", style="dim"),
+        Text(""), footer(snap),
+    )
+
+
+def event_line(e: Event) -> str:
+    """One plain line per event (watch --plain, or no TTY)."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.time))
+    who = " ".join(x for x in (f"node={e.node}" if e.node else "", f"job={e.job}" if e.job else "") if x)
+    return f"{when}Z {e.severity:<7} {e.kind:<18} {who + ' ' if who else ''}{e.message}"
