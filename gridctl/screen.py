@@ -150,7 +150,7 @@ def jobs_table(snap: Snapshot, width: int) -> Table:
         ("GPUS", 4, {"no_wrap": True, "min_width": 4}),
         ("ATT", 3, {"no_wrap": True, "min_width": 5}),
         ("AGE", 6, {"no_wrap": True, "min_width": 4}),
-        ("REASON", 2, {"no_wrap": True, "overflow": "ellipsis", "min_width": 20, "ratio": 1}),
+        ("REASON", 2, {"no_wrap": True, "overflow": "ellipsis", "min_width": 34, "ratio": 1}),
     ])
     by_job: dict[str, list[Attempt]] = {}
     for a in snap.attempts:

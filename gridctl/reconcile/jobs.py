@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 
 from ..jobspec import JobSpec, spec_from_store
 from ..launcher import LaunchSpec, build_env
-from ..models import Attempt, AttemptReport, AttemptState, Event, JobRecord, JobState, NodeRecord, NodeState
+from ..models import (Attempt, AttemptReport, AttemptState, Event, Health, JobRecord, JobState, NodeRecord,
+                      NodeState)
 from ..placement import Gpu, Offer, Placement, Request, place
 from ..recovery import Decision, Outcome, Policy, decide, policy
 
@@ -145,7 +146,10 @@ class _Pass:
                 self.end(a, S.LOST, Outcome.NODE, f"node {a.node} is no longer in the fleet")
             elif view.rebooted:
                 self.end(a, S.LOST, Outcome.NODE, f"node {a.node} rebooted")
-            elif view.answered and view.record.state is NodeState.QUARANTINED:
+            elif view.answered and view.record.state is NodeState.QUARANTINED and \
+                    view.record.health in (Health.UNHEALTHY, Health.UNKNOWN):
+                # evidence from this very probe; a node quarantined for silence that now answers
+                # healthy is recovering, and its attempts are judged by their own reports below
                 self.end(a, S.LOST, Outcome.NODE, f"node {a.node} quarantined: {_short(view.record.reason)}", stop=True,
                          grace_s=1.0)
             elif view.answered and view.complete:
