@@ -69,7 +69,8 @@ def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_aft
                     partitions=tuple(parts.split(",")) if parts else (), note=note)
 
 
-def _age(seconds: float | None) -> str:
+def age(seconds: float | None) -> str:
+    """A duration as 42s, 5m, 3h, 2d."""
     if seconds is None:
         return "never"
     s = max(0.0, seconds)
@@ -87,7 +88,7 @@ def _seen(snap: Snapshot, node: NodeRecord) -> Text:
         return Text("never", style="red")
     age = snap.now - node.last_seen
     style = "green" if age <= 2 * snap.interval + 1 else ("yellow" if age <= snap.stale_after else "red")
-    return Text(_age(age) + " ago", style=style)
+    return Text(age(age) + " ago", style=style)
 
 
 def _table(width: int, columns: list[tuple[str, int, dict]]) -> tuple[Table, list[str]]:
@@ -167,7 +168,7 @@ def jobs_table(snap: Snapshot, width: int) -> Table:
             "NODE": Text(",".join(sorted({a.node for a in live})) or "-"),
             "GPUS": Text(f"{spec.get('gpus', 0)}x{replicas}" if replicas > 1 else str(spec.get("gpus", 0))),
             "ATT": Text(f"{j.attempts_made}/{j.restarts + j.failures}"),
-            "AGE": Text(_age(snap.now - j.created_at)),
+            "AGE": Text(age(snap.now - j.created_at)),
             "REASON": Text(reason),
         }
         table.add_row(*[cells[h] for h in headers])
@@ -199,12 +200,12 @@ def footer(snap: Snapshot) -> Text:
     if snap.pass_s is not None:
         parts.append(f"pass {snap.pass_s:.1f}s")
     if snap.last_pass is not None:
-        parts.append(f"last {_age(snap.now - snap.last_pass)} ago")
+        parts.append(f"last {age(snap.now - snap.last_pass)} ago")
     if snap.next_pass_at is not None:
-        parts.append(f"next in {_age(snap.next_pass_at - snap.now)}")
+        parts.append(f"next in {age(snap.next_pass_at - snap.now)}")
     parts.append(f"{len(snap.nodes)} nodes (" + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + ")"
                  if snap.nodes else "no nodes yet")
-    parts.append(f"jobs " + (", ".join(f"{v} {k}" for k, v in sorted(jobs.items())) or "none"))
+    parts.append("jobs " + (", ".join(f"{v} {k}" for k, v in sorted(jobs.items())) or "none"))
     parts.append(f"GPUs {gpus_used}/{gpus_total} used")
     text = Text(" · ".join(parts), style="dim")
     if snap.partitions:

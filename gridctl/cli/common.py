@@ -22,6 +22,19 @@ def load(fleet_path: Optional[Path]):
     return fleet, state_path(fleet)
 
 
+def interval_seconds(interval: Optional[str], fleet) -> float:
+    """--interval, else the spec's health.interval; a clear error for 0 or nonsense."""
+    from ..errors import ConfigError
+    from ..spec import parse_duration
+    try:
+        every = parse_duration(interval) if interval is not None else fleet.health.interval
+    except ValueError as e:
+        raise ConfigError(f"--interval: {e}") from None
+    if every <= 0:
+        raise ConfigError("--interval: must be more than 0")
+    return every
+
+
 def open_store(db_path: Path, *, create: bool = False):
     from ..store import connect
     return connect(db_path, create=create)

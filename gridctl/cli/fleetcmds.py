@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,7 +10,7 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
-from .common import FleetOption, JsonOption, load, open_store
+from .common import FleetOption, JsonOption, interval_seconds, load
 from rich.text import Text
 
 from .render import HEALTH_STYLE, console, emit, err_console, esc, iso, styled
@@ -107,15 +107,8 @@ def reconcile(
 ) -> None:
     """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
     from ..reconcile.loop import Busy, Loop
-    from ..spec import parse_duration
-
     fleet, db_path = load(fleet_path)
-    try:
-        every = parse_duration(interval) if interval is not None else fleet.health.interval
-    except ValueError as e:
-        raise ConfigError(f"--interval: {e}") from None
-    if every <= 0:
-        raise ConfigError("--interval: must be more than 0")
+    every = interval_seconds(interval, fleet)
 
     def show(report) -> None:
         if isinstance(report, Busy):

@@ -29,16 +29,8 @@ def iso(t: float | None) -> str | None:
 
 
 def ago(t: float | None, now: float | None = None) -> str:
-    if t is None:
-        return "never"
-    s = max(0, (now or time.time()) - t)
-    if s < 90:
-        return f"{s:.0f}s ago"
-    if s < 5400:
-        return f"{s / 60:.0f}m ago"
-    if s < 172800:
-        return f"{s / 3600:.0f}h ago"
-    return f"{s / 86400:.0f}d ago"
+    from ..screen import age
+    return "never" if t is None else age((now or time.time()) - t) + " ago"
 
 
 Column = tuple[str, str, Callable[[dict], Any] | None]   # (key, header, cell renderer)

@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError, GridctlError
+from ..errors import GridctlError
 from . import app
-from .common import FleetOption, load, open_store
+from .common import FleetOption, interval_seconds, load, open_store
 from .render import console, err_console
 
 REFRESH_S = 0.5
@@ -92,14 +92,8 @@ def watch(
 ) -> None:
     """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second)."""
     from ..reconcile.loop import Loop
-    from ..spec import parse_duration
     fleet, db_path = load(fleet_path)
-    try:
-        every = parse_duration(interval) if interval is not None else fleet.health.interval
-    except ValueError as e:
-        raise ConfigError(f"--interval: {e}") from None
-    if every <= 0:
-        raise ConfigError("--interval: must be more than 0")
+    every = interval_seconds(interval, fleet)
     plain = plain or not console.is_terminal
     loop = None if no_reconcile else Loop(fleet, db_path, every)
     thread = None

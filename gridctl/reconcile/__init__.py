@@ -20,7 +20,7 @@ from ..spec import Fleet
 from ..store import queries
 from .act import carry_out
 from .apply import apply_pass, apply_results, prior_partitions
-from .jobs import JobPlan, LemonRule, NodeView, plan_jobs
+from .jobs import LemonRule, NodeView, plan_jobs
 from .observe import Transports, sweep, take_inventory
 from .plan import FLEET, plan_pass
 
