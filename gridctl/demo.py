@@ -198,7 +198,7 @@ class Demo:
         for fault in self.faults:
             for job, attempt_id in sorted(fault.jobs.items()):
                 detected = [e.time for e in events if e.job == job and e.time >= fault.at and
-                            e.kind in ("attempt-ended", "attempt-silent") and f"attempt {attempt_id.rsplit('.', 1)[1]} " in e.message]
+                            e.kind in ("attempt-ended", "attempt-silent") and f"attempt {attempt_id} " in e.message]
                 replacement = [a.started_at for a in attempts if a.job == job and a.node != fault.node
                                and a.started_at is not None and a.started_at >= fault.at - 0.5]
                 out.append(Outcome(job, f"{fault.mode} on {fault.node}",

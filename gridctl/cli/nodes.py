@@ -67,10 +67,12 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
             raise NotFoundError(f"no node named {name} (known: {known})")
         obs = queries.latest_observation(conn, name)
         events = queries.list_events(conn, node=name, limit=15)
+        here = [a for a in queries.load_attempts(conn, unreaped=True) if a.node == name and a.state.live]
     if as_json:
         out = node_json(node, obs["max_temp_c"] if obs else None)
         out["gpus"] = obs["gpus"] if obs else []
         out["events"] = [_event_json(e) for e in events]
+        out["attempts"] = [{"id": a.id, "job": a.job, "state": a.state.value, "gpus": list(a.gpus)} for a in here]
         print(json.dumps([out], indent=2))
         return
     now = time.time()
@@ -102,6 +104,11 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
                           str(g.get("ecc_uncorrected_volatile") if g.get("ecc_uncorrected_volatile") is not None else "-"))
         console.print()
         console.print(table)
+    console.print("\n[bold]Attempts here[/bold]")
+    for a in here:
+        console.print(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {a.reason}", markup=False, soft_wrap=True)
+    if not here:
+        console.print("  none")
     console.print("\n[bold]Recent events[/bold]")
     for e in events or []:
         console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)

@@ -62,8 +62,8 @@ def apply_results(conn: sqlite3.Connection, plan: JobPlan, launched: list[tuple[
                     if old is not None and old.state.live:
                         queries.save_attempt(conn, replace(old, state=AttemptState.KILLED, ended_at=now,
                                                            outcome="drain", reason=f"drained: replaced by attempt {attempt.n}"))
-                        events.append(Event(now, "attempt-ended", f"attempt {old.n} on {old.node} killed: drained, "
-                                            f"replaced by attempt {attempt.n} on {attempt.node}", node=old.node,
+                        events.append(Event(now, "attempt-ended", f"attempt {old.id} on {old.node} killed: drained, "
+                                            f"replaced by attempt {attempt.id} on {attempt.node}", node=old.node,
                                             job=old.job))
         for res in stopped:
             s = res.stop

@@ -168,7 +168,7 @@ class _Pass:
                 return
             a = self.put(replace(a, state=S.RUNNING if a.started_at else S.STARTING, silent_since=None,
                                  reason="node answers again"))
-            self.event("attempt-back", f"attempt {a.n} on {a.node}: node answers again, attempt kept", job=a.job,
+            self.event("attempt-back", f"attempt {a.id} on {a.node}: node answers again, attempt kept", job=a.job,
                        node=a.node)
         r = view.reports.get(a.id)
         p = self.policies[a.job]
@@ -188,7 +188,7 @@ class _Pass:
             a = self.put(replace(a, state=S.RUNNING, pid=r.pid or a.pid, heartbeat_at=hb, started_at=started,
                                  reason="running" if first or a.reason.startswith("node answers") else a.reason))
             if first:
-                self.event("attempt-running", f"attempt {a.n} running on {a.node} (pid {r.pid})", job=a.job, node=a.node)
+                self.event("attempt-running", f"attempt {a.id} running on {a.node} (pid {r.pid})", job=a.job, node=a.node)
             quiet = self.now - max(hb or started, started)
             if p.hang_timeout and quiet > p.hang_timeout:
                 self.end(a, S.HUNG, Outcome.HUNG, f"no heartbeat for {_ago(quiet)} (hang_timeout {p.hang_timeout:g}s): killed",
@@ -216,7 +216,7 @@ class _Pass:
         if a.state is not S.SILENT:
             self.put(replace(a, state=S.SILENT, silent_since=self.now,
                              reason=f"node {a.node} silent: process state unknown"))
-            self.event("attempt-silent", f"attempt {a.n} on {a.node}: node silent, process state unknown",
+            self.event("attempt-silent", f"attempt {a.id} on {a.node}: node silent, process state unknown",
                        job=a.job, node=a.node, severity="warning")
             return
         silent_for = self.now - (a.silent_since or self.now)
@@ -266,7 +266,7 @@ class _Pass:
                 continue
             d: Decision = decide(spec.job_class, p, e.outcome, exit_code=a.exit_code, restarts=job.restarts,
                                  failures=job.failures, attempts=job.attempts_made, detail=e.detail)
-            self.event("attempt-ended", f"attempt {a.n} on {a.node} {a.state.value}: {e.detail}"
+            self.event("attempt-ended", f"attempt {a.id} on {a.node} {a.state.value}: {e.detail}"
                        + ("" if e.outcome in (Outcome.SUPERSEDED,) else f"; {d.words}"),
                        job=job.name, node=a.node, severity="info" if e.outcome is Outcome.OK else "warning")
             if e.outcome is Outcome.SUPERSEDED:
@@ -420,7 +420,7 @@ class _Pass:
         self.plan.launches.append(Launch(a, got.node, view.work_dir,
                                          LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir), then_stop))
         gpus = ",".join(str(g.index) for g in got.gpus) or "none"
-        self.event("attempt-starting", f"attempt {n} placed on {got.node} (GPUs {gpus})"
+        self.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus})"
                    + (f" [{why}]" if why else ""), job=job.name, node=got.node)
         return True
 
@@ -471,7 +471,7 @@ def after_launch(job: JobRecord, attempt: Attempt, ok: bool, pid: int | None, de
     """Record a launch's answer: the attempt runs, or failed to start (retried by the next pass)."""
     if ok:
         a = replace(attempt, state=S.RUNNING, pid=pid, started_at=now, heartbeat_at=now, reason="running")
-        ev = Event(now, "attempt-running", f"attempt {a.n} running on {a.node} (pid {pid})", node=a.node, job=a.job)
+        ev = Event(now, "attempt-running", f"attempt {a.id} running on {a.node} (pid {pid})", node=a.node, job=a.job)
         if job.state is JobState.PENDING or job.reason.startswith("starting on"):
             job = replace(job, state=JobState.RUNNING, reason=f"running on {a.node} (attempt {a.n})",
                           reason_code="running", pending_since=None, updated_at=now)
@@ -480,6 +480,6 @@ def after_launch(job: JobRecord, attempt: Attempt, ok: bool, pid: int | None, de
                 outcome=Outcome.START.value)
     job = replace(job, next_try_at=now + 2.0, updated_at=now,
                   reason=f"attempt {a.n} failed to start on {a.node}: {detail}; retrying", reason_code="failed-to-start")
-    ev = Event(now, "attempt-ended", f"attempt {a.n} on {a.node} failed_to_start: {detail}", node=a.node, job=a.job,
+    ev = Event(now, "attempt-ended", f"attempt {a.id} on {a.node} failed_to_start: {detail}", node=a.node, job=a.job,
                severity="warning")
     return job, a, [ev]
