@@ -26,8 +26,10 @@ ATTEMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}$")
 # expand a leading ~ in $WD the way a login shell would (the value itself arrives quoted)
 EXPAND_WD = 'case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\\~/}" ;; esac\n'
 
-# a pid counts as alive when it exists and is not a zombie (an orphan whose reaper is slow)
-ALIVE_FN = ('alive() { kill -0 "$1" 2>/dev/null || return 1; '
+# an attempt is alive while any process of its process group (the wrapper's pid, made a session
+# leader by setsid) is alive and not a zombie; without a group, the pid alone
+ALIVE_FN = ('alive() { ps -eo pgid=,stat= 2>/dev/null | awk -v g="$1" \'$1 == g && $2 !~ /^Z/ { f = 1 } '
+            'END { exit !f }\' && return 0; kill -0 "$1" 2>/dev/null || return 1; '
             'case "$(ps -o stat= -p "$1" 2>/dev/null)" in Z*) return 1 ;; esac; return 0; }\n')
 
 _WRAPPER = r"""D=$1
@@ -112,9 +114,9 @@ def stop_script(work_dir: str, attempt_id: str, reason: str, grace_s: float = 5.
         + _heredoc("D", "stopped", reason + "\n") +
         'P=$(cat "$D/pid" 2>/dev/null)\n' + ALIVE_FN +
         '[ -n "$P" ] && alive "$P" || { echo "@stop gone"; exit 0; }\n'
-        'kill -TERM -- "-$P" 2>/dev/null || kill -TERM "$P" 2>/dev/null\n'
+        'kill -s TERM -- "-$P" 2>/dev/null || kill -TERM "$P" 2>/dev/null\n'
         f'i=0; while alive "$P" && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
-        'if alive "$P"; then kill -KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; '
+        'if alive "$P"; then kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; '
         'echo "@stop killed"; else echo "@stop terminated"; fi\n'
     )
 

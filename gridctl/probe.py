@@ -98,7 +98,7 @@ if [ -d "$WD/attempts" ]; then
   for id in $(echo "$KILL" | tr ',' ' '); do
     A="$WD/attempts/$id"; [ -d "$A" ] || continue
     P=$(cat "$A/pid" 2>/dev/null)
-    if [ -n "$P" ] && alive "$P"; then kill -KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; echo "@fenced $id pid=$P"; fi
+    if [ -n "$P" ] && alive "$P"; then kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; echo "@fenced $id pid=$P"; fi
     : >"$A/reaped"
   done
   NOW=$(date +%s)
