@@ -19,7 +19,7 @@ from .spec import Duration, Name, PositiveDuration, _describe, _Model, _line_key
 from .yamlsrc import format_loc, line_of, load_with_lines
 
 CLASSES = ("service", "batch", "training", "manual")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 RESERVED_ENV = ("CUDA_VISIBLE_DEVICES", "GRIDCTL_JOB", "GRIDCTL_ATTEMPT", "GRIDCTL_HEARTBEAT",
                 "GRIDCTL_RESTART_COUNT", "GRIDCTL_REPLICA", "GRIDCTL_CHECKPOINT_DIR")
 

@@ -21,7 +21,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-ATTEMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}$")
+ATTEMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}\Z")
 
 # expand a leading ~ in $WD the way a login shell would (the value itself arrives quoted)
 EXPAND_WD = 'case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\\~/}" ;; esac\n'
@@ -87,10 +87,12 @@ def launch_script(work_dir: str, spec: LaunchSpec, wait_s: float = 3.0) -> str:
     return (
         f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD +
         f"D=\"$WD/attempts/\"{shlex.quote(spec.attempt_id)}\n"
-        'if [ -d "$D/claim" ] || [ -f "$D/pid" ]; then\n'
+        'mkdir -p "$WD/attempts" || { echo "@launch error cannot create $WD/attempts"; exit 0; }\n'
+        # creating the attempt dir is the claim: atomic, so two launches of one attempt write nothing twice
+        'if ! mkdir "$D" 2>/dev/null; then\n'
+        f'  i=0; while [ ! -f "$D/pid" ] && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
         '  echo "@launch exists pid=$(cat "$D/pid" 2>/dev/null || echo -)"; exit 0\n'
         'fi\n'
-        'mkdir -p "$D" || { echo "@launch error cannot create $D"; exit 0; }\n'
         'R=$(cd "$D" && pwd) && D=$R\n'
         + _heredoc("D", "cmd", spec.command + "\n")
         + _heredoc("D", "env", env_lines)
@@ -106,6 +108,7 @@ def launch_script(work_dir: str, spec: LaunchSpec, wait_s: float = 3.0) -> str:
 
 def stop_script(work_dir: str, attempt_id: str, reason: str, grace_s: float = 5.0) -> str:
     """SIGTERM the attempt's process group, SIGKILL after grace_s; idempotent."""
+    attempt_dir(work_dir, attempt_id)   # validates the id
     ticks = max(1, int(grace_s * 10))
     return (
         f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD +

@@ -20,8 +20,8 @@ from .errors import ConfigError
 from .yamlsrc import format_loc, line_of, load_with_lines
 
 KNOWN_PROVIDERS = ("ssh", "local", "aws", "gcp")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
+HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}\Z")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -298,6 +298,7 @@ class _Pass:
             self._finish(job, before)
             return
         job = self._apply_ended(job, spec)
+        self.jobs[job.name] = job     # the decision (counters, backoff) is what the replicas see
         if job.state.terminal:
             for a in self.live(job.name):
                 self.end(a, S.KILLED, Outcome.CANCEL, f"job {job.state.value}", stop=a.state is not S.SILENT)
@@ -313,6 +314,9 @@ class _Pass:
             if note:
                 notes.append(note if spec.replicas == 1 else f"replica {r}: {note}")
             job = self.jobs[job.name]
+        if job.state.terminal:        # a replica's end decided the job (e.g. a drained manual job)
+            self._finish(job, before)
+            return
         if running:
             job = replace(job, state=JobState.RUNNING, pending_since=None)
             head = (f"{running}/{spec.replicas} replicas running" if spec.replicas > 1 else "running")
@@ -478,8 +482,18 @@ def after_launch(job: JobRecord, attempt: Attempt, ok: bool, pid: int | None, de
         return job, a, [ev]
     a = replace(attempt, state=S.FAILED_TO_START, reason=f"launch failed: {detail}", ended_at=now,
                 outcome=Outcome.START.value)
-    job = replace(job, next_try_at=now + 2.0, updated_at=now,
-                  reason=f"attempt {a.n} failed to start on {a.node}: {detail}; retrying", reason_code="failed-to-start")
-    ev = Event(now, "attempt-ended", f"attempt {a.id} on {a.node} failed_to_start: {detail}", node=a.node, job=a.job,
-               severity="warning")
+    try:
+        spec = spec_from_store(job.spec)
+        d = decide(spec.job_class, policy(spec.job_class, spec.recovery.model_dump()), Outcome.START, exit_code=None,
+                   restarts=job.restarts, failures=job.failures, attempts=job.attempts_made, detail=detail)
+    except ValueError:
+        d = Decision("retry", "failed-to-start", "retrying", delay=2.0, restarts=job.restarts, failures=job.failures)
+    job = replace(job, restarts=d.restarts, failures=d.failures, updated_at=now, reason_code=d.code,
+                  reason=f"attempt {a.n} failed to start on {a.node}: {detail}; {d.words}")
+    if d.action == "fail":
+        job = replace(job, state=JobState.FAILED)
+    else:
+        job = replace(job, next_try_at=now + max(d.delay, 2.0))
+    ev = Event(now, "attempt-ended", f"attempt {a.id} on {a.node} failed_to_start: {detail}; {d.words}", node=a.node,
+               job=a.job, severity="warning")
     return job, a, [ev]
