@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 from .spec import Duration, Name, PositiveDuration, _describe, _Model, _line_key
@@ -91,13 +91,20 @@ class JobSpec(_Model):
             return out
         return v
 
-    @model_validator(mode="after")
-    def _class_rules(self):
-        if self.replicas > 1 and self.class_ != "service":
-            raise ValueError(f"replicas: only service jobs have replicas (this is a {self.class_} job)")
-        if self.checkpoint_dir and self.class_ != "training":
-            raise ValueError("checkpoint_dir: only training jobs take a checkpoint dir")
-        return self
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_only_for_services(cls, v: int, info: ValidationInfo) -> int:
+        job_class = info.data.get("class_", "service")
+        if v > 1 and job_class != "service":
+            raise ValueError(f"only service jobs have replicas (this is a {job_class} job)")
+        return v
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_only_for_training(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v and info.data.get("class_", "service") != "training":
+            raise ValueError("only training jobs take a checkpoint dir")
+        return v
 
     @property
     def job_class(self) -> str:

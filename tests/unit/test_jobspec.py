@@ -252,8 +252,6 @@ def test_class_rule_violation_in_a_file_is_refused(tmp_path):
     assert "only service jobs have replicas (this is a batch job)" in p
 
 
-@pytest.mark.xfail(reason="BUG: class-rule errors from JobSpec._class_rules point at line 1 '(top level)', "
-                          "not at the offending field's line as the module docstring promises", strict=True)
 def test_class_rule_violation_names_the_fields_line(tmp_path):
     path = write(tmp_path, "name: t\nclass: batch\ncommand: run\nreplicas: 2\n")
     (p,) = load_problems(path)
@@ -301,8 +299,6 @@ def test_job_from_flags_reports_every_problem():
     assert [p.split(":")[0] for p in got] == ["--command", "--gpus", "--name"]
 
 
-@pytest.mark.xfail(reason="BUG: a class-rule error from job_from_flags is named 'job:', not by the flag "
-                          "(--replicas) as its docstring promises", strict=True)
 def test_job_from_flags_class_rule_names_the_flag():
     (p,) = flag_problems({"name": "j", "class": "batch", "command": ["x"], "replicas": 3})
     assert p.startswith("--replicas: ")
