@@ -146,15 +146,22 @@ class SshTransport:
         """Exec command with stdin; the whole exec (not the connect) is bounded by timeout."""
         reused = sock is None and self.connected(target)
         conn = self._connection(target, sock)
+        # a live sshd opens a channel in milliseconds: on a kept connection, waiting longer than a
+        # connect timeout for it means the node (or the path to it) went silent
+        open_s = max(1.0, min(target.connect_timeout, timeout)) if reused else min(CHANNEL_TIMEOUT, timeout)
         try:
             try:
-                return self._exec(conn.transport, command, stdin, timeout)
+                return self._exec(conn.transport, command, stdin, timeout, open_s)
+            except _Silent as e:
+                self._drop(target)
+                raise Unreachable(f"no answer on the open connection in {open_s:g}s ({e})") from None
             except _Broken as e:
                 self._drop(target)
                 if not reused:
                     raise Unreachable(f"connection lost: {e}") from None
             # a cached connection died between passes: reconnect once, transparently
-            return self._exec(self._connection(target, None).transport, command, stdin, timeout)
+            return self._exec(self._connection(target, None).transport, command, stdin, timeout,
+                              min(CHANNEL_TIMEOUT, timeout))
         finally:
             if not self.keep:
                 self._drop(target)
@@ -316,12 +323,15 @@ class SshTransport:
 
     # -- executing
 
-    def _exec(self, t: paramiko.Transport, command: str, stdin: bytes, timeout: float) -> RunResult:
+    def _exec(self, t: paramiko.Transport, command: str, stdin: bytes, timeout: float,
+              open_s: float = CHANNEL_TIMEOUT) -> RunResult:
         start = time.monotonic()
         deadline = start + timeout
         try:
-            chan = t.open_session(timeout=min(CHANNEL_TIMEOUT, timeout))
+            chan = t.open_session(timeout=min(open_s, timeout))
         except (paramiko.SSHException, OSError, EOFError) as e:
+            if t.is_active() and "Timeout" in str(e):
+                raise _Silent(_words(e)) from None
             raise _Broken(_words(e)) from None
         try:
             chan.settimeout(max(0.1, deadline - time.monotonic()))
@@ -343,6 +353,10 @@ class SshTransport:
 
 class _Broken(Exception):
     """The SSH connection itself failed (not the command)."""
+
+
+class _Silent(Exception):
+    """The connection is up as far as we know, but the server did not answer in time."""
 
 
 class _Dropped(Unreachable):

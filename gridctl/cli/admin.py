@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import NotFoundError
+from ..errors import GridctlError, NotFoundError
 from ..models import Event, NodeState
 from . import app
 from .common import FleetOption, load, open_store
@@ -45,8 +45,24 @@ def cordon(name: str, reason: str = typer.Option(None, "--reason", help="Why (sh
 @app.command()
 def uncordon(name: str, fleet_path: Optional[Path] = FleetOption) -> None:
     """Allow work on a node again; a quarantined node is released to suspect, then needs good probes."""
-    from ..store import queries, write_tx
+    from ..reconcile import PassLock
     _, db_path = load(fleet_path)
+    # a release changes the node's state, which passes own: write it between passes, never under one
+    lock = PassLock(db_path)
+    deadline = time.monotonic() + 60
+    while not lock.acquire():
+        if time.monotonic() > deadline:
+            pid, _ = lock.holder()
+            raise GridctlError(f"a reconcile pass (pid {pid or '?'}) has held the lock for over 60s; try again")
+        time.sleep(0.1)
+    try:
+        _uncordon(db_path, name)
+    finally:
+        lock.release()
+
+
+def _uncordon(db_path: Path, name: str) -> None:
+    from ..store import queries, write_tx
     with open_store(db_path, create=True) as conn:
         with write_tx(conn):
             node = _node_or_fail(conn, name)
