@@ -141,6 +141,7 @@ class LaunchResult:
     ok: bool
     pid: int | None
     detail: str
+    uncertain: bool = False      # no answer (transport error): the process may have started
 
 
 def parse_launch(output: str) -> LaunchResult:

@@ -192,12 +192,17 @@ SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path}
             f.write(f"{name} {other[0]} {other[1]}\n")
 
     def write_fleet(self, path: Path, *, pool: str = "gpu", gpus: int = 4, health: dict | None = None,
-                    nodes: list[str] | None = None, **extra) -> Path:
+                    nodes: list[str] | None = None, work_dir: str | None = None, **extra) -> Path:
+        """`work_dir`: where attempts live on the nodes; all simulated nodes share one home, so
+        fleets that run jobs pass one with a `{node}` placeholder."""
+        ssh = {"user": "root", "key": str(self.client_key), "host_key_policy": "accept-new",
+               "known_hosts": str(self.known_hosts), "connect_timeout": "2s"}
+        if work_dir:
+            ssh["work_dir"] = work_dir
         spec = {
             "fleet": extra.pop("fleet", "test"),
             "state": str(path.parent / "state.db"),
-            "ssh": {"user": "root", "key": str(self.client_key), "host_key_policy": "accept-new",
-                    "known_hosts": str(self.known_hosts), "connect_timeout": "2s"},
+            "ssh": ssh,
             "health": {"probe_timeout": "4s", **(health or {})},
             "pools": [{"name": pool, "provider": "ssh", "gpu": {"type": "H100", "count": gpus, "memory_gb": 80},
                        "nodes": [self.nodes[n] for n in (nodes or self.nodes)]}],

@@ -7,6 +7,7 @@ the others.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ def launch_one(transports: Transports, node: InventoryNode, launch: Launch) -> L
     try:
         out = _run(transports, node, launch_script(launch.work_dir, launch.spec), LAUNCH_TIMEOUT_S)
     except GridctlError as e:
-        return LaunchResult(False, None, f"{type(e).__name__}: {e}")
+        return LaunchResult(False, None, f"{type(e).__name__}: {e}", uncertain=True)
     return parse_launch(out)
 
 
@@ -52,17 +53,28 @@ def stop_one(transports: Transports, node: InventoryNode | None, stop: Stop) -> 
 
 def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch], stops: list[Stop],
               concurrency: int = 32) -> tuple[list[tuple[Launch, LaunchResult]], list[StopResult]]:
-    """Stops and launches at once; a launch's `then_stop` runs only after that launch succeeded."""
+    """Stops and launches at once, but one at a time per node: a one-shot transport (keep=False)
+    closes a node's connection when its command ends, which would cut off a second command on
+    that node mid-way. A launch's `then_stop` runs only after that launch succeeded."""
     if not launches and not stops:
         return [], []
+    names = {s.node for s in stops} | {ln.node for ln in launches} | {s.node for ln in launches for s in ln.then_stop}
+    locks = {name: threading.Lock() for name in names}
+
+    def stop(s: Stop) -> StopResult:
+        with locks[s.node]:
+            return stop_one(transports, nodes.get(s.node), s)
+
+    def launch(ln: Launch) -> LaunchResult:
+        with locks[ln.node]:
+            return launch_one(transports, nodes[ln.node], ln)
+
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(launches) + len(stops))),
                             thread_name_prefix="gridctl-act") as pool:
-        stop_futs = [pool.submit(stop_one, transports, nodes.get(s.node), s) for s in stops]
-        launch_futs = [(ln, pool.submit(launch_one, transports, nodes[ln.node], ln)) for ln in launches
-                       if ln.node in nodes]
+        stop_futs = [pool.submit(stop, s) for s in stops]
+        launch_futs = [(ln, pool.submit(launch, ln)) for ln in launches if ln.node in nodes]
         launched = [(ln, fut.result()) for ln, fut in launch_futs]
         # drain hand-over: the old copy stops only once its replacement has started
-        stop_futs += [pool.submit(stop_one, transports, nodes.get(s.node), s)
-                      for ln, res in launched if res.ok for s in ln.then_stop]
+        stop_futs += [pool.submit(stop, s) for ln, res in launched if res.ok for s in ln.then_stop]
         stopped = [f.result() for f in stop_futs]
     return launched, stopped

@@ -50,6 +50,13 @@ def apply_results(conn: sqlite3.Connection, plan: JobPlan, launched: list[tuple[
             job = queries.get_job(conn, launch.attempt.job)
             if job is None:
                 continue
+            if result.uncertain:
+                # the answer was lost, not the launch: the next probe finds the process or its absence
+                attempt = replace(launch.attempt, reason=f"launch answer lost ({result.detail}); the next probe decides")
+                queries.save_attempt(conn, attempt)
+                events.append(Event(now, "attempt-unconfirmed", f"attempt {attempt.id} on {attempt.node}: "
+                                    f"{attempt.reason}", node=attempt.node, job=attempt.job, severity="warning"))
+                continue
             job, attempt, evs = after_launch(job, launch.attempt, result.ok, result.pid, result.detail, now)
             queries.save_job(conn, job)
             queries.save_attempt(conn, attempt)

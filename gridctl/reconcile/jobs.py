@@ -135,6 +135,14 @@ class _Pass:
         return [a for a in self.attempts.values() if a.job == job and a.state.live
                 and (replica is None or a.replica == replica)]
 
+    # -- step 0: fencing that the probes did (DESIGN section 5: the kill is an event)
+
+    def fenced(self) -> None:
+        for name, view in sorted(self.views.items()):
+            for r in sorted((r for r in view.reports.values() if r.fenced), key=lambda r: r.id):
+                self.event("attempt-fenced", f"attempt {r.id} on {name} was still running after gridctl ended it: "
+                           "killed (fenced)", job=r.id.rsplit(".", 1)[0], node=name, severity="warning")
+
     # -- step 1: what the nodes say about each live attempt
 
     def observe_attempts(self) -> None:
@@ -464,6 +472,7 @@ def plan_jobs(jobs: dict[str, JobRecord], attempts: list[Attempt], views: dict[s
     """Decide one pass for every active job. `attempts`: every attempt of these jobs (live ones
     included); `history`: attempts of any job that ended within the lemon window."""
     p = _Pass(jobs, attempts, views, now, stop_grace_s)
+    p.fenced()
     p.observe_attempts()
     p.decide_jobs()
     p.lemons(list(history), lemon)
