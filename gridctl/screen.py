@@ -86,9 +86,9 @@ def age(seconds: float | None) -> str:
 def _seen(snap: Snapshot, node: NodeRecord) -> Text:
     if node.last_seen is None:
         return Text("never", style="red")
-    age = snap.now - node.last_seen
-    style = "green" if age <= 2 * snap.interval + 1 else ("yellow" if age <= snap.stale_after else "red")
-    return Text(age(age) + " ago", style=style)
+    silent_s = snap.now - node.last_seen
+    style = "green" if silent_s <= 2 * snap.interval + 1 else ("yellow" if silent_s <= snap.stale_after else "red")
+    return Text(age(silent_s) + " ago", style=style)
 
 
 def _table(width: int, columns: list[tuple[str, int, dict]]) -> tuple[Table, list[str]]:
