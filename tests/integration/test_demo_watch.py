@@ -55,7 +55,7 @@ def _alive(pid: int) -> bool:
 
 def test_demo_recovers_every_affected_job_and_leaves_nothing_running(tmp_path):
     started = time.monotonic()
-    res = subprocess.run([*GRIDCTL, "demo", "--duration", "25", "--plain", "--keep"], capture_output=True, text=True,
+    res = subprocess.run([*GRIDCTL, "demo", "--duration", "20", "--plain", "--keep"], capture_output=True, text=True,
                          env=_env(tmp_path), timeout=120)
     took = time.monotonic() - started
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-2000:], took)
