@@ -14,7 +14,7 @@ from ..errors import ConfigError, NotFoundError
 from ..models import AttemptState, Event
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, open_store
-from .render import ago, console, emit, err_console, esc, iso, styled
+from .render import ago, console, emit, err_console, esc, iso, print_events, styled
 
 JOB_STYLE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "failed": "red", "cancelled": "dim"}
 ATTEMPT_STYLE = {"running": "green", "starting": "cyan", "silent": "yellow", "exited": "dim", "lost": "red",
@@ -226,11 +226,7 @@ def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: b
                       "-" if a.exit_code is None else str(a.exit_code), esc(a.reason))
     console.print()
     console.print(table)
-    console.print("\n[bold]Events[/bold]")
-    for e in events:
-        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
-    if not events:
-        console.print("  none")
+    print_events(events)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import ConfigError, NotFoundError
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, node_json, open_store
-from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, esc, iso, styled
+from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
 
 
 def _store_or_none(fleet_path):
@@ -109,11 +109,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
         console.print(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {a.reason}", markup=False, soft_wrap=True)
     if not here:
         console.print("  none")
-    console.print("\n[bold]Recent events[/bold]")
-    for e in events or []:
-        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
-    if not events:
-        console.print("  none")
+    print_events(events, "Recent events")
 
 
 def _event_json(e) -> dict:

@@ -57,3 +57,12 @@ def emit(rows: Sequence[dict], columns: Sequence[Column], *, as_json: bool, titl
 def styled(value: str, styles: dict[str, str]) -> str:
     style = styles.get(value)
     return f"[{style}]{esc(value)}[/{style}]" if style else esc(value)
+
+
+def print_events(events, title: str = "Events") -> None:
+    """The event list of `describe node` / `describe job`: one line each, never wrapped."""
+    console.print(f"\n[bold]{title}[/bold]")
+    for e in events:
+        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
+    if not events:
+        console.print("  none")
