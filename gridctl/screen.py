@@ -91,23 +91,27 @@ def _seen(snap: Snapshot, node: NodeRecord) -> Text:
     return Text(age(silent_s) + " ago", style=style)
 
 
-def _table(width: int, columns: list[tuple[str, int, dict]]) -> tuple[Table, list[str]]:
-    """columns: (header, priority (lower = more important), column options). Columns are dropped
-    from the least important until the estimated width fits."""
+def _table(width: int, columns: list[tuple[str, int, dict]], rows: list[dict[str, Text]]) -> Table:
+    """columns: (header, priority (lower = more important), column options). A fixed column is as
+    wide as its widest cell (capped by its max_width); columns are dropped from the least important
+    until they fit, and the flexible (ratio) column takes what is left, cut with an ellipsis."""
+    def natural(header: str, opts: dict) -> int:
+        widest = max([len(header)] + [r[header].cell_len for r in rows])
+        return min(widest, opts.get("max_width", widest)) if opts.get("ratio") is None else opts.get("min_width", 10)
+
     keep = list(columns)
-    def need(cols) -> int:
-        return sum(opts.get("min_width", len(h)) + 2 for h, _, opts in cols)
-    while need(keep) > width and len(keep) > 2:
-        worst = max(keep, key=lambda c: c[1])
-        keep.remove(worst)
+    while sum(natural(h, o) + 2 for h, _, o in keep) > width and len(keep) > 2:
+        keep.remove(max(keep, key=lambda c: c[1]))
+    fixed = sum(natural(h, o) + 2 for h, _, o in keep if o.get("ratio") is None)
     table = Table(show_edge=False, header_style="bold", pad_edge=False, box=None, expand=False)
-    fixed = need([c for c in keep if c[2].get("ratio") is None])
     for header, _, opts in keep:
         flexible = opts.get("ratio") is not None
-        extra = {"max_width": max(opts.get("min_width", 10), width - fixed - 2)} if flexible else \
-            {"min_width": opts.get("min_width")}
-        table.add_column(header, **{k: v for k, v in opts.items() if k not in ("min_width", "ratio")}, **extra)
-    return table, [h for h, _, _ in keep]
+        size = {"max_width": max(opts.get("min_width", 10), width - fixed - 2)} if flexible else \
+            {"min_width": natural(header, opts), "max_width": natural(header, opts)}
+        table.add_column(header, no_wrap=True, overflow="ellipsis", **size)
+    for row in rows:
+        table.add_row(*[row[h] for h, _, _ in keep])
+    return table
 
 
 def nodes_table(snap: Snapshot, width: int) -> Table:
@@ -115,54 +119,36 @@ def nodes_table(snap: Snapshot, width: int) -> Table:
     for a in snap.attempts:
         if a.state.live:
             used[a.node] = used.get(a.node, 0) + len(a.gpus)
-    table, headers = _table(width, [
-        ("NODE", 0, {"no_wrap": True, "min_width": 8}),
-        ("POOL", 6, {"no_wrap": True, "min_width": 6}),
-        ("STATE", 0, {"no_wrap": True, "min_width": 11}),
-        ("GPUS", 1, {"no_wrap": True, "min_width": 5}),
-        ("TEMP", 4, {"no_wrap": True, "min_width": 5}),
-        ("UTIL", 5, {"no_wrap": True, "min_width": 4}),
-        ("SEEN", 2, {"no_wrap": True, "min_width": 8}),
-        ("REASON", 3, {"no_wrap": True, "overflow": "ellipsis", "min_width": 20, "ratio": 1}),
-    ])
+    rows = []
     for n in snap.nodes:
         state = "cordoned" if n.cordoned and n.state.value == "ready" else n.state.value
-        cells = {
+        gpu = snap.gpus.get(n.name)
+        rows.append({
             "NODE": Text(n.name), "POOL": Text(n.pool),
             "STATE": Text(state + (" (drain)" if n.draining else ""), style=STATE_STYLE.get(state, "")),
             "GPUS": Text(f"{used.get(n.name, 0)}/{n.gpus_seen if n.gpus_seen is not None else n.gpus_expected}"),
-            "TEMP": Text(f"{snap.gpus[n.name].max_temp_c:.0f}°C" if n.name in snap.gpus and
-                         snap.gpus[n.name].max_temp_c is not None else "-"),
-            "UTIL": Text(f"{snap.gpus[n.name].util_pct:.0f}%" if n.name in snap.gpus and
-                         snap.gpus[n.name].util_pct is not None else "-"),
+            "TEMP": Text(f"{gpu.max_temp_c:.0f}°C" if gpu and gpu.max_temp_c is not None else "-"),
+            "UTIL": Text(f"{gpu.util_pct:.0f}%" if gpu and gpu.util_pct is not None else "-"),
             "SEEN": _seen(snap, n),
             "REASON": Text(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else "")),
-        }
-        table.add_row(*[cells[h] for h in headers])
-    return table
+        })
+    return _table(width, [
+        ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), ("GPUS", 1, {}),
+        ("TEMP", 5, {}), ("UTIL", 6, {}), ("SEEN", 2, {}), ("REASON", 3, {"min_width": 20, "ratio": 1}),
+    ], rows)
 
 
 def jobs_table(snap: Snapshot, width: int) -> Table:
-    table, headers = _table(width, [
-        ("JOB", 0, {"no_wrap": True, "min_width": 8}),
-        ("CLASS", 5, {"no_wrap": True, "min_width": 7}),
-        ("STATE", 0, {"no_wrap": True, "min_width": 9}),
-        ("NODE", 1, {"no_wrap": True, "min_width": 6, "overflow": "ellipsis", "max_width": 24}),
-        ("GPUS", 4, {"no_wrap": True, "min_width": 4}),
-        ("ATT", 3, {"no_wrap": True, "min_width": 5}),
-        ("AGE", 6, {"no_wrap": True, "min_width": 4}),
-        ("REASON", 2, {"no_wrap": True, "overflow": "ellipsis", "min_width": 34, "ratio": 1}),
-    ])
     by_job: dict[str, list[Attempt]] = {}
     for a in snap.attempts:
         by_job.setdefault(a.job, []).append(a)
+    rows = []
     for j in snap.jobs:
-        mine = by_job.get(j.name, [])
-        live = [a for a in mine if a.state.live]
+        live = [a for a in by_job.get(j.name, []) if a.state.live]
         spec = j.spec
         replicas = spec.get("replicas", 1)
         reason = "" if j.state.value == "running" and j.reason_code == "running" and replicas == 1 else j.reason
-        cells = {
+        rows.append({
             "JOB": Text(j.name), "CLASS": Text(j.job_class),
             "STATE": Text(j.state.value, style=JOB_STYLE.get(j.state.value, "")),
             "NODE": Text(",".join(sorted({a.node for a in live})) or "-"),
@@ -170,9 +156,11 @@ def jobs_table(snap: Snapshot, width: int) -> Table:
             "ATT": Text(f"{j.attempts_made}/{j.restarts + j.failures}"),
             "AGE": Text(age(snap.now - j.created_at)),
             "REASON": Text(reason),
-        }
-        table.add_row(*[cells[h] for h in headers])
-    return table
+        })
+    return _table(width, [
+        ("JOB", 0, {"max_width": 24}), ("CLASS", 5, {}), ("STATE", 0, {}), ("NODE", 1, {"max_width": 20}),
+        ("GPUS", 4, {}), ("ATT", 3, {}), ("AGE", 6, {}), ("REASON", 2, {"min_width": 34, "ratio": 1}),
+    ], rows)
 
 
 def events_table(snap: Snapshot, width: int) -> Table:
