@@ -42,3 +42,16 @@ def test_real_kernel_lines_from_the_nvidia_driver_are_not_xids():
     lines = fixture_lines("real/h100_dmesg_nvrm.log")
     assert len(lines) == 3 and all("NVRM" in line for line in lines)
     assert parse_xids(lines) == ()
+
+
+def test_real_probe_reports_a_running_attempt_pinned_by_gpu_uuid():
+    obs = parse_probe("h100", fixture_text("real/h100_probe_with_attempt.out"), started_at=1795745837.0,
+                      duration_s=0.1)
+    assert obs.complete and classify(obs, Expectation(gpus=1)).health is Health.HEALTHY
+    (report,) = obs.attempts
+    assert (report.id, report.pid, report.alive, report.exit_code) == ("smoke.1", 647, True, None)
+    assert report.node_now - report.heartbeat_at == 0 and report.started_at == 1795745832
+    assert obs.gpus[0].memory_used_mib > 2000          # the attempt's 2 GiB allocation is visible
+    (app,) = fixture_lines("real/h100_compute_apps.csv")
+    pid, gpu_uuid, used = [x.strip() for x in app.split(",")]
+    assert gpu_uuid == obs.gpus[0].uuid and int(used) > 2000
