@@ -6,7 +6,8 @@ Used by tests/cloud: the real google-cloud-compute REST client talks to it throu
 with the first operation, so a retried insert creates nothing. Instances get `networkIP` from a
 127.x subnet (127.22.1.4, .5, ...) and, with an access config, a `natIP` from another one, so
 every address a test may connect to stays on loopback. Faults: `fail_next_insert` (capacity or
-quota, in the operation or as an HTTP error), `fail_next` (any request), `preempt`.
+quota, in the operation or as an HTTP error), `fail_next` (any request), `lose_next_insert_answer`,
+`preempt`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class GceFake:
         self.requests: list[tuple[str, str]] = []  # (method, path?query) in arrival order
         self._insert_faults: list[tuple[str, str, int | None]] = []
         self._faults: list[tuple[int, str, str]] = []
+        self._lose_insert_answers = 0
         self._ids = itertools.count(1000)
         self._hosts = itertools.count(4)
         self._nat_hosts = itertools.count(4)
@@ -77,6 +79,11 @@ class GceFake:
         with self._lock:
             self._faults.append((status, message, reason))
 
+    def lose_next_insert_answer(self) -> None:
+        """The next insert is carried out, but the connection closes before the answer is sent."""
+        with self._lock:
+            self._lose_insert_answers += 1
+
     def preempt(self, name: str) -> None:
         """GCE stopped a spot instance: status TERMINATED, addresses kept."""
         with self._lock:
@@ -84,7 +91,8 @@ class GceFake:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict]:
+    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict] | None:
+        """(status, JSON) for one request; None: close the connection without answering."""
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         with self._lock:
@@ -99,7 +107,11 @@ class GceFake:
             if route == ("GET", "instances", False, None):
                 return self._list(m, query)
             if route == ("POST", "instances", False, None):
-                return self._insert(m, query, json.loads(body or b"{}"))
+                answer = self._insert(m, query, json.loads(body or b"{}"))
+                if self._lose_insert_answers:
+                    self._lose_insert_answers -= 1
+                    return None
+                return answer
             if m["kind"] == "operations" and method == "GET" and m["name"]:
                 op = self.operations.get(m["name"])
                 return (200, op) if op else _error(404, f"operation {m['name']} not found", "notFound")
@@ -190,7 +202,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, payload = self.owner.handle(self.command, self.path, body)
+        answer = self.owner.handle(self.command, self.path, body)
+        if answer is None:
+            self.close_connection = True
+            return
+        status, payload = answer
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
