@@ -78,20 +78,21 @@ class AwsProvider(Provider):
 
     def terminate(self, ids: Iterable[str]) -> None:
         """Contract: base.Provider."""
-        ours = self._ours(ids, exclude=("shutting-down", "terminated"))
+        ours = [i for i, state in self._ours(ids).items() if state not in ("shutting-down", "terminated")]
         if ours:
             self._each("TerminateInstances", ours, lambda chunk: self.client().terminate_instances(InstanceIds=chunk))
 
     def stop(self, ids: Iterable[str], *, triage: bool = False) -> None:
         """Contract: base.Provider. The triage tag is written before the stop, so a stopped
-        instance kept for a person always carries it."""
-        ours = self._ours(ids, exclude=("shutting-down", "terminated", "stopping", "stopped"))
-        if not ours:
-            return
-        if triage:
+        instance kept for a person always carries it. A one-time spot instance cannot be
+        stopped; EC2's refusal comes back as ProviderError."""
+        ours = {i: state for i, state in self._ours(ids).items() if state not in ("shutting-down", "terminated")}
+        if triage and ours:
             tag = [{"Key": TAG_TRIAGE, "Value": "true"}]
-            self._each("CreateTags", ours, lambda chunk: self.client().create_tags(Resources=chunk, Tags=tag))
-        self._each("StopInstances", ours, lambda chunk: self.client().stop_instances(InstanceIds=chunk))
+            self._each("CreateTags", list(ours), lambda chunk: self.client().create_tags(Resources=chunk, Tags=tag))
+        running = [i for i, state in ours.items() if state in ("pending", "running")]
+        if running:
+            self._each("StopInstances", running, lambda chunk: self.client().stop_instances(InstanceIds=chunk))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -104,16 +105,14 @@ class AwsProvider(Provider):
                     out.extend(reservation.get("Instances", []))
         return out
 
-    def _ours(self, ids: Iterable[str], exclude: tuple[str, ...]) -> list[str]:
-        """Those of `ids` that carry our fleet and pool tags and are not in an `exclude` state.
-        A filter, not InstanceIds=, so an unknown id is simply absent instead of an error."""
+    def _ours(self, ids: Iterable[str]) -> dict[str, str]:
+        """Those of `ids` that carry our fleet and pool tags -> their EC2 state name. A filter,
+        not InstanceIds=, so an unknown id is simply absent instead of an error."""
         wanted = sorted({i for i in ids if i})
-        ours = []
+        ours = {}
         for start in range(0, len(wanted), 100):
-            chunk = wanted[start:start + 100]
-            for raw in self._describe([_filter("instance-id", chunk)]):
-                if raw["State"]["Name"] not in exclude:
-                    ours.append(raw["InstanceId"])
+            for raw in self._describe([_filter("instance-id", wanted[start:start + 100])]):
+                ours[raw["InstanceId"]] = raw["State"]["Name"]
         return ours
 
     def _each(self, op: str, ids: list[str], call) -> None:
@@ -225,4 +224,6 @@ def _translate(e: Exception, op: str, pool: str) -> ProviderError | None:
         return AuthError(f"AWS region not set ({where}): set the pool's region or AWS_DEFAULT_REGION")
     if isinstance(e, (bx.HTTPClientError, bx.ConnectionError)):
         return TransientError(f"cannot reach AWS ({where}): {type(e).__name__}", delay=15.0)
+    if isinstance(e, bx.BotoCoreError):   # e.g. a parameter botocore rejects before sending
+        return ProviderError(f"AWS request failed ({where}): {type(e).__name__}: {e}")
     return None

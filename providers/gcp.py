@@ -113,19 +113,20 @@ class GcpProvider(Provider):
         from google.cloud import compute_v1
         project, zone = self.pool.project, self.pool.zone
         for raw in self._ours(ids):
-            if raw.status in ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED"):
-                continue
-            marks = {TAG_STOPPED: "true", **({TAG_TRIAGE: "true"} if triage else {})}
-            labels = compute_v1.InstancesSetLabelsRequest(labels={**raw.labels, **marks},
-                                                          label_fingerprint=raw.label_fingerprint)
+            running = raw.status not in ("STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED")
+            marks = {**({TAG_STOPPED: "true"} if running else {}), **({TAG_TRIAGE: "true"} if triage else {})}
             try:
-                with self._translated("instances.setLabels"):
-                    self.clients()[0].set_labels_unary(request=compute_v1.SetLabelsInstanceRequest(
-                        project=project, zone=zone, instance=raw.name,
-                        instances_set_labels_request_resource=labels), timeout=_TIMEOUT_S)
-                with self._translated("instances.stop"):
-                    self.clients()[0].stop_unary(request=compute_v1.StopInstanceRequest(
-                        project=project, zone=zone, instance=raw.name), timeout=_TIMEOUT_S)
+                if any(raw.labels.get(k) != v for k, v in marks.items()):
+                    labels = compute_v1.InstancesSetLabelsRequest(labels={**raw.labels, **marks},
+                                                                  label_fingerprint=raw.label_fingerprint)
+                    with self._translated("instances.setLabels"):
+                        self.clients()[0].set_labels_unary(request=compute_v1.SetLabelsInstanceRequest(
+                            project=project, zone=zone, instance=raw.name,
+                            instances_set_labels_request_resource=labels), timeout=_TIMEOUT_S)
+                if running:
+                    with self._translated("instances.stop"):
+                        self.clients()[0].stop_unary(request=compute_v1.StopInstanceRequest(
+                            project=project, zone=zone, instance=raw.name), timeout=_TIMEOUT_S)
             except NotFound:
                 pass
 
@@ -322,6 +323,8 @@ def _translate(e: Exception, op: str, pool: str, launching: bool) -> ProviderErr
         return ProviderError(f"GCE error ({where}): {status}: {words}")
     if isinstance(e, (gx.RetryError, ax.TransportError)) or _is_connection_error(e):
         return TransientError(f"cannot reach GCE ({where}): {type(e).__name__}", delay=15.0)
+    if isinstance(e, (gx.GoogleAPIError, ax.GoogleAuthError)):
+        return ProviderError(f"GCE request failed ({where}): {type(e).__name__}")
     return None
 
 

@@ -139,8 +139,8 @@ class GcpHarness:
         return instance_id in self.fake.instances
 
     def count_request(self, request_id: str) -> int:
-        return sum(1 for i in self.fake.instances.values()
-                   if i["labels"].get("gridctl-request") == request_id and i["labels"].get("gridctl-fleet") == self.fleet)
+        want = {"gridctl-request": request_id, "gridctl-fleet": self.fleet}
+        return sum(1 for i in self.fake.instances.values() if all(i["labels"].get(k) == v for k, v in want.items()))
 
     def inject_capacity(self, provider) -> None:
         self.fake.fail_next_insert("ZONE_RESOURCE_POOL_EXHAUSTED")

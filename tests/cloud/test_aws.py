@@ -109,7 +109,8 @@ def test_address_picks_the_public_ip_when_present_else_the_private_one(aws):
     public = aws.provider(pool="pub", subnet=aws.world.public_subnet).launch(LaunchRequest(rid()))[0]
     details = raw(aws.world, public.id)
     assert details.get("PublicIpAddress") and public.host == details["PublicIpAddress"]   # read, never contacted
-    private = aws.provider(pool="priv", subnet=aws.world.public_subnet, address="private").launch(LaunchRequest(rid()))[0]
+    private_pool = aws.provider(pool="priv", subnet=aws.world.public_subnet, address="private")
+    private = private_pool.launch(LaunchRequest(rid()))[0]
     assert private.host.startswith("127.21.2.")
     plain = aws.provider().launch(LaunchRequest(rid()))[0]   # no public IP in the private subnet: falls back
     assert plain.host.startswith("127.21.1.")

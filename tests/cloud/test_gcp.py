@@ -85,7 +85,8 @@ def test_preempted_spot_instance_is_listed_as_preempted_and_can_be_deleted(gcp):
     provider = gcp.provider(spot=True)
     inst = provider.launch(LaunchRequest(rid()))[0]
     body = gcp.fake.instances[inst.id]
-    assert body["scheduling"]["provisioningModel"] == "SPOT" and body["scheduling"]["instanceTerminationAction"] == "STOP"
+    scheduling = body["scheduling"]
+    assert scheduling["provisioningModel"] == "SPOT" and scheduling["instanceTerminationAction"] == "STOP"
     assert inst.spot
     gcp.fake.preempt(inst.id)
     assert provider.list_instances()[inst.id].state is InstanceState.PREEMPTED
@@ -109,7 +110,8 @@ def test_public_address_is_the_nat_ip_and_private_the_network_ip(gcp):
     assert public.host.startswith("127.22.2.")
     assert gcp.fake.instances[public.id]["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT"
     private = gcp.provider().launch(LaunchRequest(rid()))[0]
-    assert private.host.startswith("127.22.1.") and "accessConfigs" not in gcp.fake.instances[private.id]["networkInterfaces"][0]
+    assert private.host.startswith("127.22.1.")
+    assert "accessConfigs" not in gcp.fake.instances[private.id]["networkInterfaces"][0]
 
 
 @pytest.mark.parametrize("fleet,pool", [("9lives", "a.b_c"), ("f" * 63, "p" * 63), ("x", "y")])

@@ -52,7 +52,8 @@ def test_looking_up_the_cloud_adapters_loads_no_sdk(tmp_path):
 @pytest.mark.parametrize("name,blocked", [("aws", "boto3"), ("gcp", "google.cloud.compute_v1")])
 def test_missing_sdk_names_the_extra_to_install(tmp_path, name, blocked):
     code = (f"import sys\nsys.modules[{blocked!r}] = None\nimport providers\n"
-            f"try:\n    providers.get({name!r})\nexcept providers.ProviderUnavailable as e:\n    print('ERROR=' + str(e))\n")
+            f"try:\n    providers.get({name!r})\n"
+            "except providers.ProviderUnavailable as e:\n    print('ERROR=' + str(e))\n")
     _, out = loaded_after(code, tmp_path)
     assert f"pip install 'gridctl[{name}]'" in out
 

@@ -52,7 +52,8 @@ def test_launch_tags_instances_with_fleet_pool_and_request(harness):
     launched = provider.launch(LaunchRequest(rid, count=2))
     assert len(launched) == 2 and len({i.id for i in launched}) == 2
     for inst in launched:
-        assert (inst.tags[TAG_FLEET], inst.tags[TAG_POOL], inst.tags[TAG_REQUEST]) == (harness.fleet, provider.pool.name, rid)
+        tags = (inst.tags[TAG_FLEET], inst.tags[TAG_POOL], inst.tags[TAG_REQUEST])
+        assert tags == (harness.fleet, provider.pool.name, rid)
         assert inst.host.startswith(harness.subnet_prefix), inst.host
         assert inst.state in (InstanceState.PENDING, InstanceState.RUNNING)
     assert set(provider.list_instances()) == {i.id for i in launched}
@@ -119,12 +120,14 @@ def test_refused_credentials_are_an_auth_error_in_one_line_without_the_secret(ha
     assert "credentials" in message
 
 
-def test_stop_for_triage_keeps_the_instance_tagged_and_not_preempted(harness):
+def test_stopped_instance_is_kept_tagged_for_triage_and_not_taken_for_preempted(harness):
     provider = harness.provider()
     if Feature.STOP not in provider.features:
         pytest.skip(f"provider {harness.name} cannot stop machines")
     inst = harness.provider(spot=True).launch(LaunchRequest(request_id()))[0]
-    provider.stop([inst.id], triage=True)
+    provider.stop([inst.id])
+    assert TAG_TRIAGE not in provider.list_instances()[inst.id].tags
+    provider.stop([inst.id], triage=True)    # already stopped: the tag still goes on
     provider.stop([inst.id], triage=True)
     listed = provider.list_instances()[inst.id]
     assert listed.state in (InstanceState.STOPPING, InstanceState.STOPPED)
