@@ -64,7 +64,8 @@ class LaunchRequest:
     pass records it in the store before calling `launch` and reuses it on every retry, so a lost
     answer never launches twice. It is a tag / label value on every instance, so it must be
     lower-case letters, digits, '-' or '_', at most 63 characters (`new_request_id()` makes one).
-    `spot` None means the pool's own `spot` setting."""
+    A new need is a new request id: clouds remember request ids, so one whose instances were
+    terminated is not launched again. `spot` None means the pool's own `spot` setting."""
 
     request_id: str
     count: int = 1
@@ -140,7 +141,8 @@ class Provider(ABC):
         Feature.CREATE. Idempotent per `req.request_id`: instances already tagged with it are
         returned instead of launching more, so retrying after a lost answer is safe. May return
         before the machines boot: instances can be `pending` with an empty `host`; `list_instances`
-        shows them later. Raises CapacityError (try the next pool), QuotaError, AuthError,
+        shows them later. A failure part-way (an adapter that creates one by one) can leave some of the set launched: they carry the
+        request tag, are listed, and a retry with the same id completes the set. Raises CapacityError (try the next pool), QuotaError, AuthError,
         TransientError; ProviderUnavailable when the provider cannot create machines."""
         raise ProviderUnavailable(f"provider '{self.name}' cannot create machines (pool '{self.pool.name}')")
 
