@@ -141,9 +141,10 @@ class Provider(ABC):
         Feature.CREATE. Idempotent per `req.request_id`: instances already tagged with it are
         returned instead of launching more, so retrying after a lost answer is safe. May return
         before the machines boot: instances can be `pending` with an empty `host`; `list_instances`
-        shows them later. A failure part-way (an adapter that creates one by one) can leave some of the set launched: they carry the
-        request tag, are listed, and a retry with the same id completes the set. Raises CapacityError (try the next pool), QuotaError, AuthError,
-        TransientError; ProviderUnavailable when the provider cannot create machines."""
+        shows them later. An adapter that creates one by one can fail part-way: what it launched
+        carries the request tag, is listed, and a retry with the same id completes the set.
+        Raises CapacityError (try the next pool), QuotaError, AuthError, TransientError;
+        ProviderUnavailable when the provider cannot create machines."""
         raise ProviderUnavailable(f"provider '{self.name}' cannot create machines (pool '{self.pool.name}')")
 
     def terminate(self, ids: Iterable[str]) -> None:
