@@ -160,11 +160,26 @@ class LocalPool(_PoolBase):
         return None if v is None else _expand(str(v), info)
 
 
+def _check_endpoint(value: Optional[str]) -> Optional[str]:
+    if value is not None and not re.match(r"^https?://[^\s/]+(/\S*)?\Z", value):
+        raise ValueError(f"expected a URL like https://host:port, got {value!r}")
+    return value
+
+
+Endpoint = Annotated[Optional[str], BeforeValidator(_check_endpoint)]
+
+
 class _CloudPool(_PoolBase):
     min: int = Field(0, ge=0)
     max: int = Field(1, ge=0)
     spot: bool = False
-    address: Literal["public", "private"] = "public"
+    address: Literal["public", "private"] = "public"   # public IP when the instance has one, else private
+    launch_timeout: PositiveDuration = 600.0   # launch until the node answers a probe; then replaced
+    idle_timeout: Optional[PositiveDuration] = None   # instances above `min` idle this long go; None: never
+    replace: bool = True                # replace preempted / quarantined instances with new ones
+    keep_for_triage: bool = False       # stop a quarantined instance (tag gridctl-triage=true), not delete it
+    fallback: Optional[Name] = None     # pool to ask when this one has no capacity
+    launch_rate: int = Field(10, ge=1)  # most instances launched per minute in this pool
 
     @model_validator(mode="after")
     def _min_le_max(self):
@@ -183,6 +198,8 @@ class AwsPool(_CloudPool):
     key_name: Optional[str] = None
     root_volume_gb: Optional[int] = Field(None, ge=8)
     tags: dict[str, str] = {}
+    endpoint_url: Endpoint = None       # EC2 endpoint; else $AWS_ENDPOINT_URL, else AWS's own
+    metadata_endpoint: Endpoint = "http://169.254.169.254"   # IMDS as the nodes see it (spot notices)
 
 
 class GcpPool(_CloudPool):
@@ -194,6 +211,8 @@ class GcpPool(_CloudPool):
     accelerators: dict[str, int] = {}
     network: Optional[str] = None
     labels: dict[str, str] = {}
+    boot_disk_gb: Optional[int] = Field(None, ge=10)
+    api_endpoint: Endpoint = None       # Compute API endpoint; else $GRIDCTL_GCE_ENDPOINT, else Google's own
 
 
 def _pool_tag(v: Any) -> Optional[str]:

@@ -12,8 +12,9 @@ from importlib import metadata
 
 from .base import Provider, ProviderUnavailable
 
-_BUILTIN = {"ssh": "providers.static:StaticProvider", "local": "providers.local:LocalProvider"}
-_PLANNED = {"aws": "aws", "gcp": "gcp"}   # spec-valid; adapter not shipped in this version yet
+_BUILTIN = {"ssh": "providers.static:StaticProvider", "local": "providers.local:LocalProvider",
+            "aws": "providers.aws:AwsProvider", "gcp": "providers.gcp:GcpProvider"}
+_PLANNED: dict[str, str] = {}   # spec-valid names whose adapter has not shipped yet -> extra
 
 
 def names() -> list[str]:

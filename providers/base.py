@@ -8,7 +8,10 @@ A provider maps one pool of the fleet spec onto a source of machines. The requir
 from __future__ import annotations
 
 import enum
+import re
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +50,38 @@ class Instance:
     tags: dict[str, str] = field(default_factory=dict)
     launched_at: float | None = None
     local_dir: Path | None = None    # simulated nodes only: the node's state directory
+
+
+# Every instance gridctl creates carries these tags (AWS) / labels (GCP); listing is by tag, so
+# leaks are found and a lost store can be rebuilt (DESIGN section 7).
+TAG_FLEET, TAG_POOL, TAG_REQUEST, TAG_TRIAGE = "gridctl-fleet", "gridctl-pool", "gridctl-request", "gridctl-triage"
+REQUEST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Ask a pool for `count` machines. `request_id` names the request for its whole life: the
+    pass records it in the store before calling `launch` and reuses it on every retry, so a lost
+    answer never launches twice. It is a tag / label value on every instance, so it must be
+    lower-case letters, digits, '-' or '_', at most 63 characters (`new_request_id()` makes one).
+    A new need is a new request id: clouds remember request ids, so one whose instances were
+    terminated is not launched again. `spot` None means the pool's own `spot` setting."""
+
+    request_id: str
+    count: int = 1
+    spot: bool | None = None
+
+    def __post_init__(self):
+        if not REQUEST_ID_RE.match(self.request_id):
+            raise ValueError(f"invalid request id {self.request_id!r}: use lower-case letters, digits, '-' "
+                             "and '_', at most 63 characters")
+        if not 1 <= self.count <= 1000:
+            raise ValueError(f"count must be between 1 and 1000, got {self.count}")
+
+
+def new_request_id() -> str:
+    """A fresh request id for LaunchRequest (32 lower-case hex digits)."""
+    return uuid.uuid4().hex
 
 
 class ProviderError(Exception):
@@ -100,3 +135,26 @@ class Provider(ABC):
     def list_instances(self) -> dict[str, Instance]:
         """Every instance of this pool that exists now, by id; fresh each call, ours only (by tag
         for cloud pools). Idempotent, read-only towards the machines. Raises ProviderError."""
+
+    def launch(self, req: LaunchRequest) -> list[Instance]:
+        """Create `req.count` instances tagged with the fleet, pool and request id; needs
+        Feature.CREATE. Idempotent per `req.request_id`: instances already tagged with it are
+        returned instead of launching more, so retrying after a lost answer is safe. May return
+        before the machines boot: instances can be `pending` with an empty `host`; `list_instances`
+        shows them later. An adapter that creates one by one can fail part-way: what it launched
+        carries the request tag, is listed, and a retry with the same id completes the set.
+        Raises CapacityError (try the next pool), QuotaError, AuthError, TransientError;
+        ProviderUnavailable when the provider cannot create machines."""
+        raise ProviderUnavailable(f"provider '{self.name}' cannot create machines (pool '{self.pool.name}')")
+
+    def terminate(self, ids: Iterable[str]) -> None:
+        """Delete these instances; needs Feature.CREATE. Idempotent: an id that is already gone,
+        or was never ours (not tagged with this fleet and pool), is skipped, never an error.
+        Returns once the cloud accepted the deletion, not when the machines are gone."""
+        raise ProviderUnavailable(f"provider '{self.name}' cannot terminate machines (pool '{self.pool.name}')")
+
+    def stop(self, ids: Iterable[str], *, triage: bool = False) -> None:
+        """Stop (not delete) these instances, keeping their disks; needs Feature.STOP. `triage`
+        also tags them `gridctl-triage=true` (keep_for_triage: a person looks before deleting).
+        Idempotent like `terminate`; ids gone or not ours are skipped."""
+        raise ProviderUnavailable(f"provider '{self.name}' cannot stop machines (pool '{self.pool.name}')")
