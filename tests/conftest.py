@@ -37,5 +37,4 @@ def isolated_env(tmp_path, monkeypatch):
     return dict(os.environ)
 
 
-requires_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"),
-                                   reason="needs root and iptables (CI runs as root)")
+from fleetsim import requires_root  # noqa: E402,F401  (re-exported for older imports)

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from providers.local import BIN_DIR, write_node
@@ -210,3 +211,8 @@ SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path}
         }
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         return path
+
+
+# tests that add iptables rules; import it from here (tests/cloud has its own conftest module)
+requires_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"),
+                                   reason="needs root and iptables (CI runs as root)")

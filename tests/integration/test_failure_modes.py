@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import requires_root
+from fleetsim import requires_root
 from helpers import by_name, codes, gridctl, gridctl_json
 
 GPU_MODES = ["healthy", "xid79", "ecc", "driver", "hang", "missing-gpu", "hot", "row-remap"]

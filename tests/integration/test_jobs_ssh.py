@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import requires_root
+from fleetsim import requires_root
 from helpers import GRIDCTL, gridctl
 from jobs_support import FAST_RECOVERY, LOOP, JobLab, assert_one_running_per_replica, messages
 
