@@ -108,8 +108,24 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, fleet.health.concurrency)
     done = time.time()
     events = apply_results(conn, jp, launched, stopped, done)
+    events += _size_pools(fleet, conn, inventory, state_dir, done)
+    done = time.time()
     return PassReport(started, done - started, plan.nodes, plan.events + jp.events + events, plan.partitions,
                       inventory.failed_pools, len(jp.launches), len(jp.stops))
+
+
+def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Path, now: float) -> list[Event]:
+    """Cloud pools: launch up to `min`, replace quarantined instances whose jobs have moved."""
+    from .pools import act_pools, plan_pools
+    if not any(getattr(p, "min", None) is not None for p in fleet.pools):
+        return []
+    nodes = queries.load_nodes(conn)
+    busy = {a.node for a in queries.load_attempts(conn, unreaped=True) if a.state.live}
+    plan = plan_pools(fleet, inventory.instances or {}, nodes, busy, queries.open_launches(conn),
+                      inventory.failed_pools, now)
+    if not plan.launches and not plan.retire:
+        return []
+    return act_pools(fleet, conn, plan, state_dir, now)
 
 
 def _complete(obs) -> bool:

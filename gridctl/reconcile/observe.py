@@ -45,6 +45,7 @@ class InventoryNode:
 class Inventory:
     nodes: list[InventoryNode]
     failed_pools: dict[str, str]     # pool -> why its listing failed (its nodes are left alone)
+    instances: dict[str, dict[str, Instance]] | None = None   # pool -> every listed instance, any state
 
 
 class Transports:
@@ -65,13 +66,14 @@ class Transports:
 def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
     """Ask every pool's provider what exists. A pool that fails is reported, not fatal."""
     ssh_config = _load_ssh_config()
-    nodes, failed = [], {}
+    nodes, failed, listed = [], {}, {}
     for pool in fleet.pools:
         try:
             instances = providers.get(pool.provider)(fleet.fleet, pool, state_dir).list_instances()
         except ProviderError as e:
             failed[pool.name] = str(e)
             continue
+        listed[pool.name] = instances
         expect = Expectation(gpus=pool.gpu.count, max_gpu_temp_c=fleet.health.max_gpu_temp_c,
                              min_disk_free_pct=fleet.health.min_disk_free_pct,
                              probe_timeout_s=fleet.health.probe_timeout)
@@ -84,7 +86,7 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
             if inst.local_dir is not None:
                 work_dir = str(inst.local_dir / "work")   # each simulated node keeps its own attempts
             nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir))
-    return Inventory(nodes, failed)
+    return Inventory(nodes, failed, listed)
 
 
 def _load_ssh_config():

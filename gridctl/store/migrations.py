@@ -112,7 +112,22 @@ def _v2_jobs_attempts(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX events_job ON events(job, time)")
 
 
-MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts]
+def _v3_launches(conn: sqlite3.Connection) -> None:
+    """Cloud launch intents: recorded before the API call, so a lost answer is retried with the
+    same request id (found by its tag) instead of launching twice."""
+    conn.execute("""
+        CREATE TABLE launches (
+            request_id TEXT PRIMARY KEY,
+            pool TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            done_at REAL,
+            error TEXT
+        )""")
+    conn.execute("CREATE INDEX launches_open ON launches(pool, done_at)")
+
+
+MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -276,3 +276,21 @@ def events_after(conn: sqlite3.Connection, last_id: int, limit: int = 500) -> li
 
 def last_event_id(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+
+
+# ---------------------------------------------------------------- cloud launch intents
+
+def open_launches(conn: sqlite3.Connection) -> dict[str, tuple[str, int, float]]:
+    """pool -> (request_id, count, created_at) of its launch not yet confirmed."""
+    rows = conn.execute("SELECT * FROM launches WHERE done_at IS NULL ORDER BY created_at").fetchall()
+    return {r["pool"]: (r["request_id"], r["count"], r["created_at"]) for r in rows}
+
+
+def record_launch(conn: sqlite3.Connection, request_id: str, pool: str, count: int, now: float) -> None:
+    conn.execute("INSERT OR IGNORE INTO launches (request_id, pool, count, created_at) VALUES (?, ?, ?, ?)",
+                 (request_id, pool, count, now))
+
+
+def finish_launch(conn: sqlite3.Connection, request_id: str, now: float, error: str | None = None) -> None:
+    conn.execute("UPDATE launches SET done_at = ?, error = ? WHERE request_id = ?", (now, error, request_id))

@@ -1,0 +1,116 @@
+"""Cloud pool sizing and replacement (DESIGN section 7): bring each pool to `min`, replace
+quarantined instances. Called by reconcile_once after the job decisions of the pass.
+
+plan_pools is pure. act_pools records every launch intent (pool, request id) in the store before
+the API call and reuses an open intent's request id until the cloud confirms it, so a pass killed
+between the call and the record never launches twice: the adapter finds the instances by their
+`gridctl-request` tag. An instance is terminated only once no live attempt is left on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+import providers
+from providers.base import Feature, InstanceState, LaunchRequest, ProviderError, new_request_id
+
+from ..models import Event, NodeRecord, NodeState
+from ..spec import Fleet
+from ..store import queries, write_tx
+
+ALIVE = (InstanceState.PENDING, InstanceState.RUNNING)
+
+
+@dataclass
+class PoolPlan:
+    launches: list[tuple[str, str, int]] = field(default_factory=list)       # (pool, request id, count)
+    new_intents: list[tuple[str, str, int]] = field(default_factory=list)
+    retire: list[tuple[str, str, bool, str]] = field(default_factory=list)   # (pool, instance, triage, why)
+    events: list[Event] = field(default_factory=list)
+
+
+def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRecord], busy_nodes: set[str],
+               open_intents: dict[str, tuple[str, int, float]], failed_pools: dict[str, str], now: float,
+               new_id=new_request_id) -> PoolPlan:
+    plan = PoolPlan()
+    for pool in fleet.pools:
+        if pool.name in failed_pools or pool.name not in instances:
+            continue
+        try:
+            if Feature.CREATE not in providers.get(pool.provider).features:
+                continue
+        except ProviderError:
+            continue
+        listed = instances[pool.name]
+        retiring = set()
+        for inst_id, inst in sorted(listed.items()):
+            node = nodes.get(inst_id)
+            if inst.state is not InstanceState.RUNNING or node is None or node.state is not NodeState.QUARANTINED:
+                continue
+            if not getattr(pool, "replace", True) or inst_id in busy_nodes:
+                continue   # its jobs move first; a pool without `replace` keeps it for a person
+            triage = bool(getattr(pool, "keep_for_triage", False))
+            retiring.add(inst_id)
+            plan.retire.append((pool.name, inst_id, triage, node.reason))
+        alive = [i for i, inst in listed.items() if inst.state in ALIVE and i not in retiring]
+        intent = open_intents.get(pool.name)
+        if intent is not None:
+            plan.launches.append((pool.name, intent[0], intent[1]))   # same request id: never twice
+        elif len(alive) < pool.min:
+            count = min(pool.min - len(alive), max(0, pool.max - len(alive)))
+            if count > 0:
+                request = new_id()
+                plan.new_intents.append((pool.name, request, count))
+                plan.launches.append((pool.name, request, count))
+    return plan
+
+
+def act_pools(fleet: Fleet, conn: sqlite3.Connection, plan: PoolPlan, state_dir, now: float) -> list[Event]:
+    """Record intents, then call the clouds (no transaction open), then record what they said."""
+    events: list[Event] = []
+    if plan.new_intents:
+        with write_tx(conn):
+            for pool, request, count in plan.new_intents:
+                queries.record_launch(conn, request, pool, count, now)
+    results: list[tuple[str, str, str | None]] = []
+    for pool_name, request, count in plan.launches:
+        pool = fleet.pool(pool_name)
+        try:
+            got = providers.get(pool.provider)(fleet.fleet, pool, state_dir).launch(LaunchRequest(request, count))
+            events.append(Event(now, "instance-launch", f"pool {pool_name}: {len(got)} instance(s) for request "
+                                f"{request}: {', '.join(sorted(i.id for i in got))}"))
+            results.append((pool_name, request, None))
+        except ProviderError as e:
+            events.append(Event(now, "instance-launch-failed", f"pool {pool_name}: {type(e).__name__}: {e}",
+                                severity="warning"))
+            results.append((pool_name, request, f"{type(e).__name__}: {e}"))
+    for pool_name, inst_id, triage, why in plan.retire:
+        pool = fleet.pool(pool_name)
+        adapter = providers.get(pool.provider)(fleet.fleet, pool, state_dir)
+        try:
+            if triage:
+                adapter.stop([inst_id], triage=True)
+                words = "stopped and tagged for triage"
+            else:
+                adapter.terminate([inst_id])
+                words = "terminated"
+            events.append(Event(now, "instance-replaced", f"{words} (quarantined: {why}); a replacement follows",
+                                node=inst_id, severity="warning"))
+        except ProviderError as e:
+            events.append(Event(now, "instance-retire-failed", f"{type(e).__name__}: {e}", node=inst_id,
+                                severity="warning"))
+    with write_tx(conn):
+        for _, request, error in results:
+            queries.finish_launch(conn, request, now, error)
+        for _, inst_id, _, _ in plan.retire:
+            node = queries.get_node(conn, inst_id)
+            if node is not None:
+                queries.save_node(conn, _terminating(node, now), now)
+        queries.add_events(conn, events)
+    return events
+
+
+def _terminating(node: NodeRecord, now: float) -> NodeRecord:
+    from dataclasses import replace
+    return replace(node, state=NodeState.TERMINATING, reason=f"replaced: {node.reason}", state_since=now)

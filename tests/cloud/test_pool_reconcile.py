@@ -1,0 +1,156 @@
+"""Cloud pools end to end: reconcile passes against moto (instances in 127.21.1.0/24) and the local GCE
+endpoint (127.22.1.x) whose addresses the test sshd answers, so launch, SSH probes, quarantine and
+replacement all run for real.
+
+Guards against: launching past `min` (also after a pass killed between the API call and the
+record), instances that never become ready, a quarantined instance kept instead of replaced, and
+touching an instance gridctl did not launch.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from cloud_support import fleet_name
+from gridctl.models import NodeState
+from gridctl.reconcile import reconcile_once
+from gridctl.reconcile.observe import Transports
+from gridctl.spec import load_fleet
+from gridctl.store import connect, queries, write_tx
+from providers.base import LaunchRequest, new_request_id
+from providers.local import write_node
+
+
+def _fleet(tmp_path, world, ssh_fleet, name):
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{"name": "aws-l4", "provider": "aws", "region": "us-east-1", "instance_type": "g6.xlarge",
+                   "image": world.image, "subnet": world.subnet, "security_groups": [world.security_group],
+                   "address": "private", "min": 2, "max": 4, "endpoint_url": world.endpoint,
+                   "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}],
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_fleet(path)
+
+
+def _ours(world, name: str) -> dict[str, dict]:
+    out = {}
+    for res in world.client().describe_instances(Filters=[{"Name": "tag:gridctl-fleet", "Values": [name]}])["Reservations"]:
+        for inst in res["Instances"]:
+            if inst["State"]["Name"] in ("pending", "running"):
+                out[inst["InstanceId"]] = inst
+    return out
+
+
+def _passes(fleet, conn, transports, tmp_path, n: int):
+    events = []
+    for _ in range(n):
+        events += reconcile_once(fleet, conn, transports, tmp_path).events
+    return events
+
+
+def test_aws_pool_reaches_min_replaces_a_sick_instance_and_leaves_others_alone(aws_env, ssh_fleet, tmp_path):
+    world = aws_env
+    for i in range(2, 255):      # every address moto may hand out in the subnet: a healthy 1-GPU node
+        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    untagged = world.client().run_instances(ImageId=world.image, InstanceType="g6.xlarge", MinCount=1, MaxCount=1,
+                                            SubnetId=world.subnet)["Instances"][0]["InstanceId"]
+    name = fleet_name()
+    fleet = _fleet(tmp_path, world, ssh_fleet, name)
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    try:
+        events = _passes(fleet, conn, transports, tmp_path, 3)
+        ours = _ours(world, name)
+        assert len(ours) == 2, ours
+        assert all(i["PrivateIpAddress"].startswith("127.21.1.") for i in ours.values())
+        nodes = queries.load_nodes(conn)
+        assert sorted(nodes) == sorted(ours) and {n.state for n in nodes.values()} == {NodeState.READY}, nodes
+        assert any(e.kind == "instance-launch" for e in events)
+
+        # a pass killed after the API call but before recording it: the next pass reuses the request id
+        world.client().terminate_instances(InstanceIds=[sorted(ours)[0]])
+        request = new_request_id()
+        with write_tx(conn):
+            queries.record_launch(conn, request, "aws-l4", 1, 0.0)
+        from providers.aws import AwsProvider
+        AwsProvider(name, fleet.pool("aws-l4"), tmp_path).launch(LaunchRequest(request, 1))
+        _passes(fleet, conn, transports, tmp_path, 3)
+        ours = _ours(world, name)
+        assert len(ours) == 2, ours
+        assert queries.open_launches(conn) == {}
+
+        # XID 79 on one instance: quarantined, terminated, replaced by a new one that becomes ready
+        sick = sorted(ours)[0]
+        ip = ours[sick]["PrivateIpAddress"]
+        write_node(ssh_fleet.sim_root / ip, sick, gpus=1, gpu_type="L4", memory_gb=24, mode="xid79")
+        events = _passes(fleet, conn, transports, tmp_path, 4)
+        kinds = [(e.kind, e.node) for e in events]
+        assert ("instance-replaced", sick) in kinds, kinds
+        ours = _ours(world, name)
+        assert sick not in ours and len(ours) == 2
+        nodes = queries.load_nodes(conn)
+        assert {n for n, r in nodes.items() if r.state is NodeState.READY} == set(ours), nodes
+
+        # the instance gridctl did not launch was never listed, probed or touched
+        state = world.client().describe_instances(InstanceIds=[untagged])["Reservations"][0]["Instances"][0]
+        assert state["State"]["Name"] == "running" and untagged not in nodes
+    finally:
+        transports.close()
+        conn.close()
+        world.client().terminate_instances(InstanceIds=[untagged])
+
+
+def _gce_ours(fake, name: str) -> dict[str, dict]:
+    return {n: i for n, i in fake.instances.items()
+            if i.get("labels", {}).get("gridctl-fleet") == name and i.get("status") in ("PROVISIONING", "STAGING", "RUNNING")}
+
+
+def test_gcp_pool_reaches_min_and_replaces_a_sick_instance(cloud_env, gce_fake, ssh_fleet, tmp_path):
+    from cloud_support import GcpHarness
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    harness = GcpHarness(gce_fake, tmp_path)
+    stranger = harness.untagged()
+    name = fleet_name()
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{"name": "gcp-l4", "provider": "gcp", "project": "test-project", "zone": "us-central1-a",
+                   "machine_type": "g2-standard-8", "image": "projects/p/global/images/family/gpu",
+                   "accelerators": {"nvidia-l4": 1}, "address": "private", "min": 2, "max": 4,
+                   "api_endpoint": gce_fake.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}],
+    }
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    try:
+        _passes(fleet, conn, transports, tmp_path, 3)
+        ours = _gce_ours(gce_fake, name)
+        assert len(ours) == 2, ours
+        nodes = queries.load_nodes(conn)
+        assert sorted(nodes) == sorted(ours) and {n.state for n in nodes.values()} == {NodeState.READY}, nodes
+        _passes(fleet, conn, transports, tmp_path, 2)
+        assert len(_gce_ours(gce_fake, name)) == 2                 # repeated passes launch nothing more
+        sick = sorted(ours)[0]
+        ip = ours[sick]["networkInterfaces"][0]["networkIP"]
+        write_node(ssh_fleet.sim_root / ip, sick, gpus=1, gpu_type="L4", memory_gb=24, mode="xid79")
+        events = _passes(fleet, conn, transports, tmp_path, 4)
+        assert ("instance-replaced", sick) in [(e.kind, e.node) for e in events]
+        ours = _gce_ours(gce_fake, name)
+        assert sick not in ours and len(ours) == 2
+        nodes = queries.load_nodes(conn)
+        assert {n for n, r in nodes.items() if r.state is NodeState.READY} == set(ours), nodes
+        assert harness.alive(stranger) and stranger not in nodes
+    finally:
+        transports.close()
+        conn.close()
