@@ -60,7 +60,9 @@ def follow(db_path: Path, fleet, *, loop=None, interval: float, plain: bool, onc
 
 def _wait_for_store(db_path: Path, loop):
     deadline = time.monotonic() + 30
-    while not db_path.exists():
+    # with our own loop, wait for its first pass: a store being created (migrations, WAL switch)
+    # must not be opened from a second connection half-way
+    while not db_path.exists() or (loop is not None and loop.cycles == 0 and loop.error is None):
         if loop is None:
             raise GridctlError(f"no state yet at {db_path}: run `gridctl reconcile` (or watch without --no-reconcile)")
         if loop.error is not None:

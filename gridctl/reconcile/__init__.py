@@ -108,22 +108,39 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, fleet.health.concurrency)
     done = time.time()
     events = apply_results(conn, jp, launched, stopped, done)
-    events += _size_pools(fleet, conn, inventory, state_dir, done)
+    events += _size_pools(fleet, conn, inventory, state_dir, done, _demand(jp))
     done = time.time()
     return PassReport(started, done - started, plan.nodes, plan.events + jp.events + events, plan.partitions,
                       inventory.failed_pools, len(jp.launches), len(jp.stops))
 
 
-def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Path, now: float) -> list[Event]:
-    """Cloud pools: launch up to `min`, replace quarantined instances whose jobs have moved."""
-    from .pools import act_pools, plan_pools
+def _demand(jp) -> list:
+    """Pending jobs that no node fits, one entry per missing replica, oldest first."""
+    from ..jobspec import spec_from_store
+    from ..models import JobState
+    from .pools import Demand
+    out = []
+    for job in sorted(jp.jobs.values(), key=lambda j: (j.created_at, j.name)):
+        if "no node fits" not in job.reason or job.state.terminal:
+            continue
+        spec = spec_from_store(job.spec)
+        missing = job.reason.count("no node fits") if job.state is JobState.RUNNING else spec.replicas
+        out += [Demand(job.name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool)] * max(1, missing)
+    return out
+
+
+def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Path, now: float,
+                demand: list = ()) -> list[Event]:
+    """Cloud pools: launch up to `min` and for pending jobs (up to `max`, next pool on a capacity
+    refusal), replace quarantined instances whose jobs have moved."""
+    from .pools import act_pools, plan_pools, pool_backoff
     if not any(getattr(p, "min", None) is not None for p in fleet.pools):
         return []
     nodes = queries.load_nodes(conn)
     busy = {a.node for a in queries.load_attempts(conn, unreaped=True) if a.state.live}
     plan = plan_pools(fleet, inventory.instances or {}, nodes, busy, queries.open_launches(conn),
-                      inventory.failed_pools, now)
-    if not plan.launches and not plan.retire:
+                      inventory.failed_pools, now, demand=demand, backoff=pool_backoff(conn, fleet))
+    if not plan.launches and not plan.retire and not plan.grow:
         return []
     return act_pools(fleet, conn, plan, state_dir, now)
 

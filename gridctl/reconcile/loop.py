@@ -38,6 +38,7 @@ class Loop:
         self.in_pass = threading.Event()
         self.next_pass_at: float | None = None      # time.time() of the next pass start
         self.last: PassReport | None = None
+        self.cycles = 0                              # passes run or skipped (lock busy) so far
         self.error: BaseException | None = None
 
     def run(self, once: bool = False) -> None:
@@ -61,6 +62,7 @@ class Loop:
                     self.on_pass(report)
                 else:
                     self.on_pass(Busy(*lock.holder()))
+                self.cycles += 1
                 if once:
                     return
                 wait = max(0.0, self.interval - (time.monotonic() - began))

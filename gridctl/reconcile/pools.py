@@ -22,18 +22,57 @@ from ..store import queries, write_tx
 ALIVE = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
+@dataclass(frozen=True)
+class Demand:
+    """A pending job that no node fits: what one more instance must offer."""
+
+    job: str
+    gpus: int
+    gpu_type: str | None = None
+    gpu_memory_gb: float | None = None
+    pool: str | None = None
+
+
 @dataclass
 class PoolPlan:
     launches: list[tuple[str, str, int]] = field(default_factory=list)       # (pool, request id, count)
     new_intents: list[tuple[str, str, int]] = field(default_factory=list)
     retire: list[tuple[str, str, bool, str]] = field(default_factory=list)   # (pool, instance, triage, why)
+    grow: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)    # (job, pools to try in order)
     events: list[Event] = field(default_factory=list)
+
+
+def _fits(pool, d: Demand) -> bool:
+    gpu = pool.gpu
+    if d.pool and d.pool != pool.name:
+        return False
+    if d.gpus > gpu.count:
+        return False
+    if d.gpu_type and (gpu.type or "").lower() != d.gpu_type.lower() and d.gpu_type.lower() not in (gpu.type or "").lower():
+        return False
+    return not (d.gpu_memory_gb and (gpu.memory_gb or 0) < d.gpu_memory_gb)
+
+
+def _candidates(fleet: Fleet, d: Demand, creatable: set[str], room: dict[str, int], backoff: dict[str, float],
+                now: float) -> tuple[str, ...]:
+    """Pools that could take the job, in spec order; a pool's `fallback` is tried right after it."""
+    order: list[str] = []
+    for pool in fleet.pools:
+        for name in (pool.name, getattr(pool, "fallback", None)):
+            if name and name not in order:
+                order.append(name)
+    return tuple(n for n in order if n in creatable and room.get(n, 0) > 0 and backoff.get(n, 0) <= now
+                 and _fits(fleet.pool(n), d))
 
 
 def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRecord], busy_nodes: set[str],
                open_intents: dict[str, tuple[str, int, float]], failed_pools: dict[str, str], now: float,
-               new_id=new_request_id) -> PoolPlan:
+               new_id=new_request_id, demand: list[Demand] = (), backoff: dict[str, float] | None = None) -> PoolPlan:
     plan = PoolPlan()
+    backoff = backoff or {}
+    creatable: set[str] = set()
+    room: dict[str, int] = {}
+    in_flight = 0
     for pool in fleet.pools:
         if pool.name in failed_pools or pool.name not in instances:
             continue
@@ -42,6 +81,7 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
                 continue
         except ProviderError:
             continue
+        creatable.add(pool.name)
         listed = instances[pool.name]
         retiring = set()
         for inst_id, inst in sorted(listed.items()):
@@ -54,15 +94,28 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
             retiring.add(inst_id)
             plan.retire.append((pool.name, inst_id, triage, node.reason))
         alive = [i for i, inst in listed.items() if inst.state in ALIVE and i not in retiring]
+        starting = [i for i in alive if listed[i].state is InstanceState.PENDING or
+                    (nodes.get(i) is not None and nodes[i].state is NodeState.PROVISIONING) or i not in nodes]
+        in_flight += len(starting)
         intent = open_intents.get(pool.name)
+        room[pool.name] = max(0, pool.max - len(alive)) if intent is None else 0
         if intent is not None:
             plan.launches.append((pool.name, intent[0], intent[1]))   # same request id: never twice
+            in_flight += intent[1]
         elif len(alive) < pool.min:
             count = min(pool.min - len(alive), max(0, pool.max - len(alive)))
             if count > 0:
                 request = new_id()
                 plan.new_intents.append((pool.name, request, count))
                 plan.launches.append((pool.name, request, count))
+                room[pool.name] -= count
+                in_flight += count
+    # pending jobs no node fits: one more instance each, beyond those already on their way
+    for d in list(demand)[in_flight:]:
+        pools = _candidates(fleet, d, creatable, room, backoff, now)
+        if pools:
+            plan.grow.append((d.job, pools))
+            room[pools[0]] -= 1
     return plan
 
 
@@ -85,6 +138,8 @@ def act_pools(fleet: Fleet, conn: sqlite3.Connection, plan: PoolPlan, state_dir,
             events.append(Event(now, "instance-launch-failed", f"pool {pool_name}: {type(e).__name__}: {e}",
                                 severity="warning"))
             results.append((pool_name, request, f"{type(e).__name__}: {e}"))
+    for job, pools in plan.grow:
+        events += _grow(fleet, conn, job, pools, state_dir, now)
     for pool_name, inst_id, triage, why in plan.retire:
         pool = fleet.pool(pool_name)
         adapter = providers.get(pool.provider)(fleet.fleet, pool, state_dir)
@@ -114,3 +169,50 @@ def act_pools(fleet: Fleet, conn: sqlite3.Connection, plan: PoolPlan, state_dir,
 def _terminating(node: NodeRecord, now: float) -> NodeRecord:
     from dataclasses import replace
     return replace(node, state=NodeState.TERMINATING, reason=f"replaced: {node.reason}", state_since=now)
+
+
+CAPACITY_BACKOFF_S = 300.0
+
+
+def _grow(fleet: Fleet, conn: sqlite3.Connection, job: str, pools: tuple[str, ...], state_dir, now: float) -> list[Event]:
+    """One instance for a pending job: the first pool that has capacity; a capacity or quota refusal
+    puts that pool on backoff and tries the next, with an event that says why."""
+    from providers.base import CapacityError, QuotaError
+    events: list[Event] = []
+    for i, name in enumerate(pools):
+        pool = fleet.pool(name)
+        request = new_request_id()
+        with write_tx(conn):
+            queries.record_launch(conn, request, name, 1, now)
+        try:
+            got = providers.get(pool.provider)(fleet.fleet, pool, state_dir).launch(LaunchRequest(request, 1))
+        except (CapacityError, QuotaError) as e:
+            nxt = pools[i + 1] if i + 1 < len(pools) else None
+            events.append(Event(now, "pool-capacity", f"pool {name}: {type(e).__name__}: {e}; "
+                                + (f"trying pool {nxt}" if nxt else "no other pool fits")
+                                + f" (pool {name} rests {CAPACITY_BACKOFF_S:.0f}s)", job=job, severity="warning"))
+            with write_tx(conn):
+                queries.finish_launch(conn, request, now, f"{type(e).__name__}: {e}")
+                queries.set_meta(conn, f"backoff:{name}", repr(now + CAPACITY_BACKOFF_S))
+            continue
+        except ProviderError as e:
+            events.append(Event(now, "instance-launch-failed", f"pool {name}: {type(e).__name__}: {e}", job=job,
+                                severity="warning"))
+            with write_tx(conn):
+                queries.finish_launch(conn, request, now, f"{type(e).__name__}: {e}")
+            return events
+        events.append(Event(now, "instance-launch", f"pool {name}: {', '.join(i.id for i in got)} for pending job "
+                            f"{job}", job=job))
+        with write_tx(conn):
+            queries.finish_launch(conn, request, now)
+        return events
+    return events
+
+
+def pool_backoff(conn: sqlite3.Connection, fleet: Fleet) -> dict[str, float]:
+    out = {}
+    for pool in fleet.pools:
+        value = queries.get_meta(conn, f"backoff:{pool.name}")
+        if value:
+            out[pool.name] = float(value)
+    return out

@@ -154,3 +154,54 @@ def test_gcp_pool_reaches_min_and_replaces_a_sick_instance(cloud_env, gce_fake, 
     finally:
         transports.close()
         conn.close()
+
+
+def test_a_pending_job_grows_a_pool_and_a_capacity_refusal_falls_over_to_the_next(cloud_env, gce_fake, ssh_fleet,
+                                                                                  tmp_path):
+    import time as _time
+    from gridctl.jobspec import JobSpec
+    from gridctl.models import JobRecord, JobState
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    name = fleet_name()
+    pool = {"provider": "gcp", "project": "test-project", "machine_type": "g2-standard-8",
+            "image": "projects/p/global/images/family/gpu", "accelerators": {"nvidia-l4": 1}, "address": "private",
+            "min": 0, "max": 2, "api_endpoint": gce_fake.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{**pool, "name": "gcp-a", "zone": "us-central1-a", "fallback": "gcp-b"},
+                  {**pool, "name": "gcp-b", "zone": "us-central1-b"}],
+    }
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    job = JobSpec.model_validate({"name": "infer", "class": "batch", "gpus": 1, "command": "sleep 600"})
+    with write_tx(conn):
+        queries.insert_job(conn, JobRecord("infer", job.to_store(), created_at=_time.time(), updated_at=_time.time()))
+    gce_fake.fail_next_insert("ZONE_RESOURCE_POOL_EXHAUSTED")
+    try:
+        events = _passes(fleet, conn, transports, tmp_path, 1)
+        capacity = [e for e in events if e.kind == "pool-capacity"]
+        assert capacity and "pool gcp-a" in capacity[0].message and "trying pool gcp-b" in capacity[0].message, events
+        events += _passes(fleet, conn, transports, tmp_path, 3)
+        mine = {n: i["labels"]["gridctl-pool"] for n, i in gce_fake.instances.items()
+                if i.get("labels", {}).get("gridctl-fleet") == name}
+        assert list(mine.values()) == ["gcp-b"], mine          # one instance, in the pool that had capacity
+        job_now = queries.get_job(conn, "infer")
+        live = [a for a in queries.load_attempts(conn, jobs=["infer"]) if a.state.live]
+        assert job_now.state is JobState.RUNNING and [a.node for a in live] == list(mine), (job_now, live)
+    finally:
+        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+            import os
+            import signal
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        transports.close()
+        conn.close()
