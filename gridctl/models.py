@@ -169,6 +169,7 @@ class NodeRecord:
     gpus_seen: int | None = None
     findings: tuple[Finding, ...] = field(default_factory=tuple)
     draining: bool = False          # `gridctl drain`: cordoned, and its jobs are being moved
+    cloud: tuple[tuple[str, str], ...] = ()   # cloud instance facts: instance_type, zone, spot, launched_at
 
     @property
     def schedulable(self) -> bool:

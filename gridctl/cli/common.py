@@ -49,4 +49,14 @@ def node_json(node, max_temp: float | None = None) -> dict:
         "health": node.health.value, "reason": node.reason, "findings": [f.to_json() for f in node.findings],
         "gpus_seen": node.gpus_seen, "gpus_expected": node.gpus_expected, "max_temp_c": max_temp,
         "last_seen": iso(node.last_seen), "state_since": iso(node.state_since),
+        "instance_id": node.name if node.cloud else None, **_cloud_json(node),
     }
+
+
+def _cloud_json(node) -> dict:
+    from .render import iso
+    facts = dict(node.cloud)
+    launched = facts.get("launched_at")
+    return {"instance_type": facts.get("instance_type"), "zone": facts.get("zone"),
+            "spot": None if "spot" not in facts else facts["spot"] == "yes",
+            "launched_at": iso(float(launched)) if launched else None}

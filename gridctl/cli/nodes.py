@@ -42,6 +42,9 @@ def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) 
         ("gpus", "GPUS", lambda r: f"{r['gpus_seen'] if r['gpus_seen'] is not None else '-'}/{r['gpus_expected']}"),
         ("max_temp_c", "TEMP", lambda r: "-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
         ("last_seen", "LAST SEEN", lambda r: ago(_ts(r["last_seen"]), now)),
+        *([("instance_type", "INSTANCE", lambda r: esc(" ".join(x for x in (
+            r["instance_type"], r["zone"], "spot" if r["spot"] else "", "up " + ago(_ts(r["launched_at"]), now)
+            .replace(" ago", "") if r["launched_at"] else "") if x) or "-"))] if any(r["instance_type"] for r in rows) else []),
         ("reason", "REASON", lambda r: esc(r["reason"]) + (f" [dim]cordoned: {esc(r['cordon_reason'])}[/dim]"
                                                          if r["cordoned"] else "")),
     ], as_json=as_json, empty="no nodes recorded yet")
@@ -85,6 +88,10 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
     grid.add_row("Seen", f"last answer {ago(node.last_seen, now)}, last healthy {ago(node.last_good, now)}; "
                  f"{node.good} good / {node.failures} failed probes in a row")
     grid.add_row("Boot id", esc(node.boot_id or "-"))
+    if node.cloud:
+        grid.add_row("Instance", esc(", ".join(f"{k} {v}" for k, v in node.cloud if k != "launched_at")
+                                     + (f", launched {ago(float(dict(node.cloud)['launched_at']), now)}"
+                                        if "launched_at" in dict(node.cloud) else "")))
     if node.needs_release:
         grid.add_row("Release", "needs a GPU reset or reboot, then `gridctl uncordon`")
     console.print(grid)

@@ -39,6 +39,7 @@ class InventoryNode:
     target: Target
     expect: Expectation
     work_dir: str
+    cloud: tuple[tuple[str, str], ...] = ()    # instance facts worth showing (type, zone, spot, launched)
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,15 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
             work_dir = (pool.ssh.work_dir or fleet.ssh.work_dir or DEFAULT_WORK_DIR).replace("{node}", inst.id)
             if inst.local_dir is not None:
                 work_dir = str(inst.local_dir / "work")   # each simulated node keeps its own attempts
-            nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir))
+            nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir, _cloud(inst)))
     return Inventory(nodes, failed, listed)
+
+
+def _cloud(inst: Instance) -> tuple[tuple[str, str], ...]:
+    facts = {"instance_type": inst.instance_type, "zone": inst.zone,
+             "spot": ("yes" if inst.spot else "no") if inst.instance_type else None,
+             "launched_at": f"{inst.launched_at:.0f}" if inst.launched_at else None}
+    return tuple((k, v) for k, v in facts.items() if v)
 
 
 def _load_ssh_config():

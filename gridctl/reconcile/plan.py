@@ -56,7 +56,7 @@ def plan_pass(stored: dict[str, NodeRecord], inventory: list[InventoryNode], fai
                               gpus_expected=inv.expect.gpus)
             events.append(Event(now, "node-added", f"added to pool {inv.pool} ({inv.target.host})", node=inv.name))
         node = replace(node, pool=inv.pool, provider=inv.provider, host=inv.target.host, port=inv.target.port,
-                       gpus_expected=inv.expect.gpus)
+                       gpus_expected=inv.expect.gpus, cloud=inv.cloud)
         obs = observations.get(inv.name)
         if obs is None:
             rows.append(node)

@@ -127,7 +127,11 @@ def _v3_launches(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX launches_open ON launches(pool, done_at)")
 
 
-MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches]
+def _v4_node_cloud(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE nodes ADD COLUMN cloud TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

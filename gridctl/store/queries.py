@@ -37,7 +37,7 @@ def _node_from_row(row: sqlite3.Row) -> NodeRecord:
         last_seen=row["last_seen"], last_good=row["last_good"], state_since=row["state_since"],
         gpus_expected=row["gpus_expected"], gpus_seen=row["gpus_seen"],
         findings=tuple(_finding_from_json(d) for d in json.loads(row["findings"])),
-        draining=bool(row["draining"]),
+        draining=bool(row["draining"]), cloud=tuple(sorted(json.loads(row["cloud"]).items())),
     )
 
 
@@ -63,6 +63,7 @@ def save_node(conn: sqlite3.Connection, node: NodeRecord, now: float, *, user: b
     values["cordoned"] = int(node.cordoned)
     values["needs_release"] = int(node.needs_release)
     values["draining"] = int(node.draining)
+    values["cloud"] = json.dumps(dict(node.cloud))
     cols = _NODE_COLUMNS + ["updated_at"]
     values["updated_at"] = now
     # the user's flags (cordon, drain) are written by admin commands only: a pass that read the

@@ -72,6 +72,10 @@ def test_aws_pool_reaches_min_replaces_a_sick_instance_and_leaves_others_alone(a
         nodes = queries.load_nodes(conn)
         assert sorted(nodes) == sorted(ours) and {n.state for n in nodes.values()} == {NodeState.READY}, nodes
         assert any(e.kind == "instance-launch" for e in events)
+        from gridctl.cli.common import node_json
+        shown = node_json(nodes[sorted(ours)[0]])
+        assert (shown["instance_id"], shown["instance_type"], shown["spot"]) == (sorted(ours)[0], "g6.xlarge", False)
+        assert shown["zone"] and shown["launched_at"]
 
         # a pass killed after the API call but before recording it: the next pass reuses the request id
         world.client().terminate_instances(InstanceIds=[sorted(ours)[0]])
