@@ -209,3 +209,73 @@ def test_a_pending_job_grows_a_pool_and_a_capacity_refusal_falls_over_to_the_nex
                 pass
         transports.close()
         conn.close()
+
+
+def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet, tmp_path, monkeypatch):
+    """EC2 refuses p5 capacity (the real client parses an InsufficientInstanceCapacity answer);
+    the pending job's instance comes from the fallback pool in the same pass."""
+    import time as _time
+    import boto3
+    from cloud_support import ec2_error
+    from gridctl.jobspec import JobSpec
+    from gridctl.models import JobRecord
+    world = aws_env
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=1, gpu_type="H100", memory_gb=80)
+    refuse = ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient p5.48xlarge capacity "
+                       "in the Availability Zone you requested (us-east-1a).", 500)
+
+    def p5_only(request, **kw):
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body or "")
+        return refuse(request, **kw) if "Action=RunInstances" in body and "p5.48xlarge" in body else None
+
+    real_client = boto3.session.Session.client
+
+    def client(self, *args, **kwargs):
+        made = real_client(self, *args, **kwargs)
+        made.meta.events.register("before-send.ec2.RunInstances", p5_only)
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    name = fleet_name()
+    base = {"provider": "aws", "region": "us-east-1", "image": world.image, "subnet": world.subnet,
+            "security_groups": [world.security_group], "address": "private", "min": 0, "max": 2,
+            "endpoint_url": world.endpoint, "gpu": {"type": "H100", "count": 1, "memory_gb": 80}}
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{**base, "name": "aws-p5", "instance_type": "p5.48xlarge", "fallback": "aws-p4"},
+                  {**base, "name": "aws-p4", "instance_type": "p4d.24xlarge"}],
+    }
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    job = JobSpec.model_validate({"name": "train", "class": "batch", "gpus": 1, "command": "sleep 600"})
+    with write_tx(conn):
+        queries.insert_job(conn, JobRecord("train", job.to_store(), created_at=_time.time(), updated_at=_time.time()))
+    try:
+        events = _passes(fleet, conn, transports, tmp_path, 1)
+        capacity = [e.message for e in events if e.kind == "pool-capacity"]
+        assert capacity and "pool aws-p5: CapacityError" in capacity[0] and "trying pool aws-p4" in capacity[0], events
+        assert refuse.calls, "the refusal came from EC2's answer, parsed by the real client"
+        events += _passes(fleet, conn, transports, tmp_path, 3)
+        ours = _ours(world, name)
+        types = sorted(i["InstanceType"] for i in ours.values())
+        assert types == ["p4d.24xlarge"], types
+        live = [a for a in queries.load_attempts(conn, jobs=["train"]) if a.state.live]
+        assert [a.node for a in live] == list(ours)
+        assert float(queries.get_meta(conn, "backoff:aws-p5")) > _time.time()   # the refusing pool rests
+    finally:
+        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+            import os
+            import signal
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        transports.close()
+        conn.close()
