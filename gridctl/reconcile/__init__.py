@@ -138,8 +138,11 @@ def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Pa
         return []
     nodes = queries.load_nodes(conn)
     busy = {a.node for a in queries.load_attempts(conn, unreaped=True) if a.state.live}
+    worked = queries.last_work_by_node(conn)
+    idle_since = {n.name: max(n.state_since or now, worked.get(n.name) or 0) for n in nodes.values()}
     plan = plan_pools(fleet, inventory.instances or {}, nodes, busy, queries.open_launches(conn),
-                      inventory.failed_pools, now, demand=demand, backoff=pool_backoff(conn, fleet))
+                      inventory.failed_pools, now, demand=demand, backoff=pool_backoff(conn, fleet),
+                      idle_since=idle_since)
     if not plan.launches and not plan.retire and not plan.grow:
         return []
     return act_pools(fleet, conn, plan, state_dir, now)

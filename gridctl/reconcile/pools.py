@@ -39,6 +39,7 @@ class PoolPlan:
     new_intents: list[tuple[str, str, int]] = field(default_factory=list)
     retire: list[tuple[str, str, bool, str]] = field(default_factory=list)   # (pool, instance, triage, why)
     grow: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)    # (job, pools to try in order)
+    rest: list[str] = field(default_factory=list)                           # pools put on backoff
     events: list[Event] = field(default_factory=list)
 
 
@@ -67,9 +68,12 @@ def _candidates(fleet: Fleet, d: Demand, creatable: set[str], room: dict[str, in
 
 def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRecord], busy_nodes: set[str],
                open_intents: dict[str, tuple[str, int, float]], failed_pools: dict[str, str], now: float,
-               new_id=new_request_id, demand: list[Demand] = (), backoff: dict[str, float] | None = None) -> PoolPlan:
+               new_id=new_request_id, demand: list[Demand] = (), backoff: dict[str, float] | None = None,
+               idle_since: dict[str, float] | None = None) -> PoolPlan:
+    """`idle_since`: node -> when it last had work (or became ready); `busy_nodes`: nodes with live attempts."""
     plan = PoolPlan()
     backoff = backoff or {}
+    idle_since = idle_since or {}
     creatable: set[str] = set()
     room: dict[str, int] = {}
     in_flight = 0
@@ -93,7 +97,33 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
             triage = bool(getattr(pool, "keep_for_triage", False))
             retiring.add(inst_id)
             plan.retire.append((pool.name, inst_id, triage, node.reason))
+        # launched but not ready within launch_timeout: give it up, and let the pool rest so pending
+        # work tries the next pool
+        timeout = getattr(pool, "launch_timeout", None)
+        for inst_id, inst in sorted(listed.items()):
+            node = nodes.get(inst_id)
+            ready = node is not None and node.state in (NodeState.READY, NodeState.SUSPECT, NodeState.QUARANTINED)
+            if (timeout and inst.state in ALIVE and not ready and inst_id not in retiring and inst.launched_at
+                    and now - inst.launched_at > timeout):
+                retiring.add(inst_id)
+                plan.retire.append((pool.name, inst_id, False, f"not ready {now - inst.launched_at:.0f}s after launch "
+                                    f"(launch_timeout {timeout:g}s)"))
+                plan.rest.append(pool.name)
         alive = [i for i, inst in listed.items() if inst.state in ALIVE and i not in retiring]
+        # idle above min: ready, no live attempt, nothing ended there for idle_timeout
+        idle_timeout = getattr(pool, "idle_timeout", None)
+        if idle_timeout and len(alive) > pool.min:
+            for inst_id in sorted(alive, key=lambda i: idle_since.get(i, now)):
+                node = nodes.get(inst_id)
+                if len(alive) <= pool.min:
+                    break
+                if (node is None or node.state is not NodeState.READY or inst_id in busy_nodes
+                        or now - idle_since.get(inst_id, now) < idle_timeout):
+                    continue
+                retiring.add(inst_id)
+                alive.remove(inst_id)
+                plan.retire.append((pool.name, inst_id, False, f"idle for {now - idle_since[inst_id]:.0f}s "
+                                    f"(idle_timeout {idle_timeout:g}s, min {pool.min})"))
         starting = [i for i in alive if listed[i].state is InstanceState.PENDING or
                     (nodes.get(i) is not None and nodes[i].state is NodeState.PROVISIONING) or i not in nodes]
         in_flight += len(starting)
@@ -150,12 +180,18 @@ def act_pools(fleet: Fleet, conn: sqlite3.Connection, plan: PoolPlan, state_dir,
             else:
                 adapter.terminate([inst_id])
                 words = "terminated"
-            events.append(Event(now, "instance-replaced", f"{words} (quarantined: {why}); a replacement follows",
-                                node=inst_id, severity="warning"))
+            record = queries.get_node(conn, inst_id)
+            quarantined = record is not None and record.state is NodeState.QUARANTINED
+            kind = "instance-replaced" if quarantined else "instance-retired"
+            events.append(Event(now, kind, f"{words} ({'quarantined: ' if quarantined else ''}{why})"
+                                + ("; a replacement follows" if quarantined else ""), node=inst_id,
+                                severity="warning" if quarantined else "info"))
         except ProviderError as e:
             events.append(Event(now, "instance-retire-failed", f"{type(e).__name__}: {e}", node=inst_id,
                                 severity="warning"))
     with write_tx(conn):
+        for name in plan.rest:
+            queries.set_meta(conn, f"backoff:{name}", repr(now + CAPACITY_BACKOFF_S))
         for _, request, error in results:
             queries.finish_launch(conn, request, now, error)
         for _, inst_id, _, _ in plan.retire:

@@ -295,3 +295,9 @@ def record_launch(conn: sqlite3.Connection, request_id: str, pool: str, count: i
 
 def finish_launch(conn: sqlite3.Connection, request_id: str, now: float, error: str | None = None) -> None:
     conn.execute("UPDATE launches SET done_at = ?, error = ? WHERE request_id = ?", (now, error, request_id))
+
+
+def last_work_by_node(conn: sqlite3.Connection) -> dict[str, float]:
+    """node -> when its latest attempt ended (for idle scale-down)."""
+    rows = conn.execute("SELECT node, MAX(ended_at) AS t FROM attempts WHERE ended_at IS NOT NULL GROUP BY node")
+    return {r["node"]: r["t"] for r in rows}
