@@ -129,6 +129,9 @@ def _output_findings(obs: Observation, exp: Expectation) -> list[Finding]:
         out += [f for x in obs.xids if (f := _xid_finding(x, by_bus)) is not None]
         if obs.xid_source is None and obs.complete:
             out.append(Finding("xid-unreadable", I, "kernel log not readable: XIDs unknown"))
+    if obs.spot_notice:
+        # degraded, not fatal: the node still works; its jobs leave by the drain path (services first)
+        out.append(Finding("spot-interruption", D, f"spot interruption notice: {obs.spot_notice[:160]}; draining"))
     if obs.stuck_smi > 0:
         out.append(Finding("smi-stuck", F, f"{obs.stuck_smi} nvidia-smi process(es) stuck in D state for over a minute: driver wedged",
                            needs_reset=True))

@@ -129,6 +129,7 @@ class Observation:
     parse_problems: tuple[str, ...] = ()
     complete: bool = False            # saw @end
     attempts: tuple["AttemptReport", ...] = ()   # job attempt dirs on the node (not yet reaped)
+    spot_notice: str | None = None    # the cloud announced this spot instance's interruption (IMDS JSON)
 
 
 @dataclass(frozen=True)

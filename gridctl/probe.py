@@ -56,7 +56,7 @@ def query(fields: tuple) -> str:
 
 
 _SCRIPT = r"""
-T=$1; TLOG=$2; SINCE=$3; WD=$4; KILL=$5
+T=$1; TLOG=$2; SINCE=$3; WD=$4; KILL=$5; MD=$6
 case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\~/}" ;; esac
 echo "@gridctl-probe __VERSION__"
 echo "@time $(date +%s)"
@@ -92,6 +92,12 @@ echo "@xid source=$SRC"
 D=$WD
 while [ -n "$D" ] && [ "$D" != / ] && [ ! -d "$D" ]; do D=$(dirname "$D"); done
 timeout -k 2 "$TLOG" df -Pk "${D:-/}" 2>/dev/null | awk -v d="${D:-/}" 'NR == 2 { printf "@disk %s %.0f %.0f\n", d, $4 * 1024, $2 * 1024 }'
+# spot instances: an interruption notice from the instance metadata service (IMDSv2), 1 s bounds
+if [ -n "$MD" ] && command -v curl >/dev/null 2>&1; then
+  TOK=$(curl -s -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$MD/latest/api/token" 2>/dev/null)
+  R=$(curl -s -m 1 -H "X-aws-ec2-metadata-token: $TOK" -w ' %{http_code}' "$MD/latest/meta-data/spot/instance-action" 2>/dev/null)
+  case "$R" in *" 200") echo "@spot $(printf %s "${R% 200}" | tr -d '\n' | head -c 400)" ;; esac
+fi
 # attempts of jobs: fence (kill) the ones gridctl has ended, then report every unreaped one
 if [ -d "$WD/attempts" ]; then
   __ALIVE__
@@ -132,13 +138,14 @@ class ProbeBudget:
         return max(1, int(self.total_s * 0.15))
 
 
-def probe_command(budget: ProbeBudget, since: int, work_dir: str, kill: tuple[str, ...] = ()) -> str:
+def probe_command(budget: ProbeBudget, since: int, work_dir: str, kill: tuple[str, ...] = (),
+                  metadata: str | None = None) -> str:
     """The remote command line; the script itself goes on stdin. Every argument is quoted.
     `kill`: attempt ids gridctl has ended on this node: killed if still alive, then marked reaped."""
     bad = [a for a in kill if not ATTEMPT_ID_RE.match(a)]
     if bad:
         raise ValueError(f"invalid attempt ids {bad}")
-    args = [str(budget.smi_s), str(budget.log_s), str(int(since)), work_dir, ",".join(kill)]
+    args = [str(budget.smi_s), str(budget.log_s), str(int(since)), work_dir, ",".join(kill), metadata or ""]
     return "sh -s -- " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -336,6 +343,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         smi_errors=smi_errors, gpus=gpus, xids=xids, xid_source=xid_source, disk_free_bytes=disk_free,
         disk_total_bytes=disk_total, stuck_smi=stuck, parse_problems=tuple(problems), complete=complete,
         attempts=parse_attempts(repeated["attempt"], repeated["fenced"]),
+        spot_notice=(scalar("spot") or None) if "spot" in sections else None,
     )
 
 

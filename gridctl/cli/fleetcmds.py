@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,11 +105,16 @@ def reconcile(
     loop: bool = typer.Option(False, "--loop", help="Repeat passes until interrupted, reusing SSH connections."),
     interval: Optional[str] = typer.Option(None, "--interval", help="Time between pass starts in --loop (default: health.interval)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only events and warnings."),
+    wait_ready: Optional[bool] = typer.Option(None, "--wait-ready/--no-wait-ready",
+                                              help="After a pass that launched cloud instances, keep passing until "
+                                                   "they are ready (default: on a terminal)."),
 ) -> None:
     """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
     from ..reconcile.loop import Busy, Loop
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
+    if wait_ready is None:
+        wait_ready = console.is_terminal and not loop
 
     def show(report) -> None:
         if isinstance(report, Busy):
@@ -119,10 +125,49 @@ def reconcile(
     runner = Loop(fleet, db_path, every, show)
     try:
         runner.run(once=not loop)
+        launched = [] if loop or runner.last is None else \
+            [e for e in runner.last.events if e.kind == "instance-launch"]
+        if wait_ready and launched:
+            _wait_ready(fleet, db_path, every, quiet, runner.last.started)
     except KeyboardInterrupt:
         if runner.in_pass.is_set():
             err_console.print("interrupted mid-pass: nothing half-written; the next pass picks up from the store")
         raise typer.Exit(130) from None
+
+
+def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -> None:
+    """Passes until the cloud nodes that appeared since `since` are ready (a rich progress bar on a
+    terminal, a line per pass otherwise), bounded by the longest launch_timeout."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..reconcile.loop import Loop
+    from ..store import connect, queries
+    cloud_pools = {p.name for p in fleet.pools if getattr(p, "launch_timeout", None)}
+    deadline = time.monotonic() + max((getattr(p, "launch_timeout", 0) for p in fleet.pools), default=600)
+
+    def new_nodes():
+        conn = connect(db_path, create=False)
+        try:
+            return [n for n in queries.load_nodes(conn).values() if n.pool in cloud_pools
+                    and dict(n.cloud).get("launched_at") and float(dict(n.cloud)["launched_at"]) >= since - 60]
+        finally:
+            conn.close()
+
+    runner = Loop(fleet, db_path, every, lambda report: None if quiet or console.is_terminal else
+                  _print_report(report, True))
+    with Progress(TextColumn("waiting for new instances"), BarColumn(), TextColumn("{task.completed}/{task.total} ready"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("ready", total=None)
+        while time.monotonic() < deadline:
+            runner.run(once=True)
+            nodes = new_nodes()
+            ready = [n for n in nodes if n.state.value == "ready"]
+            bar.update(task, total=max(1, len(nodes)), completed=len(ready))
+            if not console.is_terminal:
+                console.print(f"{len(ready)}/{len(nodes)} new instances ready", markup=False)
+            if nodes and len(ready) == len(nodes):
+                return
+            time.sleep(every)
+    err_console.print("gave up waiting: not every new instance is ready (see `gridctl nodes`)", markup=False)
 
 
 def _print_report(report, quiet: bool) -> None:

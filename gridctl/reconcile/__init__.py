@@ -10,7 +10,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..health import Thresholds
@@ -167,6 +167,8 @@ def _views(plan, inventory, observations, stored) -> dict[str, NodeView]:
         cut = FLEET in plan.partitions or f"pool:{inv.pool}" in plan.partitions
         gpus = tuple(Gpu(g.uuid, g.index, g.name or "", g.memory_total_mib) for g in obs.gpus if g.uuid) \
             if complete else ()
+        if complete and obs.spot_notice:
+            rec = replace(rec, draining=True)   # the planner moves its jobs (services first); the flag is not stored
         views[inv.name] = NodeView(rec, answered, complete, partitioned=cut and not answered, rebooted=rebooted,
                                    reports={r.id: r for r in obs.attempts} if complete else {},
                                    gpus=gpus, work_dir=inv.work_dir)

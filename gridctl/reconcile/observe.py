@@ -40,6 +40,7 @@ class InventoryNode:
     expect: Expectation
     work_dir: str
     cloud: tuple[tuple[str, str], ...] = ()    # instance facts worth showing (type, zone, spot, launched)
+    metadata: str | None = None                # instance metadata endpoint to ask for spot notices
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
             work_dir = (pool.ssh.work_dir or fleet.ssh.work_dir or DEFAULT_WORK_DIR).replace("{node}", inst.id)
             if inst.local_dir is not None:
                 work_dir = str(inst.local_dir / "work")   # each simulated node keeps its own attempts
-            nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir, _cloud(inst)))
+            metadata = getattr(pool, "metadata_endpoint", None) if inst.spot else None
+            nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir, _cloud(inst),
+                                       metadata))
     return Inventory(nodes, failed, listed)
 
 
@@ -186,7 +189,7 @@ def _failed(name: str, contact: Contact, detail: str, started: float) -> Observa
 
 def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, since: int, started: float,
                sock, kill: tuple[str, ...] = ()) -> Observation:
-    command = probe_command(budget, since, node.work_dir, kill)
+    command = probe_command(budget, since, node.work_dir, kill, node.metadata)
     t0 = time.monotonic()
     try:
         res = transports.for_target(node.target).run(node.target, command, PROBE_SCRIPT.encode(), budget.total_s,

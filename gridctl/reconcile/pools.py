@@ -128,12 +128,15 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
                     (nodes.get(i) is not None and nodes[i].state is NodeState.PROVISIONING) or i not in nodes]
         in_flight += len(starting)
         intent = open_intents.get(pool.name)
-        room[pool.name] = max(0, pool.max - len(alive)) if intent is None else 0
+        # launch_rate: at most this many instances launched in any minute
+        recent = sum(1 for inst in listed.values() if inst.launched_at and now - inst.launched_at < 60)
+        rate_left = max(0, getattr(pool, "launch_rate", 10**6) - recent)
+        room[pool.name] = min(max(0, pool.max - len(alive)), rate_left) if intent is None else 0
         if intent is not None:
             plan.launches.append((pool.name, intent[0], intent[1]))   # same request id: never twice
             in_flight += intent[1]
         elif len(alive) < pool.min:
-            count = min(pool.min - len(alive), max(0, pool.max - len(alive)))
+            count = min(pool.min - len(alive), max(0, pool.max - len(alive)), rate_left)
             if count > 0:
                 request = new_id()
                 plan.new_intents.append((pool.name, request, count))

@@ -279,3 +279,135 @@ def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet
                 pass
         transports.close()
         conn.close()
+
+
+class _Imds:
+    """A loopback instance metadata service: IMDSv2 token, then spot/instance-action (404 until set)."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        imds = self
+        self.notice: str | None = None
+        self.asked = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_PUT(self):
+                ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                self._answer(200 if ok else 400, "token-123" if ok else "")
+
+            def do_GET(self):
+                imds.asked += 1
+                if self.headers.get("X-aws-ec2-metadata-token") != "token-123":
+                    self._answer(401, "")
+                elif self.path == "/latest/meta-data/spot/instance-action" and imds.notice:
+                    self._answer(200, imds.notice)
+                else:
+                    self._answer(404, "Not Found")
+
+            def _answer(self, code: int, body: str):
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_spot_interruption_notice_drains_the_node_services_first(aws_env, ssh_fleet, tmp_path):
+    import time as _time
+    from gridctl.jobspec import JobSpec
+    from gridctl.models import AttemptState, JobRecord
+    world = aws_env
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=2, gpu_type="L4", memory_gb=24)
+    imds = _Imds()
+    name = fleet_name()
+    base = {"provider": "aws", "region": "us-east-1", "instance_type": "g6.xlarge", "image": world.image,
+            "subnet": world.subnet, "security_groups": [world.security_group], "address": "private", "min": 1,
+            "max": 1, "endpoint_url": world.endpoint, "gpu": {"type": "L4", "count": 2, "memory_gb": 24}}
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{**base, "name": "spot", "spot": True, "metadata_endpoint": imds.url},
+                  {**base, "name": "ondemand", "metadata_endpoint": imds.url}],
+    }
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    try:
+        _passes(fleet, conn, transports, tmp_path, 3)
+        nodes = queries.load_nodes(conn)
+        spot = next(n for n, r in nodes.items() if r.pool == "spot")
+        ondemand = next(n for n, r in nodes.items() if r.pool == "ondemand")
+        assert dict(nodes[spot].cloud).get("spot") == "yes" and dict(nodes[ondemand].cloud).get("spot") == "no"
+        with write_tx(conn):                    # jobs start on the spot node
+            queries.set_cordon(conn, ondemand, True, "test", _time.time())
+            for job in (JobSpec.model_validate({"name": "svc", "gpus": 1, "command": "sleep 600"}),
+                        JobSpec.model_validate({"name": "etl", "class": "batch", "gpus": 1, "command": "sleep 600"})):
+                queries.insert_job(conn, JobRecord(job.name, job.to_store(), created_at=_time.time(),
+                                                   updated_at=_time.time()))
+        _passes(fleet, conn, transports, tmp_path, 2)
+        live = {a.job: a for a in queries.load_attempts(conn) if a.state is AttemptState.RUNNING}
+        assert {a.node for a in live.values()} == {spot}, live
+        with write_tx(conn):
+            queries.set_cordon(conn, ondemand, False, "", _time.time())
+        assert imds.asked >= 1                  # the spot node's probe asks IMDS every pass
+        imds.notice = '{"action": "terminate", "time": "2026-11-27T03:00:00Z"}'
+        events = _passes(fleet, conn, transports, tmp_path, 2)
+        assert any(e.node == spot and "spot interruption notice" in e.message for e in events), events
+        attempts = queries.load_attempts(conn)
+        now_live = {a.job: a for a in attempts if a.state is AttemptState.RUNNING}
+        assert {a.node for a in now_live.values()} == {ondemand}, attempts
+        old = {a.job: a for a in attempts if a.node == spot}
+        assert old["svc"].reason.startswith("drained: replaced by attempt")     # the service moved first
+        assert old["etl"].outcome == "drain"                                   # batch requeued
+        assert queries.load_nodes(conn)[spot].state is not NodeState.READY    # no new work there
+    finally:
+        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+            import os
+            import signal
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        transports.close()
+        conn.close()
+        imds.close()
+
+
+def test_reconcile_wait_ready_passes_until_new_instances_are_ready(aws_env, ssh_fleet, tmp_path):
+    import subprocess
+    import sys
+    world = aws_env
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    name = fleet_name()
+    _fleet(tmp_path, world, ssh_fleet, name)
+    res = subprocess.run([sys.executable, "-c", "from gridctl.cli import main; main()", "reconcile", "-f",
+                          str(tmp_path / "fleet.yaml"), "--wait-ready", "-q"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "2/2 new instances ready" in res.stdout, res.stdout
+    conn = connect(tmp_path / "state.db")
+    try:
+        nodes = queries.load_nodes(conn)
+    finally:
+        conn.close()
+    assert len(nodes) == 2 and {n.state for n in nodes.values()} == {NodeState.READY}
+    assert len(_ours(world, name)) == 2

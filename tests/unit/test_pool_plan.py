@@ -101,3 +101,11 @@ def test_pending_jobs_grow_the_first_fitting_pool_and_skip_resting_or_full_ones(
     in_flight = plan(f, {"a": {"i1": inst("i1", state=InstanceState.PENDING, launched=NOW - 30)}, "b": {}}, [],
                      demand=need)
     assert in_flight.grow == [("j2", ("a", "b"))]                   # one instance is already on its way
+
+
+def test_launch_rate_caps_launches_per_minute():
+    f = fleet(min=3, max=10, launch_rate=2)
+    fresh = plan(f, {"a": {"i1": inst("i1", launched=NOW - 30)}, "b": {}}, [node("i1", NodeState.PROVISIONING)])
+    assert fresh.launches == [("a", "r0", 1)]          # 1 launched this minute, 1 more allowed, though min wants 2
+    later = plan(f, {"a": {"i1": inst("i1", launched=NOW - 90)}, "b": {}}, [node("i1", NodeState.PROVISIONING)])
+    assert later.launches == [("a", "r0", 2)]
