@@ -93,10 +93,15 @@ D=$WD
 while [ -n "$D" ] && [ "$D" != / ] && [ ! -d "$D" ]; do D=$(dirname "$D"); done
 timeout -k 2 "$TLOG" df -Pk "${D:-/}" 2>/dev/null | awk -v d="${D:-/}" 'NR == 2 { printf "@disk %s %.0f %.0f\n", d, $4 * 1024, $2 * 1024 }'
 # spot instances: an interruption notice from the instance metadata service (IMDSv2), 1 s bounds
+# (GCE: "gce:" before the endpoint; its metadata says instance/preempted TRUE about 30 s ahead)
 if [ -n "$MD" ] && command -v curl >/dev/null 2>&1; then
-  TOK=$(curl -s -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$MD/latest/api/token" 2>/dev/null)
-  R=$(curl -s -m 1 -H "X-aws-ec2-metadata-token: $TOK" -w ' %{http_code}' "$MD/latest/meta-data/spot/instance-action" 2>/dev/null)
-  case "$R" in *" 200") echo "@spot $(printf %s "${R% 200}" | tr -d '\n' | head -c 400)" ;; esac
+  case "$MD" in
+    gce:*) R=$(curl -s -m 1 -H "Metadata-Flavor: Google" "${MD#gce:}/computeMetadata/v1/instance/preempted" 2>/dev/null)
+           [ "$R" = TRUE ] && echo "@spot gce instance/preempted TRUE" ;;
+    *) TOK=$(curl -s -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$MD/latest/api/token" 2>/dev/null)
+       R=$(curl -s -m 1 -H "X-aws-ec2-metadata-token: $TOK" -w ' %{http_code}' "$MD/latest/meta-data/spot/instance-action" 2>/dev/null)
+       case "$R" in *" 200") echo "@spot $(printf %s "${R% 200}" | tr -d '\n' | head -c 400)" ;; esac ;;
+  esac
 fi
 # attempts of jobs: fence (kill) the ones gridctl has ended, then report every unreaped one
 if [ -d "$WD/attempts" ]; then

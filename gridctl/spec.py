@@ -213,6 +213,7 @@ class GcpPool(_CloudPool):
     labels: dict[str, str] = {}
     boot_disk_gb: Optional[int] = Field(None, ge=10)
     api_endpoint: Endpoint = None       # Compute API endpoint; else $GRIDCTL_GCE_ENDPOINT, else Google's own
+    metadata_endpoint: Endpoint = "http://metadata.google.internal"   # as the nodes see it (preemption notices)
 
 
 def _pool_tag(v: Any) -> Optional[str]:

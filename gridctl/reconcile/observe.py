@@ -88,6 +88,8 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
             if inst.local_dir is not None:
                 work_dir = str(inst.local_dir / "work")   # each simulated node keeps its own attempts
             metadata = getattr(pool, "metadata_endpoint", None) if inst.spot else None
+            if metadata and pool.provider == "gcp":
+                metadata = "gce:" + metadata
             nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir, _cloud(inst),
                                        metadata))
     return Inventory(nodes, failed, listed)

@@ -411,3 +411,89 @@ def test_reconcile_wait_ready_passes_until_new_instances_are_ready(aws_env, ssh_
         conn.close()
     assert len(nodes) == 2 and {n.state for n in nodes.values()} == {NodeState.READY}
     assert len(_ours(world, name)) == 2
+
+
+class _GceMetadata:
+    """A loopback GCE metadata server: instance/preempted is FALSE until the test says TRUE."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        meta = self
+        self.preempted = False
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                ok = (self.headers.get("Metadata-Flavor") == "Google"
+                      and self.path == "/computeMetadata/v1/instance/preempted")
+                body = (("TRUE" if meta.preempted else "FALSE") if ok else "").encode()
+                self.send_response(200 if ok else 403)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_gce_preemption_notice_drains_the_node(cloud_env, gce_fake, ssh_fleet, tmp_path):
+    import time as _time
+    from gridctl.jobspec import JobSpec
+    from gridctl.models import AttemptState, JobRecord
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=2, gpu_type="L4", memory_gb=24)
+    meta = _GceMetadata()
+    name = fleet_name()
+    base = {"provider": "gcp", "project": "test-project", "zone": "us-central1-a", "machine_type": "g2-standard-8",
+            "image": "projects/p/global/images/family/gpu", "accelerators": {"nvidia-l4": 1}, "address": "private",
+            "min": 1, "max": 1, "api_endpoint": gce_fake.endpoint, "metadata_endpoint": meta.url,
+            "gpu": {"type": "L4", "count": 2, "memory_gb": 24}}
+    spec = {
+        "fleet": name, "state": str(tmp_path / "state.db"),
+        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
+                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
+                "work_dir": str(tmp_path / "work" / "{node}")},
+        "health": {"probe_timeout": "4s", "interval": "1s"},
+        "pools": [{**base, "name": "spot", "spot": True}, {**base, "name": "standard"}],
+    }
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    conn = connect(tmp_path / "state.db")
+    transports = Transports()
+    try:
+        _passes(fleet, conn, transports, tmp_path, 3)
+        nodes = queries.load_nodes(conn)
+        spot = next(n for n, r in nodes.items() if r.pool == "spot")
+        other = next(n for n, r in nodes.items() if r.pool == "standard")
+        with write_tx(conn):
+            queries.set_cordon(conn, other, True, "test", _time.time())
+            job = JobSpec.model_validate({"name": "svc", "gpus": 1, "command": "sleep 600"})
+            queries.insert_job(conn, JobRecord(job.name, job.to_store(), created_at=_time.time(), updated_at=_time.time()))
+        _passes(fleet, conn, transports, tmp_path, 2)
+        assert [a.node for a in queries.load_attempts(conn) if a.state is AttemptState.RUNNING] == [spot]
+        with write_tx(conn):
+            queries.set_cordon(conn, other, False, "", _time.time())
+        meta.preempted = True
+        events = _passes(fleet, conn, transports, tmp_path, 2)
+        assert any(e.node == spot and "gce instance/preempted TRUE" in e.message for e in events), events
+        assert [a.node for a in queries.load_attempts(conn) if a.state is AttemptState.RUNNING] == [other]
+    finally:
+        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+            import os
+            import signal
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        transports.close()
+        conn.close()
+        meta.close()
