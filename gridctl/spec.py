@@ -178,7 +178,12 @@ class _CloudPool(_PoolBase):
     idle_timeout: Optional[PositiveDuration] = None   # instances above `min` idle this long go; None: never
     replace: bool = True                # replace preempted / quarantined instances with new ones
     keep_for_triage: bool = False       # stop a quarantined instance (tag gridctl-triage=true), not delete it
-    fallback: Optional[Name] = None     # pool to ask when this one has no capacity
+    fallback: list[Name] = []           # pools to ask, in order, when this one has no capacity
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else ([] if v is None else v)
     launch_rate: int = Field(10, ge=1)  # most instances launched per minute in this pool
 
     @model_validator(mode="after")
@@ -240,6 +245,16 @@ class Fleet(_Model):
     @classmethod
     def _state_path(cls, v: Any, info: ValidationInfo) -> Any:
         return None if v is None else _expand(str(v), info)
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self):
+        names = {p.name for p in self.pools}
+        for pool in self.pools:
+            missing = [f for f in getattr(pool, "fallback", []) if f not in names or f == pool.name]
+            if missing:
+                raise ValueError(f"pool {pool.name}: fallback {', '.join(missing)} is not another pool of this fleet "
+                                 f"(pools: {', '.join(sorted(names))})")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -59,7 +59,7 @@ def _candidates(fleet: Fleet, d: Demand, creatable: set[str], room: dict[str, in
     """Pools that could take the job, in spec order; a pool's `fallback` is tried right after it."""
     order: list[str] = []
     for pool in fleet.pools:
-        for name in (pool.name, getattr(pool, "fallback", None)):
+        for name in (pool.name, *getattr(pool, "fallback", [])):
             if name and name not in order:
                 order.append(name)
     return tuple(n for n in order if n in creatable and room.get(n, 0) > 0 and backoff.get(n, 0) <= now

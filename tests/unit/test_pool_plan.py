@@ -109,3 +109,11 @@ def test_launch_rate_caps_launches_per_minute():
     assert fresh.launches == [("a", "r0", 1)]          # 1 launched this minute, 1 more allowed, though min wants 2
     later = plan(f, {"a": {"i1": inst("i1", launched=NOW - 90)}, "b": {}}, [node("i1", NodeState.PROVISIONING)])
     assert later.launches == [("a", "r0", 2)]
+
+
+def test_fallback_takes_a_list_and_must_name_other_pools():
+    f = fleet(min=0, fallback=["b"])
+    assert f.pool("a").fallback == ["b"]
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("j", 1)]).grow == [("j", ("a", "b"))]
+    with pytest.raises(ValueError, match="fallback zz is not another pool"):
+        fleet(fallback=["zz"])
