@@ -38,7 +38,7 @@ def test_cloud_options_have_defaults_that_change_nothing(tmp_path):
     aws, gcp = load(tmp_path).pools
     for pool in (aws, gcp):
         assert (pool.launch_timeout, pool.idle_timeout, pool.replace, pool.keep_for_triage, pool.fallback,
-                pool.launch_rate) == (600.0, None, True, False, None, 10)
+                pool.launch_rate) == (600.0, None, True, False, [], 10)
     assert aws.endpoint_url is None and aws.metadata_endpoint == "http://169.254.169.254"
     assert gcp.api_endpoint is None and gcp.boot_disk_gb is None
 
@@ -56,7 +56,7 @@ def test_cloud_options_are_read(tmp_path):
     gcp_extra = "api_endpoint: http://127.0.0.1:8080\n    boot_disk_gb: 200"
     aws, gcp = load(tmp_path, aws_extra=aws_extra, gcp_extra=gcp_extra).pools
     assert (aws.launch_timeout, aws.idle_timeout, aws.replace, aws.keep_for_triage, aws.fallback, aws.launch_rate) == \
-        (900.0, 3600.0, False, True, "gcp-l4", 3)
+        (900.0, 3600.0, False, True, ["gcp-l4"], 3)
     assert aws.endpoint_url == "http://127.0.0.1:5000" and aws.metadata_endpoint == "http://127.0.0.1:9"
     assert gcp.api_endpoint == "http://127.0.0.1:8080" and gcp.boot_disk_gb == 200
 
@@ -65,7 +65,7 @@ def test_cloud_options_are_read(tmp_path):
     ("endpoint_url: 127.0.0.1:5000", "endpoint_url: expected a URL"),
     ("launch_timeout: soon", "launch_timeout: expected a duration"),
     ("launch_rate: 0", "launch_rate:"),
-    ("fallback: Bad Name", "fallback: invalid name"),
+    ("fallback: Bad Name", "fallback[0]: invalid name"),
     ("metadata_endpont: http://x", "did you mean 'metadata_endpoint'"),
 ])
 def test_bad_cloud_options_name_file_line_and_field(tmp_path, extra, words):
