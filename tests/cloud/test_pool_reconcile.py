@@ -21,21 +21,42 @@ from providers.base import LaunchRequest, new_request_id
 from providers.local import write_node
 
 
-def _fleet(tmp_path, world, ssh_fleet, name):
+def _spec(tmp_path, ssh_fleet, name: str, pools: list[dict]):
+    """A fleet whose nodes the test sshd answers (each node keeps its attempts in its own dir)."""
     spec = {
         "fleet": name, "state": str(tmp_path / "state.db"),
         "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
                 "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
                 "work_dir": str(tmp_path / "work" / "{node}")},
         "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{"name": "aws-l4", "provider": "aws", "region": "us-east-1", "instance_type": "g6.xlarge",
-                   "image": world.image, "subnet": world.subnet, "security_groups": [world.security_group],
-                   "address": "private", "min": 2, "max": 4, "endpoint_url": world.endpoint,
-                   "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}],
+        "pools": pools,
     }
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return load_fleet(path)
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
+    return load_fleet(tmp_path / "fleet.yaml")
+
+
+def _sim_nodes(ssh_fleet, prefix: str, gpus: int = 1, gpu_type: str = "L4", memory_gb: float = 24) -> None:
+    """A healthy simulated node for every address the cloud emulator may hand out in the subnet."""
+    for i in range(2, 255):
+        write_node(ssh_fleet.sim_root / f"{prefix}{i}", f"sim-{i}", gpus=gpus, gpu_type=gpu_type, memory_gb=memory_gb)
+
+
+def _kill_jobs(tmp_path) -> None:
+    """End the job processes this test's attempts started (by the pids in their attempt dirs)."""
+    import os
+    import signal
+    for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def _fleet(tmp_path, world, ssh_fleet, name):
+    return _spec(tmp_path, ssh_fleet, name, [{
+        "name": "aws-l4", "provider": "aws", "region": "us-east-1", "instance_type": "g6.xlarge",
+        "image": world.image, "subnet": world.subnet, "security_groups": [world.security_group], "address": "private",
+        "min": 2, "max": 4, "endpoint_url": world.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}])
 
 
 def _ours(world, name: str) -> dict[str, dict]:
@@ -117,24 +138,14 @@ def _gce_ours(fake, name: str) -> dict[str, dict]:
 
 def test_gcp_pool_reaches_min_and_replaces_a_sick_instance(cloud_env, gce_fake, ssh_fleet, tmp_path):
     from cloud_support import GcpHarness
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    _sim_nodes(ssh_fleet, "127.22.1.")
     harness = GcpHarness(gce_fake, tmp_path)
     stranger = harness.untagged()
     name = fleet_name()
-    spec = {
-        "fleet": name, "state": str(tmp_path / "state.db"),
-        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
-                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
-                "work_dir": str(tmp_path / "work" / "{node}")},
-        "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{"name": "gcp-l4", "provider": "gcp", "project": "test-project", "zone": "us-central1-a",
+    fleet = _spec(tmp_path, ssh_fleet, name, [{"name": "gcp-l4", "provider": "gcp", "project": "test-project", "zone": "us-central1-a",
                    "machine_type": "g2-standard-8", "image": "projects/p/global/images/family/gpu",
                    "accelerators": {"nvidia-l4": 1}, "address": "private", "min": 2, "max": 4,
-                   "api_endpoint": gce_fake.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}],
-    }
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
-    fleet = load_fleet(tmp_path / "fleet.yaml")
+                   "api_endpoint": gce_fake.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}])
     conn = connect(tmp_path / "state.db")
     transports = Transports()
     try:
@@ -165,23 +176,13 @@ def test_a_pending_job_grows_a_pool_and_a_capacity_refusal_falls_over_to_the_nex
     import time as _time
     from gridctl.jobspec import JobSpec
     from gridctl.models import JobRecord, JobState
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    _sim_nodes(ssh_fleet, "127.22.1.")
     name = fleet_name()
     pool = {"provider": "gcp", "project": "test-project", "machine_type": "g2-standard-8",
             "image": "projects/p/global/images/family/gpu", "accelerators": {"nvidia-l4": 1}, "address": "private",
             "min": 0, "max": 2, "api_endpoint": gce_fake.endpoint, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}
-    spec = {
-        "fleet": name, "state": str(tmp_path / "state.db"),
-        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
-                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
-                "work_dir": str(tmp_path / "work" / "{node}")},
-        "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{**pool, "name": "gcp-a", "zone": "us-central1-a", "fallback": "gcp-b"},
-                  {**pool, "name": "gcp-b", "zone": "us-central1-b"}],
-    }
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
-    fleet = load_fleet(tmp_path / "fleet.yaml")
+    fleet = _spec(tmp_path, ssh_fleet, name, [{**pool, "name": "gcp-a", "zone": "us-central1-a", "fallback": "gcp-b"},
+                  {**pool, "name": "gcp-b", "zone": "us-central1-b"}])
     conn = connect(tmp_path / "state.db")
     transports = Transports()
     job = JobSpec.model_validate({"name": "infer", "class": "batch", "gpus": 1, "command": "sleep 600"})
@@ -200,13 +201,7 @@ def test_a_pending_job_grows_a_pool_and_a_capacity_refusal_falls_over_to_the_nex
         live = [a for a in queries.load_attempts(conn, jobs=["infer"]) if a.state.live]
         assert job_now.state is JobState.RUNNING and [a.node for a in live] == list(mine), (job_now, live)
     finally:
-        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
-            import os
-            import signal
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        _kill_jobs(tmp_path)
         transports.close()
         conn.close()
 
@@ -220,8 +215,7 @@ def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet
     from gridctl.jobspec import JobSpec
     from gridctl.models import JobRecord
     world = aws_env
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=1, gpu_type="H100", memory_gb=80)
+    _sim_nodes(ssh_fleet, "127.21.1.", gpus=1, gpu_type="H100", memory_gb=80)
     refuse = ec2_error("InsufficientInstanceCapacity", "We currently do not have sufficient p5.48xlarge capacity "
                        "in the Availability Zone you requested (us-east-1a).", 500)
 
@@ -241,17 +235,8 @@ def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet
     base = {"provider": "aws", "region": "us-east-1", "image": world.image, "subnet": world.subnet,
             "security_groups": [world.security_group], "address": "private", "min": 0, "max": 2,
             "endpoint_url": world.endpoint, "gpu": {"type": "H100", "count": 1, "memory_gb": 80}}
-    spec = {
-        "fleet": name, "state": str(tmp_path / "state.db"),
-        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
-                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
-                "work_dir": str(tmp_path / "work" / "{node}")},
-        "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{**base, "name": "aws-p5", "instance_type": "p5.48xlarge", "fallback": "aws-p4"},
-                  {**base, "name": "aws-p4", "instance_type": "p4d.24xlarge"}],
-    }
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
-    fleet = load_fleet(tmp_path / "fleet.yaml")
+    fleet = _spec(tmp_path, ssh_fleet, name, [{**base, "name": "aws-p5", "instance_type": "p5.48xlarge", "fallback": "aws-p4"},
+                  {**base, "name": "aws-p4", "instance_type": "p4d.24xlarge"}])
     conn = connect(tmp_path / "state.db")
     transports = Transports()
     job = JobSpec.model_validate({"name": "train", "class": "batch", "gpus": 1, "command": "sleep 600"})
@@ -270,13 +255,7 @@ def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet
         assert [a.node for a in live] == list(ours)
         assert float(queries.get_meta(conn, "backoff:aws-p5")) > _time.time()   # the refusing pool rests
     finally:
-        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
-            import os
-            import signal
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        _kill_jobs(tmp_path)
         transports.close()
         conn.close()
 
@@ -330,24 +309,14 @@ def test_a_spot_interruption_notice_drains_the_node_services_first(aws_env, ssh_
     from gridctl.jobspec import JobSpec
     from gridctl.models import AttemptState, JobRecord
     world = aws_env
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=2, gpu_type="L4", memory_gb=24)
+    _sim_nodes(ssh_fleet, "127.21.1.", gpus=2)
     imds = _Imds()
     name = fleet_name()
     base = {"provider": "aws", "region": "us-east-1", "instance_type": "g6.xlarge", "image": world.image,
             "subnet": world.subnet, "security_groups": [world.security_group], "address": "private", "min": 1,
             "max": 1, "endpoint_url": world.endpoint, "gpu": {"type": "L4", "count": 2, "memory_gb": 24}}
-    spec = {
-        "fleet": name, "state": str(tmp_path / "state.db"),
-        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
-                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
-                "work_dir": str(tmp_path / "work" / "{node}")},
-        "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{**base, "name": "spot", "spot": True, "metadata_endpoint": imds.url},
-                  {**base, "name": "ondemand", "metadata_endpoint": imds.url}],
-    }
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
-    fleet = load_fleet(tmp_path / "fleet.yaml")
+    fleet = _spec(tmp_path, ssh_fleet, name, [{**base, "name": "spot", "spot": True, "metadata_endpoint": imds.url},
+                  {**base, "name": "ondemand", "metadata_endpoint": imds.url}])
     conn = connect(tmp_path / "state.db")
     transports = Transports()
     try:
@@ -379,13 +348,7 @@ def test_a_spot_interruption_notice_drains_the_node_services_first(aws_env, ssh_
         assert old["etl"].outcome == "drain"                                   # batch requeued
         assert queries.load_nodes(conn)[spot].state is not NodeState.READY    # no new work there
     finally:
-        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
-            import os
-            import signal
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        _kill_jobs(tmp_path)
         transports.close()
         conn.close()
         imds.close()
@@ -395,8 +358,7 @@ def test_reconcile_wait_ready_passes_until_new_instances_are_ready(aws_env, ssh_
     import subprocess
     import sys
     world = aws_env
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.21.1.{i}", f"aws-{i}", gpus=1, gpu_type="L4", memory_gb=24)
+    _sim_nodes(ssh_fleet, "127.21.1.")
     name = fleet_name()
     _fleet(tmp_path, world, ssh_fleet, name)
     res = subprocess.run([sys.executable, "-c", "from gridctl.cli import main; main()", "reconcile", "-f",
@@ -449,24 +411,14 @@ def test_a_gce_preemption_notice_drains_the_node(cloud_env, gce_fake, ssh_fleet,
     import time as _time
     from gridctl.jobspec import JobSpec
     from gridctl.models import AttemptState, JobRecord
-    for i in range(2, 255):
-        write_node(ssh_fleet.sim_root / f"127.22.1.{i}", f"gce-{i}", gpus=2, gpu_type="L4", memory_gb=24)
+    _sim_nodes(ssh_fleet, "127.22.1.", gpus=2)
     meta = _GceMetadata()
     name = fleet_name()
     base = {"provider": "gcp", "project": "test-project", "zone": "us-central1-a", "machine_type": "g2-standard-8",
             "image": "projects/p/global/images/family/gpu", "accelerators": {"nvidia-l4": 1}, "address": "private",
             "min": 1, "max": 1, "api_endpoint": gce_fake.endpoint, "metadata_endpoint": meta.url,
             "gpu": {"type": "L4", "count": 2, "memory_gb": 24}}
-    spec = {
-        "fleet": name, "state": str(tmp_path / "state.db"),
-        "ssh": {"user": "root", "key": str(ssh_fleet.client_key), "port": ssh_fleet.port,
-                "host_key_policy": "accept-new", "known_hosts": str(ssh_fleet.known_hosts), "connect_timeout": "2s",
-                "work_dir": str(tmp_path / "work" / "{node}")},
-        "health": {"probe_timeout": "4s", "interval": "1s"},
-        "pools": [{**base, "name": "spot", "spot": True}, {**base, "name": "standard"}],
-    }
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
-    fleet = load_fleet(tmp_path / "fleet.yaml")
+    fleet = _spec(tmp_path, ssh_fleet, name, [{**base, "name": "spot", "spot": True}, {**base, "name": "standard"}])
     conn = connect(tmp_path / "state.db")
     transports = Transports()
     try:
@@ -487,13 +439,7 @@ def test_a_gce_preemption_notice_drains_the_node(cloud_env, gce_fake, ssh_fleet,
         assert any(e.node == spot and "gce instance/preempted TRUE" in e.message for e in events), events
         assert [a.node for a in queries.load_attempts(conn) if a.state is AttemptState.RUNNING] == [other]
     finally:
-        for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
-            import os
-            import signal
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        _kill_jobs(tmp_path)
         transports.close()
         conn.close()
         meta.close()
