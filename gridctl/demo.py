@@ -230,9 +230,8 @@ class Demo:
                 pass
 
 
-def new_root(keep: bool) -> Path:
-    base = Path(tempfile.mkdtemp(prefix="gridctl-demo-"))
-    return base
+def new_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gridctl-demo-"))
 
 
 def remove_root(root: Path) -> None:

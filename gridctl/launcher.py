@@ -49,12 +49,12 @@ def attempt_dir(work_dir: str, attempt_id: str) -> str:
     return f"{work_dir.rstrip('/')}/attempts/{attempt_id}"
 
 
-def _heredoc(path_var: str, name: str, content: str) -> str:
+def _write_file(path_var: str, name: str, content: str) -> str:
     """Write content to "$path_var/name" with printf and a quoted argument: no here-doc escapes to get wrong."""
     return f'printf %s {shlex.quote(content)} >"${path_var}/{name}"\n'
 
 
-def _heredoc_append(path_var: str, name: str, content: str) -> str:
+def _append_file(path_var: str, name: str, content: str) -> str:
     return f'printf %s {shlex.quote(content)} >>"${path_var}/{name}"\n'
 
 
@@ -94,9 +94,9 @@ def launch_script(work_dir: str, spec: LaunchSpec, wait_s: float = 3.0) -> str:
         '  echo "@launch exists pid=$(cat "$D/pid" 2>/dev/null || echo -)"; exit 0\n'
         'fi\n'
         'R=$(cd "$D" && pwd) && D=$R\n'
-        + _heredoc("D", "cmd", spec.command + "\n")
-        + _heredoc("D", "env", env_lines)
-        + _heredoc("D", "run.sh", _WRAPPER)
+        + _write_file("D", "cmd", spec.command + "\n")
+        + _write_file("D", "env", env_lines)
+        + _write_file("D", "run.sh", _WRAPPER)
         + ': >"$D/heartbeat"\n'
         'command -v setsid >/dev/null 2>&1 && S=setsid || S=\n'
         '$S sh "$D/run.sh" "$D" </dev/null >/dev/null 2>&1 &\n'
@@ -114,7 +114,7 @@ def stop_script(work_dir: str, attempt_id: str, reason: str, grace_s: float = 5.
         f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD +
         f"D=\"$WD/attempts/\"{shlex.quote(attempt_id)}\n"
         '[ -d "$D" ] || { echo "@stop absent"; exit 0; }\n'
-        + _heredoc("D", "stopped", reason + "\n") +
+        + _write_file("D", "stopped", reason + "\n") +
         'P=$(cat "$D/pid" 2>/dev/null)\n' + ALIVE_FN +
         '[ -n "$P" ] && alive "$P" || { echo "@stop gone"; exit 0; }\n'
         'kill -s TERM -- "-$P" 2>/dev/null || kill -TERM "$P" 2>/dev/null\n'

@@ -27,7 +27,7 @@ def demo(
     if duration <= 0:
         raise ConfigError("--duration: must be more than 0")
     plain = plain or not console.is_terminal
-    root = new_root(keep)
+    root = new_root()
     say = (lambda text: print(text, flush=True)) if plain else (lambda text: None)
     d = Demo(root, fault, duration, say)
     say(f"demo: fleet of 3 simulated nodes in {root}; jobs: web (service x2), etl (batch), train (training)")

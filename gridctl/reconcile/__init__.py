@@ -115,17 +115,16 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
 
 
 def _demand(jp) -> list:
-    """Pending jobs that no node fits, one entry per missing replica, oldest first."""
+    """One entry per replica the job planner could not place this pass (oldest job first)."""
     from ..jobspec import spec_from_store
-    from ..models import JobState
     from .pools import Demand
     out = []
-    for job in sorted(jp.jobs.values(), key=lambda j: (j.created_at, j.name)):
-        if "no node fits" not in job.reason or job.state.terminal:
+    for name in jp.unplaced:
+        job = jp.jobs.get(name)
+        if job is None or job.state.terminal:
             continue
         spec = spec_from_store(job.spec)
-        missing = job.reason.count("no node fits") if job.state is JobState.RUNNING else spec.replicas
-        out += [Demand(job.name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool)] * max(1, missing)
+        out.append(Demand(name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool))
     return out
 
 

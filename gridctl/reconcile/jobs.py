@@ -66,6 +66,7 @@ class JobPlan:
     launches: list[Launch] = field(default_factory=list)
     stops: list[Stop] = field(default_factory=list)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)     # lemon quarantines
+    unplaced: list[str] = field(default_factory=list)              # a job per replica that no node fits
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,7 @@ class _Pass:
         job = replace(job, updated_at=self.now)
         self.jobs[job.name] = job
         self.plan.jobs[job.name] = job
-        if (job.state, job.reason_code) != (before[0], None) and job.state is not before[0]:
+        if job.state is not before[0]:
             sev = "warning" if job.state is JobState.FAILED else "info"
             self.event("job-state", f"{before[0].value} -> {job.state.value}: {job.reason}", job=job.name, severity=sev)
 
@@ -406,6 +407,7 @@ class _Pass:
         placed = self._start(job, spec, r, offers, exclude=set(), why="")
         if placed is True:
             return "running", ""
+        self.plan.unplaced.append(job.name)
         return "pending", placed
 
     def _start(self, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer], *, exclude: set[str],

@@ -556,6 +556,7 @@ def test_pending_reason_names_every_nodes_rejection():
     assert jr.state is JobState.PENDING
     assert jr.reason == "no node fits 2xH100: a has 1 free GPU, b quarantined (xid 79), c cordoned"
     assert jr.pending_since == NOW
+    assert p.unplaced == ["b"]                  # what cloud pools may grow for; the running job is not in it
 
 
 def test_pending_past_pending_timeout_fails_no_capacity():

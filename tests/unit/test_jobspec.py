@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
+from unit_support import write_yaml
 
 from gridctl.errors import ConfigError
 from gridctl.jobspec import RESERVED_ENV, JobSpec, job_from_flags, load_job, spec_from_store
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
+    return write_yaml(tmp_path, text, name)
 
 
 def load_problems(path: Path) -> list[str]:

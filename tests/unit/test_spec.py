@@ -5,10 +5,10 @@ Guards against a user staring at a pydantic dump, or at the wrong line, when a f
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+from unit_support import write_yaml
 
 from gridctl.errors import ConfigError
 from gridctl.spec import (AwsPool, LocalPool, SshPool, load_fleet, parse_duration, state_path)
@@ -17,9 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def write(tmp_path: Path, text: str, name: str = "fleet.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
+    return write_yaml(tmp_path, text, name)
 
 
 def problems(path: Path) -> list[str]:

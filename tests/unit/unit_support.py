@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -17,3 +18,10 @@ def fixture_text(rel: str) -> str:
     """The fixture as a probe would have printed it: comment lines stripped, line ends kept."""
     text = (FIXTURES / rel).read_text(encoding="utf-8")
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+
+
+def write_yaml(tmp_path: Path, text: str, name: str) -> Path:
+    """A dedented spec file for a test."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
