@@ -203,6 +203,25 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class Outcome(str, enum.Enum):
+    """How one attempt ended, as far as recovery is concerned (recovery.decide's input)."""
+
+    OK = "ok"                  # exit 0
+    EXIT = "exit"              # exit != 0, or the process vanished without an exit code
+    HUNG = "hung"              # no heartbeat for hang_timeout; killed
+    NODE = "node"              # node failed, rebooted, was lost, or an infra exit code
+    DURATION = "duration"      # ran past max_duration; killed
+    DRAIN = "drain"            # moved off a draining node by the user
+    CANCEL = "cancel"          # cancelled by the user
+    SUPERSEDED = "superseded"  # a stale copy, replaced while its node was silent
+    START = "start"            # the launch itself failed
+
+    @property
+    def failed_here(self) -> bool:
+        """The attempt failed on its node: a requeue avoids that node when another fits."""
+        return self in (Outcome.EXIT, Outcome.HUNG, Outcome.NODE, Outcome.START)
+
+
 class AttemptState(str, enum.Enum):
     STARTING = "starting"            # recorded before the remote start; confirmed by the launch or a probe
     RUNNING = "running"
@@ -253,8 +272,12 @@ class Attempt:
     pid: int | None = None
     heartbeat_at: float | None = None  # our clock, from the probe's heartbeat age
     silent_since: float | None = None
-    outcome: str = ""                 # how a terminal attempt counts: ok | exit | node | hung | duration | cancel | superseded
+    outcome: Outcome | None = None    # how a terminal attempt counts (None while it is live)
     reaped: bool = False              # its directory on the node is marked done
+
+    def __post_init__(self) -> None:
+        if isinstance(self.outcome, str) and not isinstance(self.outcome, Outcome):
+            object.__setattr__(self, "outcome", Outcome(self.outcome) if self.outcome else None)
 
 
 @dataclass(frozen=True)

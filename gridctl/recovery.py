@@ -15,19 +15,17 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .models import Outcome
 
-class Outcome(str, enum.Enum):
-    """How one attempt ended, as far as recovery is concerned."""
+__all__ = ["Decision", "Outcome", "Policy", "Step", "backoff", "decide", "policy"]
 
-    OK = "ok"                  # exit 0
-    EXIT = "exit"              # exit != 0, or the process vanished without an exit code
-    HUNG = "hung"              # no heartbeat for hang_timeout; killed
-    NODE = "node"              # node failed, rebooted, was lost, or an infra exit code
-    DURATION = "duration"      # ran past max_duration; killed
-    DRAIN = "drain"            # moved off a draining node by the user
-    CANCEL = "cancel"          # cancelled by the user
-    SUPERSEDED = "superseded"  # a stale copy, replaced while its node was silent
-    START = "start"            # the launch itself failed
+
+class Step(str, enum.Enum):
+    """What happens to the job after one of its attempts ended."""
+
+    RETRY = "retry"
+    SUCCEED = "succeed"
+    FAIL = "fail"
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ def policy(job_class: str, recovery: dict) -> Policy:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str              # "retry" | "succeed" | "fail"
+    action: Step
     code: str                # reason code: exit-code, node-lost, hung, max-duration, ...
     words: str               # the human reason
     delay: float = 0.0       # wait before the next attempt
@@ -94,39 +92,39 @@ def decide(job_class: str, p: Policy, outcome: Outcome, *, exit_code: int | None
            attempts: int, detail: str = "") -> Decision:
     """The next step for a job whose attempt just ended. `attempts` counts the one that ended."""
     if outcome is Outcome.CANCEL:
-        return Decision("fail", "cancelled", "by user", restarts=restarts, failures=failures)
+        return Decision(Step.FAIL, "cancelled", "by user", restarts=restarts, failures=failures)
     if outcome in (Outcome.SUPERSEDED,):
-        return Decision("retry", "superseded", "stale copy replaced", restarts=restarts, failures=failures)
+        return Decision(Step.RETRY, "superseded", "stale copy replaced", restarts=restarts, failures=failures)
     if outcome is Outcome.OK:
         if job_class == "service":
-            return Decision("retry", "restart", "exited 0: service restarted", restarts=restarts, failures=failures)
-        return Decision("succeed", "succeeded", f"succeeded after {_plural(attempts, 'attempt')}"
+            return Decision(Step.RETRY, "restart", "exited 0: service restarted", restarts=restarts, failures=failures)
+        return Decision(Step.SUCCEED, "succeeded", f"succeeded after {_plural(attempts, 'attempt')}"
                         if attempts > 1 else "succeeded", restarts=restarts, failures=failures)
     if outcome is Outcome.DRAIN:
         if job_class == "manual":
-            return Decision("fail", "drained", "stopped by drain (manual class: never moved automatically)",
+            return Decision(Step.FAIL, "drained", "stopped by drain (manual class: never moved automatically)",
                             restarts=restarts, failures=failures)
-        return Decision("retry", "drained", f"moved off a draining node{': ' + detail if detail else ''}",
+        return Decision(Step.RETRY, "drained", f"moved off a draining node{': ' + detail if detail else ''}",
                         restarts=restarts, failures=failures)
     if outcome in (Outcome.NODE, Outcome.START):
         why = detail or ("launch failed" if outcome is Outcome.START else "node failed")
         code = "failed-to-start" if outcome is Outcome.START else "node-lost"
         if job_class == "manual":
-            return Decision("fail", code, f"{code} (manual class: never moved automatically): {why}", restarts=restarts, failures=failures)
+            return Decision(Step.FAIL, code, f"{code} (manual class: never moved automatically): {why}", restarts=restarts, failures=failures)
         n = restarts + 1
         if p.max_restarts is not None and n > p.max_restarts:
-            return Decision("fail", code, f"{code} after {_plural(attempts, 'attempt')} "
+            return Decision(Step.FAIL, code, f"{code} after {_plural(attempts, 'attempt')} "
                             f"(max_restarts {p.max_restarts}): {why}", restarts=n, failures=failures)
         delay = 2.0 if outcome is Outcome.START else 0.0
         verb = "rerouted" if job_class == "service" else "requeued"
         limit = "" if p.max_restarts is None else f" ({n} of {p.max_restarts} restarts)"
-        return Decision("retry", code, f"{verb}{limit}", delay=delay, restarts=n, failures=failures)
+        return Decision(Step.RETRY, code, f"{verb}{limit}", delay=delay, restarts=n, failures=failures)
     if outcome is Outcome.DURATION:
         if job_class == "service":
             n = failures + 1
-            return Decision("retry", "max-duration", "ran past max_duration: restarted", delay=0.0, restarts=restarts,
+            return Decision(Step.RETRY, "max-duration", "ran past max_duration: restarted", delay=0.0, restarts=restarts,
                             failures=n)
-        return Decision("fail", "max-duration", f"max-duration ({detail})" if detail else "max-duration",
+        return Decision(Step.FAIL, "max-duration", f"max-duration ({detail})" if detail else "max-duration",
                         restarts=restarts, failures=failures + 1)
     # EXIT or HUNG: the process's own failure
     n = failures + 1
@@ -135,10 +133,10 @@ def decide(job_class: str, p: Policy, outcome: Outcome, *, exit_code: int | None
     code = "hung" if outcome is Outcome.HUNG else "exit-code"
     if job_class == "service":
         delay = backoff(p, n)
-        return Decision("retry", code, f"{what}: restarting in {delay:g}s", delay=delay, restarts=restarts, failures=n)
+        return Decision(Step.RETRY, code, f"{what}: restarting in {delay:g}s", delay=delay, restarts=restarts, failures=n)
     if job_class == "batch" and (p.retries is None or n <= p.retries):
         delay = backoff(p, n)
         left = "" if p.retries is None else f", {p.retries - n + 1} left"
-        return Decision("retry", code, f"{what}: retry {n}{left} in {delay:g}s", delay=delay, restarts=restarts,
+        return Decision(Step.RETRY, code, f"{what}: retry {n}{left} in {delay:g}s", delay=delay, restarts=restarts,
                         failures=n)
-    return Decision("fail", code, f"{what} after {_plural(attempts, 'attempt')}", restarts=restarts, failures=n)
+    return Decision(Step.FAIL, code, f"{what} after {_plural(attempts, 'attempt')}", restarts=restarts, failures=n)

@@ -6,7 +6,6 @@ width Console. `snapshot` reads; `render` is pure (snapshot + width -> renderabl
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -17,11 +16,7 @@ from rich.text import Text
 
 from .models import Attempt, Event, JobRecord, NodeRecord
 from .store import queries
-
-STATE_STYLE = {"ready": "green", "suspect": "yellow", "quarantined": "red", "provisioning": "cyan",
-               "terminating": "magenta", "terminated": "dim", "cordoned": "grey50"}
-JOB_STYLE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "failed": "red", "cancelled": "grey50"}
-EVENT_STYLE = {"alert": "bold red", "warning": "yellow"}
+from .styles import JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
 
 
 @dataclass(frozen=True)
@@ -53,10 +48,9 @@ def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_aft
              next_pass_at: float | None = None, note: str = "") -> Snapshot:
     nodes = list(queries.load_nodes(conn).values())
     gpus = {}
-    for row in conn.execute("SELECT node, max_temp_c, gpus FROM observations WHERE id IN "
-                            "(SELECT MAX(id) FROM observations GROUP BY node)"):
-        utils = [g.get("utilization_pct") for g in json.loads(row["gpus"]) if g.get("utilization_pct") is not None]
-        gpus[row["node"]] = GpuSummary(row["max_temp_c"], sum(utils) / len(utils) if utils else None)
+    for node, (max_temp_c, readings) in queries.latest_gpu_readings(conn).items():
+        utils = [g.get("utilization_pct") for g in readings if g.get("utilization_pct") is not None]
+        gpus[node] = GpuSummary(max_temp_c, sum(utils) / len(utils) if utils else None)
     jobs = list(queries.load_jobs(conn).values())
     attempts = queries.load_attempts(conn, jobs=[j.name for j in jobs])
     recent = list(reversed(queries.list_events(conn, limit=events)))

@@ -14,6 +14,7 @@ from . import app
 from .common import FleetOption, JsonOption, interval_seconds, load
 from rich.text import Text
 
+from ..styles import SEVERITY
 from .render import HEALTH_STYLE, console, emit, err_console, esc, iso, styled
 
 
@@ -89,10 +90,11 @@ def _stored_states(db_path: Path) -> dict[str, str]:
     if not db_path.exists():
         return {}
     import sqlite3
+    from ..store import connect_readonly, queries
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+        conn = connect_readonly(db_path)
         try:
-            return {r[0]: r[1] for r in conn.execute("SELECT name, state FROM nodes")}
+            return queries.node_states(conn)
         finally:
             conn.close()
     except sqlite3.Error:
@@ -172,7 +174,7 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
 
 def _print_report(report, quiet: bool) -> None:
     for event in report.events:
-        style = {"alert": "bold red", "warning": "yellow"}.get(event.severity, "")
+        style = SEVERITY.get(event.severity, "")
         who = f"{event.node}: " if event.node else ""
         line = f"{event.kind:<16} {who}{event.message}"
         console.print(Text(line, style=style), soft_wrap=True)

@@ -11,36 +11,11 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError, NotFoundError
-from ..models import AttemptState, Event
+from ..models import AttemptState
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, open_store
-from .render import ago, console, emit, err_console, esc, iso, print_events, styled
+from .render import ATTEMPT_STYLE, JOB_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
 
-JOB_STYLE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "failed": "red", "cancelled": "dim"}
-ATTEMPT_STYLE = {"running": "green", "starting": "cyan", "silent": "yellow", "exited": "dim", "lost": "red",
-                 "hung": "red", "killed": "dim", "failed_to_start": "red"}
-
-
-def pass_now(fleet, db_path: Path, wait_s: float) -> tuple[object | None, str]:
-    """Run one reconcile pass here, waiting up to wait_s for a running one to release the lock.
-    Returns (report, "") or (None, why no pass ran)."""
-    from ..reconcile import PassLock, reconcile_once
-    from ..reconcile.observe import Transports
-    lock = PassLock(db_path)
-    deadline = time.monotonic() + wait_s
-    while not lock.acquire():
-        if time.monotonic() >= deadline:
-            pid, since = lock.holder()
-            return None, f"another reconcile is running (pid {pid or '?'}, since {iso(since) or '?'}); it will act on this"
-        time.sleep(0.2)
-    transports = Transports(keep=False)
-    conn = open_store(db_path, create=True)
-    try:
-        return reconcile_once(fleet, conn, transports, db_path.parent), ""
-    finally:
-        lock.release()
-        transports.close()
-        conn.close()
 
 
 def _attempt_json(a) -> dict:
@@ -82,9 +57,8 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Record a job, place it and start it (or say why it is pending)."""
+    from .. import ops
     from ..jobspec import job_from_flags, load_job
-    from ..models import JobRecord
-    from ..store import queries, write_tx
     fleet, db_path = load(fleet_path)
     args = args or []
     if name is None:
@@ -96,45 +70,23 @@ def run(
             raise ConfigError("--name given but no command: gridctl run --name NAME --gpus N -- COMMAND ARGS...")
         spec = job_from_flags({"name": name, "class": job_class, "command": list(args), "gpus": gpus,
                                "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env)})
-    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
-        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
-    now = time.time()
-    conn = open_store(db_path, create=True)
-    try:
-        with write_tx(conn):
-            record = JobRecord(name=spec.name, spec=spec.to_store(), created_at=now, updated_at=now, pending_since=now,
-                               reason="waiting for the next reconcile pass")
-            if not queries.insert_job(conn, record):
-                old = queries.get_job(conn, spec.name)
-                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "
-                                  "cancel it or choose another name")
-            queries.add_events(conn, [Event(now, "job-created", f"{spec.job_class} job: {spec.gpus} GPU(s) x "
-                                            f"{spec.replicas} replica(s): {spec.shell_command[:200]}", job=spec.name)])
-    finally:
-        conn.close()
-    _, why = pass_now(fleet, db_path, wait)
-    _show_job_line(db_path, spec.name, as_json, why)
+    _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
 
 
-def _show_job_line(db_path: Path, name: str, as_json: bool, note: str = "") -> None:
-    from ..store import queries
-    conn = open_store(db_path)
-    try:
-        job = queries.get_job(conn, name)
-        attempts = queries.load_attempts(conn, jobs=[name])
-    finally:
-        conn.close()
+def _show_job_line(now, as_json: bool) -> None:
+    """The job after run / cancel: its state and reason, and each live attempt."""
+    job, attempts = now.job, now.attempts
     if as_json:
         print(json.dumps([job_json(job, attempts)], indent=2))
         return
-    live = [a for a in attempts if a.state.live]
-    console.print(f"job [bold]{esc(name)}[/bold]: {styled(job.state.value, JOB_STYLE)} - {esc(job.reason)}",
+    console.print(f"job [bold]{esc(job.name)}[/bold]: {styled(job.state.value, JOB_STYLE)} - {esc(job.reason)}",
                   soft_wrap=True)
-    for a in live:
-        console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
-                      f"GPUs {','.join(a.gpus) or 'none'}", markup=False, soft_wrap=True)
-    if note:
-        err_console.print(note, markup=False)
+    for a in attempts:
+        if a.state.live:
+            console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
+                          f"GPUs {','.join(a.gpus) or 'none'}", markup=False, soft_wrap=True)
+    if now.note:
+        err_console.print(now.note, markup=False)
 
 
 @app.command("jobs")
@@ -287,25 +239,13 @@ def logs(
 def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optional[Path] = FleetOption,
            wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
     """Stop a job's live attempts; the job ends `cancelled`."""
-    from ..store import queries, write_tx
+    from .. import ops
     fleet, db_path = load(fleet_path)
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
-    conn = open_store(db_path)
-    try:
-        with write_tx(conn):
-            job = queries.get_job(conn, job_name)
-            if job is None:
-                raise NotFoundError(f"no job named {job_name}")
-            if job.state.terminal:
-                console.print(f"job {job_name} already {job.state.value}: {job.reason}", markup=False)
-                return
-            queries.request_cancel(conn, job_name)
-            queries.add_events(conn, [Event(time.time(), "cancel-requested", "cancel requested by user", job=job_name)])
-    finally:
-        conn.close()
-    _, why = pass_now(fleet, db_path, wait)
-    _show_job_line(db_path, job_name, False, why)
+    now = ops.cancel(fleet, db_path, job_name, wait)
+    if now.unchanged:
+        console.print(f"job {job_name} already {now.job.state.value}: {now.job.reason}", markup=False)
+        return
+    _show_job_line(now, False)
 
 
 @app.command()
@@ -313,29 +253,9 @@ def drain(node_name: str = typer.Argument(..., metavar="NODE"), fleet_path: Opti
           reason: Optional[str] = typer.Option(None, "--reason", help="Why (shown in nodes and events)."),
           wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
     """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues."""
-    import getpass
-    from dataclasses import replace
-    from ..store import queries, write_tx
+    from .. import ops
     fleet, db_path = load(fleet_path)
-    conn = open_store(db_path, create=True)
-    try:
-        with write_tx(conn):
-            node = queries.get_node(conn, node_name)
-            if node is None:
-                known = ", ".join(sorted(queries.load_nodes(conn))) or "none recorded yet"
-                raise NotFoundError(f"no node named {node_name} (known: {known})")
-            why = reason or f"drained by {getpass.getuser()}"
-            now = time.time()
-            queries.save_node(conn, replace(node, cordoned=True, cordon_reason=why, draining=True), now, user=True)
-            queries.add_events(conn, [Event(now, "drain", f"cordoned and draining: {why}", node=node_name)])
-    finally:
-        conn.close()
-    _, note = pass_now(fleet, db_path, wait)
-    conn = open_store(db_path)
-    try:
-        left = [a for a in queries.load_attempts(conn, unreaped=False) if a.node == node_name and a.state.live]
-    finally:
-        conn.close()
+    left, note = ops.drain(fleet, db_path, node_name, reason, wait)
     if note:
         err_console.print(note, markup=False)
     if left:

@@ -15,13 +15,12 @@ from rich.console import Console
 from rich.markup import escape as esc
 from rich.table import Table
 
+from ..styles import ATTEMPT_STATE as ATTEMPT_STYLE, HEALTH as HEALTH_STYLE, JOB_STATE as JOB_STYLE, \
+    NODE_STATE as STATE_STYLE
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-STATE_STYLE = {"ready": "green", "suspect": "yellow", "quarantined": "red", "provisioning": "cyan",
-               "terminating": "magenta", "terminated": "dim"}
-HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unreachable": "red",
-                "unknown": "dim"}
 
 
 def iso(t: float | None) -> str | None:

@@ -1,7 +1,8 @@
-"""One reconcile pass (inventory, observe, judge, record) and the lock that keeps passes single.
+"""One reconcile pass, and the lock that keeps passes single.
 
-Called by `gridctl reconcile` (once or --loop) and, later, `gridctl watch`. A pass recomputes from
-what it observes; killing it at any point leaves the store as the last committed pass left it.
+Called by reconcile/loop.Loop (`gridctl reconcile`, once or --loop; `watch`; `demo`; and every
+command that runs a pass through gridctl.ops). A pass recomputes from what it observes; killing
+it at any point leaves the store as the last committed step left it, and the next pass heals.
 """
 
 from __future__ import annotations
@@ -9,20 +10,18 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..health import Thresholds
-from ..models import Contact, Event, NodeRecord
-from ..placement import Gpu
+from ..models import Event, NodeRecord
 from ..spec import Fleet
-from ..store import queries
-from .act import carry_out
-from .apply import apply_pass, apply_results, prior_partitions
-from .jobs import LemonRule, NodeView, plan_jobs
+from .act import act
+from .apply import apply, record, record_intent
+from .facts import read_facts
 from .observe import Transports, sweep, take_inventory
-from .plan import FLEET, plan_pass
+from .plan import after_actions, plan
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,16 @@ class PassLock:
         self.path = Path(str(db_path) + ".lock")
         self._fd: int | None = None
 
-    def acquire(self) -> bool:
+    def acquire(self, wait_s: float = 0.0) -> bool:
+        """Take the lock, waiting up to wait_s for another pass to release it. False if still held."""
+        deadline = time.monotonic() + wait_s
+        while not self._try():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _try(self) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,105 +78,32 @@ class PassLock:
             self._fd = None
 
 
-def thresholds(fleet: Fleet) -> Thresholds:
-    h = fleet.health
-    return Thresholds(unhealthy_after=h.unhealthy_after, recover_after=h.recover_after, stale_after_s=h.stale_after)
-
-
 def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transports, state_dir: Path) -> PassReport:
-    """One idempotent pass. Reads the store, does all network I/O with no transaction open, writes
-    the decisions in one short transaction, then starts/stops attempts and records the answers
-    in a second one. Killed anywhere, the next pass heals: an attempt recorded `starting` but never
-    launched is found missing; an attempt ended in the store but still alive is on its node's
-    kill list until the node confirms it is gone."""
+    """One idempotent pass in five steps: read the facts (one read transaction); observe (inventory
+    and probes, no transaction open); plan (pure); apply the plan (one write transaction: attempts
+    are recorded `starting` before anything is launched); act, then record the answers (one write
+    transaction, plus one per fallback cloud launch intent, written before that call). Killed
+    anywhere, the next pass heals: an attempt recorded `starting` but never launched is found
+    missing; an attempt ended in the store but still alive is on its node's kill list until the
+    node confirms it is gone."""
     started = time.time()
-    stored = queries.load_nodes(conn)
-    since = {name: t - 5 for name, t in queries.last_node_times(conn).items() if t}
-    prior = prior_partitions(conn)
-    jobs = queries.load_jobs(conn, active_only=True)
-    unreaped = queries.load_attempts(conn, unreaped=True)
-    attempts = {a.id: a for a in queries.load_attempts(conn, jobs=list(jobs))}
-    history = queries.load_attempts(conn, jobs=[], since=started - fleet.health.lemon_window)
-    kill: dict[str, list[str]] = {}
-    for a in unreaped:
-        if not a.state.live:
-            kill.setdefault(a.node, []).append(a.id)
+    facts = read_facts(conn, lemon_window_s=fleet.health.lemon_window, now=started)
     inventory = take_inventory(fleet, state_dir)
     observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
-                         concurrency=fleet.health.concurrency, since=since,
-                         kill={k: tuple(v) for k, v in kill.items()})
-    now = time.time()
-    plan = plan_pass(stored, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet), prior)
-    views = _views(plan, inventory.nodes, observations, stored)
-    jp = plan_jobs(jobs, list(attempts.values()), views, now, history=history,
-                   lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window))
-    reaped = [i for name, ids in kill.items() if _complete(observations.get(name)) for i in ids]
-    apply_pass(conn, plan, now, jp, reaped)
-    by_name = {n.name: n for n in inventory.nodes}
-    launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, fleet.health.concurrency)
+                         concurrency=fleet.health.concurrency, since=facts.log_since(), kill=facts.kill_lists())
+    decided = plan(fleet, facts, inventory, observations, time.time())
+    apply(conn, decided)
+    writing = threading.Lock()
+
+    def intent(pool: str, request_id: str, count: int) -> None:
+        with writing:
+            record_intent(conn, pool, request_id, count, time.time())
+
+    results = act(fleet, transports, {n.name: n for n in inventory.nodes}, decided.jobs.launches,
+                  decided.jobs.stops, decided.pools.calls, state_dir, intent)
     done = time.time()
-    events = apply_results(conn, jp, launched, stopped, done)
-    events += _size_pools(fleet, conn, inventory, state_dir, done, _demand(jp))
-    done = time.time()
-    return PassReport(started, done - started, plan.nodes, plan.events + jp.events + events, plan.partitions,
-                      inventory.failed_pools, len(jp.launches), len(jp.stops))
-
-
-def _demand(jp) -> list:
-    """One entry per replica the job planner could not place this pass (oldest job first)."""
-    from ..jobspec import spec_from_store
-    from .pools import Demand
-    out = []
-    for name in jp.unplaced:
-        job = jp.jobs.get(name)
-        if job is None or job.state.terminal:
-            continue
-        spec = spec_from_store(job.spec)
-        out.append(Demand(name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool))
-    return out
-
-
-def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Path, now: float,
-                demand: list = ()) -> list[Event]:
-    """Cloud pools: launch up to `min` and for pending jobs (up to `max`, next pool on a capacity
-    refusal), replace quarantined instances whose jobs have moved."""
-    from .pools import act_pools, plan_pools, pool_backoff
-    if not any(getattr(p, "min", None) is not None for p in fleet.pools):
-        return []
-    nodes = queries.load_nodes(conn)
-    busy = {a.node for a in queries.load_attempts(conn, unreaped=True) if a.state.live}
-    worked = queries.last_work_by_node(conn)
-    idle_since = {n.name: max(n.state_since or now, worked.get(n.name) or 0) for n in nodes.values()}
-    plan = plan_pools(fleet, inventory.instances or {}, nodes, busy, queries.open_launches(conn),
-                      inventory.failed_pools, now, demand=demand, backoff=pool_backoff(conn, fleet),
-                      idle_since=idle_since)
-    if not plan.launches and not plan.retire and not plan.grow:
-        return []
-    return act_pools(fleet, conn, plan, state_dir, now)
-
-
-def _complete(obs) -> bool:
-    return obs is not None and obs.contact is Contact.OK and obs.complete
-
-
-def _views(plan, inventory, observations, stored) -> dict[str, NodeView]:
-    records = {n.name: n for n in plan.nodes}
-    views = {}
-    for inv in inventory:
-        rec = records.get(inv.name)
-        if rec is None:
-            continue
-        obs = observations.get(inv.name)
-        answered = obs is not None and obs.contact in (Contact.OK, Contact.HUNG)
-        complete = _complete(obs)
-        old = stored.get(inv.name)
-        rebooted = bool(answered and obs.boot_id and old is not None and old.boot_id and obs.boot_id != old.boot_id)
-        cut = FLEET in plan.partitions or f"pool:{inv.pool}" in plan.partitions
-        gpus = tuple(Gpu(g.uuid, g.index, g.name or "", g.memory_total_mib) for g in obs.gpus if g.uuid) \
-            if complete else ()
-        if complete and obs.spot_notice:
-            rec = replace(rec, draining=True)   # the planner moves its jobs (services first); the flag is not stored
-        views[inv.name] = NodeView(rec, answered, complete, partitioned=cut and not answered, rebooted=rebooted,
-                                   reports={r.id: r for r in obs.attempts} if complete else {},
-                                   gpus=gpus, work_dir=inv.work_dir)
-    return views
+    answers = after_actions(facts, decided, results, done)
+    record(conn, answers, done, done - started)
+    return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
+                      decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
+                      len(decided.jobs.stops))

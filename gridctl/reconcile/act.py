@@ -1,29 +1,30 @@
-"""Carry out a pass's launches and stops on the nodes, concurrently, with no transaction open.
+"""Carry out a pass's actions with no transaction open: attempt launches and stops over each
+node's transport, and cloud calls through the pools' providers, all concurrently.
 
-Called by reconcile_once between its two write transactions. Each action is one exec on the
-node's transport; failures come back as results (never raised), so one bad node cannot stop
-the others.
+Called by reconcile_once between apply (the plan written) and record (the answers written).
+Failures come back as results, never raised, so one bad node or cloud cannot stop the others.
+The one write made here is a fallback pool's launch intent, recorded (through `record_intent`)
+just before that pool is asked, so a launch is never made that the store does not know of.
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import providers
+from providers.base import (CapacityError, LaunchRequest, ProviderError, QuotaError, TransientError,
+                            new_request_id)
 
 from ..errors import GridctlError
 from ..launcher import LaunchResult, launch_script, parse_launch, parse_stop, stop_script
-from .jobs import Launch, Stop
+from ..spec import Fleet
+from .actions import CloudLaunch, CloudResult, CloudRetire, Launch, Results, Stop, StopResult
 from .observe import InventoryNode, Transports
 
 LAUNCH_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True)
-class StopResult:
-    stop: Stop
-    ok: bool
-    detail: str
 
 
 def _run(transports: Transports, node: InventoryNode, script: str, timeout: float) -> str:
@@ -78,3 +79,68 @@ def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches:
         stop_futs += [pool.submit(stop, s) for ln, res in launched if res.ok for s in ln.then_stop]
         stopped = [f.result() for f in stop_futs]
     return launched, stopped
+
+
+def _failure(e: ProviderError) -> dict:
+    return {"error": f"{type(e).__name__}: {e}", "refused": isinstance(e, (CapacityError, QuotaError)),
+            "retry_after_s": e.delay if isinstance(e, TransientError) else None}
+
+
+def _launch_in_pools(fleet: Fleet, call: CloudLaunch, state_dir: Path,
+                     record_intent: Callable[[str, str, int], None]) -> list[CloudResult]:
+    """The call's pool, then its fallbacks in order while each refuses for capacity or quota."""
+    out = []
+    for i, name in enumerate((call.pool, *call.fallbacks)):
+        request = call.request_id
+        if i > 0:
+            request = new_request_id()
+            record_intent(name, request, call.count)
+        pool = fleet.pool(name)
+        try:
+            got = providers.get(pool.provider)(fleet.fleet, pool, state_dir).launch(LaunchRequest(request, call.count))
+        except ProviderError as e:
+            out.append(CloudResult(call, name, request, **_failure(e)))
+            if out[-1].refused and call.job:
+                continue
+            return out
+        out.append(CloudResult(call, name, request, instances=tuple(i.id for i in got)))
+        return out
+    return out
+
+
+def _retire(fleet: Fleet, call: CloudRetire, state_dir: Path) -> CloudResult:
+    pool = fleet.pool(call.pool)
+    try:
+        adapter = providers.get(pool.provider)(fleet.fleet, pool, state_dir)
+        if call.triage:
+            adapter.stop([call.instance], triage=True)
+        else:
+            adapter.terminate([call.instance])
+    except ProviderError as e:
+        return CloudResult(call, call.pool, **_failure(e))
+    return CloudResult(call, call.pool, instances=(call.instance,))
+
+
+def call_clouds(fleet: Fleet, calls: list[CloudLaunch | CloudRetire], state_dir: Path,
+                record_intent: Callable[[str, str, int], None]) -> list[CloudResult]:
+    """Every cloud call of the pass, in order, one at a time (SDK clients are made per call, and
+    boto3's default session is not safe to share across threads)."""
+    out: list[CloudResult] = []
+    for call in calls:
+        if isinstance(call, CloudRetire):
+            out.append(_retire(fleet, call, state_dir))
+        else:
+            out += _launch_in_pools(fleet, call, state_dir, record_intent)
+    return out
+
+
+def act(fleet: Fleet, transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch],
+        stops: list[Stop], calls: list[CloudLaunch | CloudRetire], state_dir: Path,
+        record_intent: Callable[[str, str, int], None]) -> Results:
+    """Node actions and cloud calls at the same time."""
+    if not calls:
+        return Results(*carry_out(transports, nodes, launches, stops, fleet.health.concurrency))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridctl-clouds") as ex:
+        clouds = ex.submit(call_clouds, fleet, calls, state_dir, record_intent)
+        launched, stopped = carry_out(transports, nodes, launches, stops, fleet.health.concurrency)
+        return Results(launched, stopped, clouds.result())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..spec import Fleet
-from ..store import connect, queries, write_tx
+from ..store import connect
 from . import PassLock, PassReport, reconcile_once
 from .observe import Transports
 
@@ -41,15 +41,16 @@ class Loop:
         self.cycles = 0                              # passes run or skipped (lock busy) so far
         self.error: BaseException | None = None
 
-    def run(self, once: bool = False) -> None:
-        """Run passes until stop is set (or one pass with once=True). Re-raises a pass's error."""
+    def run(self, once: bool = False, wait_s: float = 0.0) -> None:
+        """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
+        pass of another process to release the lock). Re-raises a pass's error."""
         conn = connect(self.db_path, create=True)
         lock = PassLock(self.db_path)
         transports = Transports(keep=not once)
         try:
             while not self.stop.is_set():
                 began = time.monotonic()
-                if lock.acquire():
+                if lock.acquire(wait_s if once else 0.0):
                     self.in_pass.set()
                     try:
                         report = reconcile_once(self.fleet, conn, transports, self.db_path.parent)
@@ -57,8 +58,6 @@ class Loop:
                         self.in_pass.clear()
                         lock.release()
                     self.last = report
-                    with write_tx(conn):
-                        queries.set_meta(conn, "last_pass_s", f"{report.duration_s:.3f}")
                     self.on_pass(report)
                 else:
                     self.on_pass(Busy(*lock.holder()))

@@ -10,11 +10,11 @@ import getpass
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import providers
-from providers.base import Instance, InstanceState, ProviderError
+from providers.base import Feature, Instance, InstanceState, ProviderError
 
 from ..connect import connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
@@ -48,6 +48,7 @@ class Inventory:
     nodes: list[InventoryNode]
     failed_pools: dict[str, str]     # pool -> why its listing failed (its nodes are left alone)
     instances: dict[str, dict[str, Instance]] | None = None   # pool -> every listed instance, any state
+    features: dict[str, frozenset[Feature]] = field(default_factory=dict)   # pool -> what its provider can do
 
 
 class Transports:
@@ -68,14 +69,16 @@ class Transports:
 def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
     """Ask every pool's provider what exists. A pool that fails is reported, not fatal."""
     ssh_config = _load_ssh_config()
-    nodes, failed, listed = [], {}, {}
+    nodes, failed, listed, features = [], {}, {}, {}
     for pool in fleet.pools:
         try:
-            instances = providers.get(pool.provider)(fleet.fleet, pool, state_dir).list_instances()
+            adapter = providers.get(pool.provider)
+            instances = adapter(fleet.fleet, pool, state_dir).list_instances()
         except ProviderError as e:
             failed[pool.name] = str(e)
             continue
         listed[pool.name] = instances
+        features[pool.name] = frozenset(adapter.features)
         expect = Expectation(gpus=pool.gpu.count, max_gpu_temp_c=fleet.health.max_gpu_temp_c,
                              min_disk_free_pct=fleet.health.min_disk_free_pct,
                              probe_timeout_s=fleet.health.probe_timeout)
@@ -92,7 +95,7 @@ def take_inventory(fleet: Fleet, state_dir: Path) -> Inventory:
                 metadata = "gce:" + metadata
             nodes.append(InventoryNode(inst.id, pool.name, pool.provider, target, expect, work_dir, _cloud(inst),
                                        metadata))
-    return Inventory(nodes, failed, listed)
+    return Inventory(nodes, failed, listed, features)
 
 
 def _cloud(inst: Instance) -> tuple[tuple[str, str], ...]:

@@ -9,15 +9,13 @@ between the call and the record never launches twice: the adapter finds the inst
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import providers
-from providers.base import Feature, InstanceState, LaunchRequest, ProviderError, new_request_id
+from providers.base import Feature, Instance, InstanceState, new_request_id
 
 from ..models import Event, NodeRecord, NodeState
 from ..spec import Fleet
-from ..store import queries, write_tx
+from .actions import CloudLaunch, CloudResult, CloudRetire
 
 ALIVE = (InstanceState.PENDING, InstanceState.RUNNING)
 
@@ -33,13 +31,41 @@ class Demand:
     pool: str | None = None
 
 
+CAPACITY_BACKOFF_S = 300.0
+
+
 @dataclass
 class PoolPlan:
-    launches: list[tuple[str, str, int]] = field(default_factory=list)       # (pool, request id, count)
-    new_intents: list[tuple[str, str, int]] = field(default_factory=list)
-    retire: list[tuple[str, str, bool, str]] = field(default_factory=list)   # (pool, instance, triage, why)
-    grow: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)    # (job, pools to try in order)
-    rest: list[str] = field(default_factory=list)                           # pools put on backoff
+    calls: list[CloudLaunch | CloudRetire] = field(default_factory=list)   # in the order act makes them
+    rest: list[str] = field(default_factory=list)                          # pools put on backoff
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def launches(self) -> list[tuple[str, str, int]]:
+        """(pool, request id, count) of the launches that bring pools to min (not growth)."""
+        return [(c.pool, c.request_id, c.count) for c in self.calls if isinstance(c, CloudLaunch) and c.job is None]
+
+    @property
+    def new_intents(self) -> list[tuple[str, str, int]]:
+        return [(c.pool, c.request_id, c.count) for c in self.calls if isinstance(c, CloudLaunch) and c.new]
+
+    @property
+    def grow(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(job, pools to try in order) for each pending job that grows a pool."""
+        return [(c.job, (c.pool, *c.fallbacks)) for c in self.calls if isinstance(c, CloudLaunch) and c.job]
+
+    @property
+    def retire(self) -> list[tuple[str, str, bool, str]]:
+        return [(c.pool, c.instance, c.triage, c.why) for c in self.calls if isinstance(c, CloudRetire)]
+
+
+@dataclass
+class PoolAnswers:
+    """What the cloud calls' answers change in the store (reconcile.apply.record writes it)."""
+
+    finished: list[tuple[str, str | None]] = field(default_factory=list)   # (request id, error or None)
+    backoff: dict[str, float] = field(default_factory=dict)                 # pool -> rests until
+    nodes: list[NodeRecord] = field(default_factory=list)                   # retired: terminating
     events: list[Event] = field(default_factory=list)
 
 
@@ -66,12 +92,15 @@ def _candidates(fleet: Fleet, d: Demand, creatable: set[str], room: dict[str, in
                  and _fits(fleet.pool(n), d))
 
 
-def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRecord], busy_nodes: set[str],
-               open_intents: dict[str, tuple[str, int, float]], failed_pools: dict[str, str], now: float,
-               new_id=new_request_id, demand: list[Demand] = (), backoff: dict[str, float] | None = None,
-               idle_since: dict[str, float] | None = None) -> PoolPlan:
-    """`idle_since`: node -> when it last had work (or became ready); `busy_nodes`: nodes with live attempts."""
+def plan_pools(fleet: Fleet, instances: dict[str, dict[str, Instance]], nodes: dict[str, NodeRecord],
+               busy_nodes: set[str], open_intents: dict[str, tuple[str, int, float]], failed_pools: dict[str, str],
+               now: float, new_id=new_request_id, demand: list[Demand] = (), backoff: dict[str, float] | None = None,
+               idle_since: dict[str, float] | None = None,
+               features: dict[str, frozenset[Feature]] | None = None) -> PoolPlan:
+    """`idle_since`: node -> when it last had work (or became ready); `busy_nodes`: nodes with live
+    attempts; `features`: pool -> what its provider can do (a pool without CREATE is left alone)."""
     plan = PoolPlan()
+    features = features or {}
     backoff = backoff or {}
     idle_since = idle_since or {}
     creatable: set[str] = set()
@@ -80,10 +109,7 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
     for pool in fleet.pools:
         if pool.name in failed_pools or pool.name not in instances:
             continue
-        try:
-            if Feature.CREATE not in providers.get(pool.provider).features:
-                continue
-        except ProviderError:
+        if Feature.CREATE not in features.get(pool.name, frozenset()):
             continue
         creatable.add(pool.name)
         listed = instances[pool.name]
@@ -96,7 +122,7 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
                 continue   # its jobs move first; a pool without `replace` keeps it for a person
             triage = bool(getattr(pool, "keep_for_triage", False))
             retiring.add(inst_id)
-            plan.retire.append((pool.name, inst_id, triage, node.reason))
+            plan.calls.append(CloudRetire(pool.name, inst_id, triage, node.reason, replacing=True))
         # launched but not ready within launch_timeout: give it up, and let the pool rest so pending
         # work tries the next pool
         timeout = getattr(pool, "launch_timeout", None)
@@ -106,8 +132,8 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
             if (timeout and inst.state in ALIVE and not ready and inst_id not in retiring and inst.launched_at
                     and now - inst.launched_at > timeout):
                 retiring.add(inst_id)
-                plan.retire.append((pool.name, inst_id, False, f"not ready {now - inst.launched_at:.0f}s after launch "
-                                    f"(launch_timeout {timeout:g}s)"))
+                plan.calls.append(CloudRetire(pool.name, inst_id, False, f"not ready {now - inst.launched_at:.0f}s "
+                                              f"after launch (launch_timeout {timeout:g}s)", replacing=False))
                 plan.rest.append(pool.name)
         alive = [i for i, inst in listed.items() if inst.state in ALIVE and i not in retiring]
         # idle above min: ready, no live attempt, nothing ended there for idle_timeout
@@ -122,8 +148,8 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
                     continue
                 retiring.add(inst_id)
                 alive.remove(inst_id)
-                plan.retire.append((pool.name, inst_id, False, f"idle for {now - idle_since[inst_id]:.0f}s "
-                                    f"(idle_timeout {idle_timeout:g}s, min {pool.min})"))
+                plan.calls.append(CloudRetire(pool.name, inst_id, False, f"idle for {now - idle_since[inst_id]:.0f}s "
+                                              f"(idle_timeout {idle_timeout:g}s, min {pool.min})", replacing=False))
         starting = [i for i in alive if listed[i].state is InstanceState.PENDING or
                     (nodes.get(i) is not None and nodes[i].state is NodeState.PROVISIONING) or i not in nodes]
         in_flight += len(starting)
@@ -133,125 +159,70 @@ def plan_pools(fleet: Fleet, instances: dict[str, dict], nodes: dict[str, NodeRe
         rate_left = max(0, getattr(pool, "launch_rate", 10**6) - recent)
         room[pool.name] = min(max(0, pool.max - len(alive)), rate_left) if intent is None else 0
         if intent is not None:
-            plan.launches.append((pool.name, intent[0], intent[1]))   # same request id: never twice
+            plan.calls.append(CloudLaunch(pool.name, intent[0], intent[1], new=False))   # same request id: never twice
             in_flight += intent[1]
         elif len(alive) < pool.min:
             count = min(pool.min - len(alive), max(0, pool.max - len(alive)), rate_left)
             if count > 0:
                 request = new_id()
-                plan.new_intents.append((pool.name, request, count))
-                plan.launches.append((pool.name, request, count))
+                plan.calls.append(CloudLaunch(pool.name, request, count, new=True))
                 room[pool.name] -= count
                 in_flight += count
     # pending jobs no node fits: one more instance each, beyond those already on their way
     for d in list(demand)[in_flight:]:
         pools = _candidates(fleet, d, creatable, room, backoff, now)
         if pools:
-            plan.grow.append((d.job, pools))
+            plan.calls.append(CloudLaunch(pools[0], new_id(), 1, new=True, job=d.job, fallbacks=pools[1:]))
             room[pools[0]] -= 1
     return plan
 
 
-def act_pools(fleet: Fleet, conn: sqlite3.Connection, plan: PoolPlan, state_dir, now: float) -> list[Event]:
-    """Record intents, then call the clouds (no transaction open), then record what they said."""
-    events: list[Event] = []
-    if plan.new_intents:
-        with write_tx(conn):
-            for pool, request, count in plan.new_intents:
-                queries.record_launch(conn, request, pool, count, now)
-    results: list[tuple[str, str, str | None]] = []
-    for pool_name, request, count in plan.launches:
-        pool = fleet.pool(pool_name)
-        try:
-            got = providers.get(pool.provider)(fleet.fleet, pool, state_dir).launch(LaunchRequest(request, count))
-            events.append(Event(now, "instance-launch", f"pool {pool_name}: {len(got)} instance(s) for request "
-                                f"{request}: {', '.join(sorted(i.id for i in got))}"))
-            results.append((pool_name, request, None))
-        except ProviderError as e:
-            events.append(Event(now, "instance-launch-failed", f"pool {pool_name}: {type(e).__name__}: {e}",
-                                severity="warning"))
-            results.append((pool_name, request, f"{type(e).__name__}: {e}"))
-    for job, pools in plan.grow:
-        events += _grow(fleet, conn, job, pools, state_dir, now)
-    for pool_name, inst_id, triage, why in plan.retire:
-        pool = fleet.pool(pool_name)
-        adapter = providers.get(pool.provider)(fleet.fleet, pool, state_dir)
-        try:
-            if triage:
-                adapter.stop([inst_id], triage=True)
-                words = "stopped and tagged for triage"
-            else:
-                adapter.terminate([inst_id])
-                words = "terminated"
-            record = queries.get_node(conn, inst_id)
-            quarantined = record is not None and record.state is NodeState.QUARANTINED
-            kind = "instance-replaced" if quarantined else "instance-retired"
-            events.append(Event(now, kind, f"{words} ({'quarantined: ' if quarantined else ''}{why})"
-                                + ("; a replacement follows" if quarantined else ""), node=inst_id,
-                                severity="warning" if quarantined else "info"))
-        except ProviderError as e:
-            events.append(Event(now, "instance-retire-failed", f"{type(e).__name__}: {e}", node=inst_id,
-                                severity="warning"))
-    with write_tx(conn):
-        for name in plan.rest:
-            queries.set_meta(conn, f"backoff:{name}", repr(now + CAPACITY_BACKOFF_S))
-        for _, request, error in results:
-            queries.finish_launch(conn, request, now, error)
-        for _, inst_id, _, _ in plan.retire:
-            node = queries.get_node(conn, inst_id)
-            if node is not None:
-                queries.save_node(conn, _terminating(node, now), now)
-        queries.add_events(conn, events)
-    return events
-
-
-def _terminating(node: NodeRecord, now: float) -> NodeRecord:
-    from dataclasses import replace
-    return replace(node, state=NodeState.TERMINATING, reason=f"replaced: {node.reason}", state_since=now)
-
-
-CAPACITY_BACKOFF_S = 300.0
-
-
-def _grow(fleet: Fleet, conn: sqlite3.Connection, job: str, pools: tuple[str, ...], state_dir, now: float) -> list[Event]:
-    """One instance for a pending job: the first pool that has capacity; a capacity or quota refusal
-    puts that pool on backoff and tries the next, with an event that says why."""
-    from providers.base import CapacityError, QuotaError
-    events: list[Event] = []
-    for i, name in enumerate(pools):
-        pool = fleet.pool(name)
-        request = new_request_id()
-        with write_tx(conn):
-            queries.record_launch(conn, request, name, 1, now)
-        try:
-            got = providers.get(pool.provider)(fleet.fleet, pool, state_dir).launch(LaunchRequest(request, 1))
-        except (CapacityError, QuotaError) as e:
-            nxt = pools[i + 1] if i + 1 < len(pools) else None
-            events.append(Event(now, "pool-capacity", f"pool {name}: {type(e).__name__}: {e}; "
-                                + (f"trying pool {nxt}" if nxt else "no other pool fits")
-                                + f" (pool {name} rests {CAPACITY_BACKOFF_S:.0f}s)", job=job, severity="warning"))
-            with write_tx(conn):
-                queries.finish_launch(conn, request, now, f"{type(e).__name__}: {e}")
-                queries.set_meta(conn, f"backoff:{name}", repr(now + CAPACITY_BACKOFF_S))
+def after_calls(results: list[CloudResult], nodes: dict[str, NodeRecord], now: float) -> PoolAnswers:
+    """The store changes and events that follow the cloud's answers: intents finished, refusing
+    pools put to rest (CAPACITY_BACKOFF_S, or a TransientError's own delay), retired nodes marked
+    terminating."""
+    out = PoolAnswers()
+    for res in results:
+        call = res.call
+        if isinstance(call, CloudRetire):
+            _retired(out, res, call, nodes.get(call.instance), now)
             continue
-        except ProviderError as e:
-            events.append(Event(now, "instance-launch-failed", f"pool {name}: {type(e).__name__}: {e}", job=job,
-                                severity="warning"))
-            with write_tx(conn):
-                queries.finish_launch(conn, request, now, f"{type(e).__name__}: {e}")
-            return events
-        events.append(Event(now, "instance-launch", f"pool {name}: {', '.join(i.id for i in got)} for pending job "
-                            f"{job}", job=job))
-        with write_tx(conn):
-            queries.finish_launch(conn, request, now)
-        return events
-    return events
-
-
-def pool_backoff(conn: sqlite3.Connection, fleet: Fleet) -> dict[str, float]:
-    out = {}
-    for pool in fleet.pools:
-        value = queries.get_meta(conn, f"backoff:{pool.name}")
-        if value:
-            out[pool.name] = float(value)
+        out.finished.append((res.request_id, res.error))
+        job = call.job
+        if res.error is None:
+            what = (f"pool {res.pool}: {', '.join(res.instances)} for pending job {job}" if job else
+                    f"pool {res.pool}: {len(res.instances)} instance(s) for request {res.request_id}: "
+                    f"{', '.join(sorted(res.instances))}")
+            out.events.append(Event(now, "instance-launch", what, job=job))
+        elif res.refused and job:
+            tried = (call.pool, *call.fallbacks)
+            nxt = tried[tried.index(res.pool) + 1] if res.pool in tried[:-1] else None
+            out.backoff[res.pool] = now + CAPACITY_BACKOFF_S
+            out.events.append(Event(now, "pool-capacity", f"pool {res.pool}: {res.error}; "
+                                    + (f"trying pool {nxt}" if nxt else "no other pool fits")
+                                    + f" (pool {res.pool} rests {CAPACITY_BACKOFF_S:.0f}s)", job=job,
+                                    severity="warning"))
+        else:
+            if res.retry_after_s:
+                out.backoff[res.pool] = max(out.backoff.get(res.pool, 0.0), now + res.retry_after_s)
+            rests = f" (pool {res.pool} rests {res.retry_after_s:g}s as the cloud asked)" if res.retry_after_s else ""
+            out.events.append(Event(now, "instance-launch-failed", f"pool {res.pool}: {res.error}{rests}", job=job,
+                                    severity="warning"))
     return out
+
+
+def _retired(out: PoolAnswers, res: CloudResult, call: CloudRetire, node: NodeRecord | None, now: float) -> None:
+    if res.error is not None:
+        out.events.append(Event(now, "instance-retire-failed", res.error, node=call.instance, severity="warning"))
+        return
+    words = "stopped and tagged for triage" if call.triage else "terminated"
+    replacing = node is not None and node.state is NodeState.QUARANTINED
+    kind = "instance-replaced" if replacing else "instance-retired"
+    out.events.append(Event(now, kind, f"{words} ({'quarantined: ' if replacing else ''}{call.why})"
+                            + ("; a replacement follows" if replacing else ""), node=call.instance,
+                            severity="warning" if replacing else "info"))
+    if node is not None:
+        out.nodes.append(replace(node, state=NodeState.TERMINATING, reason=f"replaced: {node.reason}",
+                                 state_since=now))
+
+

@@ -1,5 +1,5 @@
 """The SQLite state store. Every SQL statement lives in store/queries.py behind a named operation."""
 
-from .db import connect, write_tx
+from .db import connect, connect_readonly, read_tx, write_tx
 
-__all__ = ["connect", "write_tx"]
+__all__ = ["connect", "connect_readonly", "read_tx", "write_tx"]

@@ -57,6 +57,24 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def connect_readonly(path: Path, timeout_s: float = 2.0) -> sqlite3.Connection:
+    """Open an existing store read-only (no migration, no write): for peeks that must never
+    change or create state. Raises sqlite3.Error."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@contextlib.contextmanager
+def read_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction (BEGIN DEFERRED): every read inside sees the same snapshot."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
 @contextlib.contextmanager
 def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One short write transaction (BEGIN IMMEDIATE): all or nothing."""

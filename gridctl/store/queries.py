@@ -111,6 +111,17 @@ def latest_max_temps(conn: sqlite3.Connection) -> dict[str, float | None]:
     return {r["node"]: r["max_temp_c"] for r in rows}
 
 
+def latest_gpu_readings(conn: sqlite3.Connection) -> dict[str, tuple[float | None, list[dict]]]:
+    """node -> (hottest GPU, the GPU readings) of its latest observation."""
+    rows = conn.execute("SELECT node, max_temp_c, gpus FROM observations WHERE id IN "
+                        "(SELECT MAX(id) FROM observations GROUP BY node)")
+    return {r["node"]: (r["max_temp_c"], json.loads(r["gpus"])) for r in rows}
+
+
+def node_states(conn: sqlite3.Connection) -> dict[str, str]:
+    return {r["name"]: r["state"] for r in conn.execute("SELECT name, state FROM nodes")}
+
+
 def add_events(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
     conn.executemany(
         "INSERT INTO events (time, kind, severity, node, job, message) VALUES (?, ?, ?, ?, ?, ?)",
@@ -148,6 +159,11 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
     else:
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                      (key, value))
+
+
+def meta_with_prefix(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
+    rows = conn.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
+    return {r["key"]: r["value"] for r in rows}
 
 
 def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str, now: float,
@@ -255,7 +271,8 @@ def save_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
         " exit_code = excluded.exit_code, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at,"
         " silent_since = excluded.silent_since, outcome = excluded.outcome, reaped = excluded.reaped",
         (a.id, a.job, a.n, a.replica, a.node, a.state.value, a.reason, json.dumps(list(a.gpus)), a.created_at,
-         a.started_at, a.ended_at, a.exit_code, a.pid, a.heartbeat_at, a.silent_since, a.outcome, int(a.reaped)))
+         a.started_at, a.ended_at, a.exit_code, a.pid, a.heartbeat_at, a.silent_since,
+         a.outcome.value if a.outcome else "", int(a.reaped)))
 
 
 def mark_reaped(conn: sqlite3.Connection, ids: Iterable[str]) -> None:

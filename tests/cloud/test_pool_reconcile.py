@@ -12,6 +12,7 @@ from __future__ import annotations
 import yaml
 
 from cloud_support import fleet_name
+from txcount import TxCounter
 from gridctl.models import NodeState
 from gridctl.reconcile import reconcile_once
 from gridctl.reconcile.observe import Transports
@@ -243,7 +244,10 @@ def test_aws_capacity_refusal_falls_over_to_the_fallback_pool(aws_env, ssh_fleet
     with write_tx(conn):
         queries.insert_job(conn, JobRecord("train", job.to_store(), created_at=_time.time(), updated_at=_time.time()))
     try:
-        events = _passes(fleet, conn, transports, tmp_path, 1)
+        with TxCounter(conn) as tx:
+            events = _passes(fleet, conn, transports, tmp_path, 1)
+        # the facts, the plan (with aws-p5's intent), aws-p4's intent just before asking it, the answers
+        assert tx.kinds() == ["read", "write", "write", "write"], tx.transactions
         capacity = [e.message for e in events if e.kind == "pool-capacity"]
         assert capacity and "pool aws-p5: CapacityError" in capacity[0] and "trying pool aws-p4" in capacity[0], events
         assert refuse.calls, "the refusal came from EC2's answer, parsed by the real client"

@@ -20,7 +20,7 @@ from gridctl.jobspec import JobSpec
 from gridctl.models import (Attempt, AttemptReport, AttemptState, Health, JobRecord, JobState, NodeRecord,
                             NodeState)
 from gridctl.placement import Gpu
-from gridctl.reconcile.jobs import JobPlan, LemonRule, NodeView, after_launch, plan_jobs
+from gridctl.reconcile.jobs import JobPlan, LemonRule, NodeView, after_launch, handover, plan_jobs
 
 S = AttemptState
 NOW = 100_000.0
@@ -106,7 +106,8 @@ def plan(jobs: list[JobRecord], attempts: list[Attempt], views: list[NodeView], 
 
 def advance(jobs: list[JobRecord], attempts: list[Attempt], p: JobPlan, now: float, launched: bool = True
             ) -> tuple[list[JobRecord], list[Attempt]]:
-    """The store after apply (reconcile/apply.py): the plan's rows written, each launch answered by after_launch."""
+    """The store after a pass: the plan's rows written, each launch answered by after_launch and, for
+    a drain, the old copy handed over by jobs.handover (the functions reconcile.plan.after_actions calls)."""
     by_name = {j.name: j for j in jobs}
     by_name.update(p.jobs)
     merged = {a.id: a for a in attempts}
@@ -115,8 +116,10 @@ def advance(jobs: list[JobRecord], attempts: list[Attempt], p: JobPlan, now: flo
         j, a, _ = after_launch(by_name[launch.attempt.job], launch.attempt, launched, 7000 + launch.attempt.n,
                                "" if launched else "no space left on device", now)
         by_name[j.name], merged[a.id] = j, a
-        for stop in launch.then_stop if launched else ():    # apply: the drained copy ends once this one runs
-            merged[stop.attempt_id] = replace(merged[stop.attempt_id], state=S.KILLED, ended_at=now, outcome="drain")
+        for stop in launch.then_stop if launched else ():    # the drained copy ends once this one runs
+            done = handover(merged[stop.attempt_id], a, now)
+            if done is not None:
+                merged[stop.attempt_id] = done[0]
     return list(by_name.values()), list(merged.values())
 
 
@@ -163,7 +166,7 @@ def test_a_node_quarantined_for_silence_that_answers_healthy_keeps_its_attempts(
     a = att("j", 1, "n1")
     v = up("n1", alive(a), state=NodeState.QUARANTINED, health=Health.HEALTHY, reason="silent for 10m")
     p = plan([job("j", "batch")], [a], [v, up("n2")])
-    assert "j.1" not in p.attempts or p.attempts["j.1"].state is S.RUNNING
+    assert p.attempts["j.1"].state is S.RUNNING          # its heartbeat is recorded; it keeps running
     assert p.launches == [] and p.stops == []
 
 
@@ -238,7 +241,7 @@ def test_silent_node_marks_the_attempt_silent_and_hedges_a_service_once():
     jobs, attempts = advance([job("svc")], [a], p, NOW)
     p2 = plan(jobs, attempts, [silent("n1"), up("n2", alive(attempts[-1])), up("n3")], NOW + 30)
     assert p2.launches == [] and p2.stops == []          # exactly one hedge
-    assert "svc.1" not in p2.attempts or p2.attempts["svc.1"].state is S.SILENT
+    assert "svc.1" not in p2.attempts                    # still silent since NOW: nothing to write
 
 
 def test_hedge_waits_when_no_other_node_fits():
@@ -310,7 +313,7 @@ def test_silent_attempt_back_with_a_newer_replica_running_is_killed_as_supersede
     assert (old.state, old.outcome) == (S.KILLED, "superseded")
     assert [(s.attempt_id, s.node, s.grace_s) for s in p.stops] == [("svc.1", "n1", 0.0)]
     assert p.launches == []
-    assert "svc.2" not in p.attempts or p.attempts["svc.2"].state is S.RUNNING
+    assert p.attempts["svc.2"].state is S.RUNNING
     assert p.jobs["svc"].restarts == 0 and p.jobs["svc"].state is JobState.RUNNING
 
 
@@ -502,7 +505,7 @@ def test_fresh_heartbeat_on_a_node_with_a_skewed_clock_is_not_hung():
     a = att("j", 1, "n1")
     p = plan([j], [a], [up("n1", alive(a, hb_age=10))])
     assert p.stops == []
-    assert "j.1" not in p.attempts or p.attempts["j.1"].state is S.RUNNING
+    assert p.attempts["j.1"].state is S.RUNNING          # its heartbeat is recorded; it keeps running
 
 
 def test_past_max_duration_is_killed():
@@ -605,7 +608,7 @@ def test_drain_of_a_service_launches_the_replacement_first_and_stops_after():
     (old,) = launch.then_stop
     assert (old.attempt_id, old.node, old.reason) == ("svc.1", "n1", "drained: maintenance")
     assert p.stops == []                                 # not before the replacement runs
-    assert "svc.1" not in p.attempts or p.attempts["svc.1"].state is S.RUNNING   # keeps serving meanwhile
+    assert p.attempts["svc.1"].state is S.RUNNING       # keeps serving meanwhile
 
     jobs, attempts = advance([job("svc")], [a], p, NOW)
     b = next(x for x in attempts if x.id == "svc.2")

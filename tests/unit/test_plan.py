@@ -1,4 +1,4 @@
-"""reconcile.plan: partition detection and one pass's plan, pure and table-style.
+"""reconcile.nodes: partition detection and the node half of a pass's plan, pure and table-style.
 
 Guards against: quarantining half the fleet because our own network dropped, an event storm
 during a partition, nodes never leaving the store, and a failed provider listing deleting a pool.
@@ -11,7 +11,7 @@ import pytest
 from gridctl.health import Expectation, Thresholds
 from gridctl.models import Contact, GpuReading, Health, NodeRecord, NodeState, Observation
 from gridctl.reconcile.observe import InventoryNode
-from gridctl.reconcile.plan import FLEET, partitioned_scopes, plan_pass
+from gridctl.reconcile.nodes import FLEET, partitioned_scopes, plan_nodes as plan_pass
 from gridctl.transport import Target
 
 TH = Thresholds(unhealthy_after=2, recover_after=3, stale_after_s=60.0)
@@ -188,20 +188,3 @@ def test_inventory_changes_refresh_the_stored_identity():
     plan = plan_pass(before, [inv("a", gpus=2)], {}, {"a": good("a")}, NOW, TH, frozenset())
     (row,) = plan.nodes
     assert row.host == "a.example" and row.gpus_expected == 2
-
-
-def test_plan_is_pure():
-    nodes = fleet_of(4)
-    before = {n.name: stored(n.name) for n in nodes}
-    obs = observe(nodes, {"p0"})
-    a = plan_pass(before, nodes, {}, obs, NOW, TH, frozenset())
-    b = plan_pass(before, nodes, {}, obs, NOW, TH, frozenset())
-    assert a == b
-    assert before == {n.name: stored(n.name) for n in nodes}
-
-
-def test_cordon_flag_survives_a_pass():
-    before = {"a": stored("a", cordoned=True, cordon_reason="swap disk")}
-    plan = plan_pass(before, [inv("a")], {}, {"a": good("a")}, NOW, TH, frozenset())
-    (row,) = plan.nodes
-    assert row.cordoned and row.cordon_reason == "swap disk" and not row.schedulable

@@ -1,6 +1,6 @@
 """plan_pools, the pure part of cloud pool sizing: min, replacement, launch_timeout, idle_timeout,
-growth for pending jobs with fallback order and backoff. Uses the real aws adapter's feature flags
-(no SDK call is made: planning only reads `features`).
+growth for pending jobs with fallback order and backoff. What the providers can do comes in as
+data (`features`), so no SDK is needed here.
 
 Guards against: launching past max, a second launch while one is in flight, terminating an instance
 that still runs work, scale-down below min, and a resting pool being asked again.
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("boto3")
-
 from gridctl.models import NodeRecord, NodeState
 from gridctl.reconcile.pools import Demand, plan_pools
 from gridctl.spec import Fleet
-from providers.base import Instance, InstanceState
+from providers.base import Feature, Instance, InstanceState
 
 NOW = 1_000_000.0
+CLOUD = frozenset({Feature.CREATE, Feature.STOP, Feature.SPOT})
 
 
 def fleet(**pool) -> Fleet:
@@ -42,7 +41,8 @@ def ids():
 
 def plan(f, instances, nodes, busy=(), intents=None, demand=(), backoff=None, idle=None):
     return plan_pools(f, instances, {n.name: n for n in nodes}, set(busy), intents or {}, {}, NOW, new_id=ids(),
-                      demand=list(demand), backoff=backoff, idle_since=idle)
+                      demand=list(demand), backoff=backoff, idle_since=idle,
+                      features={p.name: CLOUD for p in f.pools})
 
 
 def test_an_empty_pool_is_brought_to_min_once():

@@ -1,0 +1,169 @@
+"""The operations behind the commands that change intent: submit, cancel, drain, cordon,
+release (uncordon), and running one pass now. Every CLI verb that writes calls one of these;
+the CLI only parses arguments and renders what comes back.
+
+Each operation writes the user's intent in one short transaction and, where the change needs a
+pass to take effect (submit, cancel, drain), runs one through reconcile.loop.Loop, waiting up to
+`wait_s` for a pass of another process to finish (that pass then acts on the intent instead).
+User flags (cordon, drain) are columns a pass never writes, so they may be written mid-pass;
+a release changes the node's decided state, which passes own, so it waits for the pass lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import ConfigError, GridctlError, NotFoundError
+from .jobspec import JobSpec
+from .models import Attempt, Event, JobRecord, NodeRecord, NodeState
+from .spec import Fleet
+from .store import connect, queries, write_tx
+
+
+@dataclass(frozen=True)
+class JobNow:
+    """A job as the store has it after an operation, and why no pass ran (empty if one did)."""
+
+    job: JobRecord
+    attempts: list[Attempt]
+    note: str = ""
+    unchanged: bool = False          # the operation had nothing to do (e.g. cancel of an ended job)
+
+
+def _iso(t: float | None) -> str:
+    return "?" if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def pass_now(fleet: Fleet, db_path: Path, wait_s: float) -> tuple[object | None, str]:
+    """Run one reconcile pass here. Returns (PassReport, "") or (None, why no pass ran)."""
+    from .reconcile.loop import Busy, Loop
+    reports: list = []
+    Loop(fleet, db_path, 0.0, reports.append).run(once=True, wait_s=wait_s)
+    report = reports[0] if reports else None
+    if isinstance(report, Busy):
+        return None, (f"another reconcile is running (pid {report.pid or '?'}, since {_iso(report.since)}); "
+                      "it will act on this")
+    return report, ""
+
+
+def _job_now(db_path: Path, name: str, note: str = "", unchanged: bool = False) -> JobNow:
+    conn = connect(db_path, create=False)
+    try:
+        job = queries.get_job(conn, name)
+        if job is None:
+            raise NotFoundError(f"no job named {name}")
+        return JobNow(job, queries.load_attempts(conn, jobs=[name]), note, unchanged)
+    finally:
+        conn.close()
+
+
+def submit(fleet: Fleet, db_path: Path, spec: JobSpec, wait_s: float) -> JobNow:
+    """Record a new job, then run one pass to place and start it."""
+    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
+        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+    now = time.time()
+    record = JobRecord(name=spec.name, spec=spec.to_store(), created_at=now, updated_at=now, pending_since=now,
+                       reason="waiting for the next reconcile pass")
+    created = Event(now, "job-created", f"{spec.job_class} job: {spec.gpus} GPU(s) x {spec.replicas} replica(s): "
+                    f"{spec.shell_command[:200]}", job=spec.name)
+    conn = connect(db_path, create=True)
+    try:
+        with write_tx(conn):
+            if not queries.insert_job(conn, record):
+                old = queries.get_job(conn, spec.name)
+                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "
+                                  "cancel it or choose another name")
+            queries.add_events(conn, [created])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait_s)
+    return _job_now(db_path, spec.name, why)
+
+
+def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
+    """Ask for a job's live attempts to be stopped; the next pass (run here) ends it `cancelled`."""
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            job = queries.get_job(conn, name)
+            if job is None:
+                raise NotFoundError(f"no job named {name}")
+            if job.state.terminal:
+                return JobNow(job, [], unchanged=True)
+            queries.request_cancel(conn, name)
+            queries.add_events(conn, [Event(time.time(), "cancel-requested", "cancel requested by user", job=name)])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait_s)
+    return _job_now(db_path, name, why)
+
+
+def _known_node(conn, name: str) -> NodeRecord:
+    node = queries.get_node(conn, name)
+    if node is None:
+        known = ", ".join(sorted(queries.load_nodes(conn))) or "none recorded yet"
+        raise NotFoundError(f"no node named {name} (known: {known})")
+    return node
+
+
+def cordon(db_path: Path, name: str, reason: str | None, *, draining: bool = False) -> NodeRecord:
+    """Set the manual no-new-work flag (and, for drain, the draining flag)."""
+    reason = reason or f"{'drained' if draining else 'cordoned'} by {getpass.getuser()}"
+    conn = connect(db_path, create=True)
+    try:
+        with write_tx(conn):
+            _known_node(conn, name)
+            now = time.time()
+            node = queries.set_cordon(conn, name, True, reason, now, draining=draining)
+            queries.add_events(conn, [Event(now, "drain" if draining else "cordon",
+                                            f"cordoned and draining: {reason}" if draining else reason, node=name)])
+        return node
+    finally:
+        conn.close()
+
+
+def drain(fleet: Fleet, db_path: Path, name: str, reason: str | None, wait_s: float) -> tuple[list[Attempt], str]:
+    """Cordon a node and move its jobs in one pass run here. Returns the attempts still live
+    there (a service's old copy stays until its replacement runs) and why no pass ran."""
+    cordon(db_path, name, reason, draining=True)
+    _, note = pass_now(fleet, db_path, wait_s)
+    conn = connect(db_path, create=False)
+    try:
+        return [a for a in queries.load_attempts(conn, unreaped=True) if a.node == name and a.state.live], note
+    finally:
+        conn.close()
+
+
+def release(db_path: Path, name: str, wait_s: float = 60.0) -> str:
+    """Uncordon a node; a quarantined one goes to `suspect` and needs good probes. Waits for the
+    pass lock: the node's state belongs to passes, so it is changed only between them."""
+    from .reconcile import PassLock
+    lock = PassLock(db_path)
+    if not lock.acquire(wait_s):
+        pid, _ = lock.holder()
+        raise GridctlError(f"a reconcile pass (pid {pid or '?'}) has held the lock for over {wait_s:.0f}s; try again")
+    try:
+        conn = connect(db_path, create=True)
+        try:
+            with write_tx(conn):
+                node = _known_node(conn, name)
+                now = time.time()
+                updated = replace(node, cordoned=False, cordon_reason="", draining=False)
+                message = "uncordoned"
+                if node.state is NodeState.QUARANTINED:
+                    updated = replace(updated, state=NodeState.SUSPECT, needs_release=False, good=0, failures=0,
+                                      state_since=now, reason=f"released by {getpass.getuser()} after: {node.reason}")
+                    message = f"released from quarantine ({node.reason}); waiting for good probes"
+                queries.save_node(conn, updated, now, user=True)
+                queries.add_events(conn, [Event(now, "uncordon", message, node=name)])
+            return message
+        finally:
+            conn.close()
+    finally:
+        lock.release()

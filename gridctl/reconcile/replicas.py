@@ -1,0 +1,228 @@
+"""Pure: keep every replica of every job placed (part of the job planner).
+
+Called by jobs.plan_jobs after attempts.judge. Per job: apply the recovery decision of each
+attempt that ended this pass (recovery.decide), cancel, then per replica keep one live copy:
+a drain's make-before-break hand-over, a hedge for a service on a silent node, a new attempt
+after backoff, or the reason why none fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..jobspec import JobSpec
+from ..launcher import LaunchSpec, build_env
+from ..models import Attempt, JobRecord, JobState, NodeState, Outcome
+from ..placement import Offer, Placement, Request, place
+from ..recovery import Decision, Policy, Step, decide
+from .jobs import S, JobPass, Launch, ReplicaState, Stop, ago, short
+
+
+def offers(jp: JobPass) -> dict[str, Offer]:
+    out = {}
+    for name, v in sorted(jp.views.items()):
+        rec = v.record
+        why = None
+        if rec.draining:
+            why = "draining"
+        elif rec.cordoned:
+            why = "cordoned"
+        elif rec.state is not NodeState.READY:
+            why = f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
+        used = {g for a in jp.attempts.values() if a.node == name and a.state.live for g in a.gpus}
+        replicas: dict[str, int] = {}
+        for a in jp.attempts.values():
+            if a.node == name and a.state.live:
+                replicas[a.job] = replicas.get(a.job, 0) + 1
+        out[name] = Offer(name, rec.pool, v.gpus, frozenset(used), why, replicas)
+    return out
+
+
+def keep_placed(jp: JobPass) -> None:
+    places = offers(jp)
+    for job in sorted(jp.jobs.values(), key=lambda j: (j.created_at, j.name)):
+        spec = jp.specs.get(job.name)
+        if spec is None:
+            job = replace(job, state=JobState.FAILED, reason="stored spec is unreadable by this version of gridctl",
+                          reason_code="bad-spec", updated_at=jp.now)
+            jp.plan.jobs[job.name] = job
+            continue
+        _job(jp, job, spec, places)
+
+
+def _apply_ended(jp: JobPass, job: JobRecord, spec: JobSpec) -> JobRecord:
+    p = jp.policies[job.name]
+    for e in sorted((e for e in jp.ended if e.attempt.job == job.name), key=lambda e: e.attempt.n):
+        a = e.attempt
+        if job.state.terminal and not job.cancel_requested:
+            continue
+        d: Decision = decide(spec.job_class, p, e.outcome, exit_code=a.exit_code, restarts=job.restarts,
+                             failures=job.failures, attempts=job.attempts_made, detail=e.detail)
+        jp.event("attempt-ended", f"attempt {a.id} on {a.node} {a.state.value}: {e.detail}"
+                 + ("" if e.outcome in (Outcome.SUPERSEDED,) else f"; {d.words}"),
+                 job=job.name, node=a.node, severity="info" if e.outcome is Outcome.OK else "warning")
+        if e.outcome is Outcome.SUPERSEDED:
+            continue
+        job = replace(job, restarts=d.restarts, failures=d.failures)
+        if d.action is Step.FAIL and spec.job_class == "service" and e.outcome is not Outcome.CANCEL:
+            d = replace(d, action=Step.RETRY)
+        if d.action is Step.FAIL:
+            job = replace(job, state=JobState.FAILED, reason=d.words, reason_code=d.code)
+        elif d.action is Step.SUCCEED:
+            job = replace(job, state=JobState.SUCCEEDED, reason=d.words, reason_code="succeeded")
+        else:
+            wait = jp.now + d.delay
+            job = replace(job, next_try_at=max(job.next_try_at or 0, wait) if d.delay else job.next_try_at,
+                          reason=d.words, reason_code=d.code)
+    return job
+
+
+def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -> None:
+    before = (job.state, job.reason)
+    if job.cancel_requested and job.state is not JobState.CANCELLED:
+        for a in jp.live(job.name):
+            if a.state is S.SILENT:
+                jp.end(a, S.KILLED, Outcome.CANCEL, "cancelled by user (node silent: killed when it answers)")
+            else:
+                jp.end(a, S.KILLED, Outcome.CANCEL, "cancelled by user", stop=True)
+        _apply_ended(jp, job, spec)   # records the attempt events
+        job = replace(job, state=JobState.CANCELLED, reason="by user", reason_code="cancelled",
+                      next_try_at=None)
+        _finish(jp, job, before)
+        return
+    job = _apply_ended(jp, job, spec)
+    jp.jobs[job.name] = job     # the decision (counters, backoff) is what the replicas see
+    if job.state.terminal:
+        for a in jp.live(job.name):
+            jp.end(a, S.KILLED, Outcome.CANCEL, f"job {job.state.value}", stop=a.state is not S.SILENT)
+        _finish(jp, job, before)
+        return
+    p = jp.policies[job.name]
+    notes: list[str] = []
+    running = 0
+    for r in range(spec.replicas):
+        state, note = _replica(jp, job, spec, p, r, offers)
+        if state is ReplicaState.RUNNING:
+            running += 1
+        if note:
+            notes.append(note if spec.replicas == 1 else f"replica {r}: {note}")
+        job = jp.jobs[job.name]
+    if job.state.terminal:        # a replica's end decided the job (e.g. a drained manual job)
+        _finish(jp, job, before)
+        return
+    if running:
+        job = replace(job, state=JobState.RUNNING, pending_since=None)
+        head = (f"{running}/{spec.replicas} replicas running" if spec.replicas > 1 else "running")
+        reason = "; ".join([head] + notes) if notes else (head if spec.replicas > 1 else _where(jp, job.name))
+        job = replace(job, reason=reason, reason_code="running")
+    else:
+        pending_since = job.pending_since or jp.now
+        job = replace(job, state=JobState.PENDING, pending_since=pending_since,
+                      reason="; ".join(notes) or "waiting", reason_code="pending")
+        silent = [a for a in jp.live(job.name) if a.state is S.SILENT]
+        if silent:
+            job = replace(job, state=JobState.RUNNING, pending_since=None, reason_code="silent")
+        elif p.pending_timeout and jp.now - pending_since > p.pending_timeout:
+            job = replace(job, state=JobState.FAILED, reason_code="no-capacity",
+                          reason=f"no-capacity after pending {ago(jp.now - pending_since)} "
+                                 f"(pending_timeout {p.pending_timeout:g}s): {short(job.reason, 200)}")
+            for a in jp.live(job.name):
+                jp.end(a, S.KILLED, Outcome.CANCEL, "job failed", stop=True)
+    _finish(jp, job, before)
+
+
+def _where(jp: JobPass, name: str) -> str:
+    live = [a for a in jp.live(name) if a.state in (S.RUNNING, S.STARTING)]
+    if not live:
+        return "running"
+    a = live[0]
+    verb = "starting" if a.state is S.STARTING else "running"
+    return f"{verb} on {a.node} (attempt {a.n})"
+
+
+def _finish(jp: JobPass, job: JobRecord, before: tuple) -> None:
+    job = replace(job, updated_at=jp.now)
+    jp.jobs[job.name] = job
+    jp.plan.jobs[job.name] = job
+    if job.state is not before[0]:
+        sev = "warning" if job.state is JobState.FAILED else "info"
+        jp.event("job-state", f"{before[0].value} -> {job.state.value}: {job.reason}", job=job.name, severity=sev)
+
+
+def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offers: dict[str, Offer]) -> tuple[ReplicaState, str]:
+    """Keep one live copy of replica r. Returns where it stands and a note for the job's reason."""
+    live = jp.live(job.name, r)
+    active = [a for a in live if a.state in (S.RUNNING, S.STARTING)]
+    silent = [a for a in live if a.state is S.SILENT]
+    draining = [a for a in active if jp.views.get(a.node) and jp.views[a.node].record.draining]
+    if draining and len(active) == len(draining):
+        a = draining[0]
+        if spec.job_class == "service":
+            view = jp.views[a.node]
+            old = Stop(a.id, a.job, a.node, view.work_dir, f"drained: {view.record.cordon_reason or 'drain'}",
+                       jp.grace_s)
+            placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=(old,), why="drain")
+            return ReplicaState.RUNNING, "" if placed is True else f"drain of {a.node} waits: {placed}"
+        jp.end(a, S.KILLED, Outcome.DRAIN, f"node {a.node} is draining", stop=True)
+        job = _apply_ended(jp, jp.jobs[job.name], spec)
+        jp.jobs[job.name] = job
+        active = []
+        if job.state.terminal:
+            return ReplicaState.PENDING, job.reason
+    if active:
+        return ReplicaState.RUNNING, ""
+    if silent:
+        a = silent[0]
+        view = jp.views.get(a.node)
+        if spec.job_class != "service" or (view is not None and view.partitioned):
+            left = max(0.0, p.unreachable_grace - (jp.now - (a.silent_since or jp.now)))
+            what = "requeue" if spec.job_class != "service" else "hedge"
+            return ReplicaState.SILENT, (f"node {a.node} silent for {ago(jp.now - (a.silent_since or jp.now))}; "
+                              f"{what} after unreachable_grace ({ago(left)} left)"
+                              if not (view and view.partitioned) else
+                              f"node {a.node} silent (fleet partition suspected: waiting)")
+        placed = _start(jp, job, spec, r, offers, exclude={s.node for s in silent}, why="hedge")
+        if placed is True:
+            jp.event("hedge", f"replica {r}: node {a.node} silent, hedging with a new attempt "
+                     f"(the older copy is stopped when its node answers)", job=job.name, node=a.node,
+                     severity="warning")
+            return ReplicaState.RUNNING, ""
+        return ReplicaState.SILENT, f"node {a.node} silent; no node for a hedge: {placed}"
+    job = jp.jobs[job.name]
+    if job.next_try_at and jp.now < job.next_try_at:
+        return ReplicaState.PENDING, f"{job.reason} (next attempt in {ago(job.next_try_at - jp.now)})"
+    placed = _start(jp, job, spec, r, offers, exclude=set(), why="")
+    if placed is True:
+        return ReplicaState.RUNNING, ""
+    jp.plan.unplaced.append(job.name)
+    return ReplicaState.PENDING, placed
+
+
+def _start(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer], *, exclude: set[str],
+           then_stop: tuple["Stop", ...] = (), why: str) -> bool | str:
+    failed_on = frozenset(a.node for a in jp.attempts.values() if a.job == job.name and a.outcome is not None
+                          and a.outcome.failed_here)
+    req = Request(job.name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool, spec.spreads,
+                  avoid=failed_on, exclude=frozenset(exclude))
+    got = place(req, list(offers.values()))
+    if not isinstance(got, Placement):
+        return got
+    job = jp.jobs[job.name]
+    n = job.attempts_made + 1
+    attempt_id = f"{job.name}.{n}"
+    uuids = tuple(g.uuid for g in got.gpus)
+    a = jp.put(Attempt(id=attempt_id, job=job.name, n=n, replica=r, node=got.node, state=S.STARTING,
+                       reason="launching", gpus=uuids, created_at=jp.now))
+    jp.jobs[job.name] = replace(job, attempts_made=n, next_try_at=None)
+    o = offers[got.node]
+    offers[got.node] = replace(o, used=o.used | set(uuids), replicas={**o.replicas, job.name: o.replicas.get(job.name, 0) + 1})
+    view = jp.views[got.node]
+    env = build_env(spec.env, job=job.name, attempt_id=attempt_id, replica=r, gpu_uuids=uuids,
+                    restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir)
+    jp.plan.launches.append(Launch(a, got.node, view.work_dir,
+                                     LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir), then_stop))
+    gpus = ",".join(str(g.index) for g in got.gpus) or "none"
+    jp.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus})"
+             + (f" [{why}]" if why else ""), job=job.name, node=got.node)
+    return True
+
