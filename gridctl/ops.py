@@ -63,6 +63,13 @@ def _job_now(db_path: Path, name: str, note: str = "", unchanged: bool = False) 
 
 def submit(fleet: Fleet, db_path: Path, spec: JobSpec, wait_s: float) -> JobNow:
     """Record a new job, then run one pass to place and start it."""
+    record_job(fleet, db_path, spec)
+    _, why = pass_now(fleet, db_path, wait_s)
+    return _job_now(db_path, spec.name, why)
+
+
+def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
+    """Record a new job (the next pass places it). ConfigError if the name is taken or its pool unknown."""
     if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
         raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
     now = time.time()
@@ -80,8 +87,7 @@ def submit(fleet: Fleet, db_path: Path, spec: JobSpec, wait_s: float) -> JobNow:
             queries.add_events(conn, [created])
     finally:
         conn.close()
-    _, why = pass_now(fleet, db_path, wait_s)
-    return _job_now(db_path, spec.name, why)
+    return record
 
 
 def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
@@ -136,6 +142,16 @@ def drain(fleet: Fleet, db_path: Path, name: str, reason: str | None, wait_s: fl
     conn = connect(db_path, create=False)
     try:
         return [a for a in queries.load_attempts(conn, unreaped=True) if a.node == name and a.state.live], note
+    finally:
+        conn.close()
+
+
+def nodes_launched_since(db_path: Path, pools: set[str], since: float) -> list[NodeRecord]:
+    """The nodes of these cloud pools whose instances were launched at or after `since`."""
+    conn = connect(db_path, create=False)
+    try:
+        return [n for n in queries.load_nodes(conn).values() if n.pool in pools
+                and dict(n.cloud).get("launched_at") and float(dict(n.cloud)["launched_at"]) >= since]
     finally:
         conn.close()
 

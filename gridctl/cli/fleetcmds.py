@@ -141,18 +141,10 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
     """Passes until the cloud nodes that appeared since `since` are ready (a rich progress bar on a
     terminal, a line per pass otherwise), bounded by the longest launch_timeout."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..ops import nodes_launched_since
     from ..reconcile.loop import Loop
-    from ..store import connect, queries
     cloud_pools = {p.name for p in fleet.pools if getattr(p, "launch_timeout", None)}
     deadline = time.monotonic() + max((getattr(p, "launch_timeout", 0) for p in fleet.pools), default=600)
-
-    def new_nodes():
-        conn = connect(db_path, create=False)
-        try:
-            return [n for n in queries.load_nodes(conn).values() if n.pool in cloud_pools
-                    and dict(n.cloud).get("launched_at") and float(dict(n.cloud)["launched_at"]) >= since - 60]
-        finally:
-            conn.close()
 
     runner = Loop(fleet, db_path, every, lambda report: None if quiet or console.is_terminal else
                   _print_report(report, True))
@@ -161,7 +153,7 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
         task = bar.add_task("ready", total=None)
         while time.monotonic() < deadline:
             runner.run(once=True)
-            nodes = new_nodes()
+            nodes = nodes_launched_since(db_path, cloud_pools, since - 60)
             ready = [n for n in nodes if n.state.value == "ready"]
             bar.update(task, total=max(1, len(nodes)), completed=len(ready))
             if not console.is_terminal:
