@@ -16,6 +16,7 @@ from rich.text import Text
 
 from .models import Attempt, Event, JobRecord, NodeRecord
 from .store import queries
+from .textsafe import safe
 from .styles import JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
 
 
@@ -124,7 +125,7 @@ def nodes_table(snap: Snapshot, width: int) -> Table:
             "TEMP": Text(f"{gpu.max_temp_c:.0f}°C" if gpu and gpu.max_temp_c is not None else "-"),
             "UTIL": Text(f"{gpu.util_pct:.0f}%" if gpu and gpu.util_pct is not None else "-"),
             "SEEN": _seen(snap, n),
-            "REASON": Text(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else "")),
+            "REASON": Text(safe(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else ""))),
         })
     return _table(width, [
         ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), ("GPUS", 1, {}),
@@ -149,7 +150,7 @@ def jobs_table(snap: Snapshot, width: int) -> Table:
             "GPUS": Text(f"{spec.get('gpus', 0)}x{replicas}" if replicas > 1 else str(spec.get("gpus", 0))),
             "ATT": Text(f"{j.attempts_made}/{j.restarts + j.failures}"),
             "AGE": Text(age(snap.now - j.created_at)),
-            "REASON": Text(reason),
+            "REASON": Text(safe(reason)),
         })
     return _table(width, [
         ("JOB", 0, {"max_width": 24}), ("CLASS", 5, {}), ("STATE", 0, {}), ("NODE", 1, {"max_width": 20}),
@@ -164,7 +165,7 @@ def events_table(snap: Snapshot, width: int) -> Table:
     for e in snap.events:
         who = e.node or e.job or ""
         line = Text(f"{who}: " if who else "", style="bold")
-        line.append(f"{e.kind} {e.message}", style=EVENT_STYLE.get(e.severity, ""))
+        line.append(safe(f"{e.kind} {e.message}"), style=EVENT_STYLE.get(e.severity, ""))
         table.add_row(Text(time.strftime("%H:%M:%S", time.localtime(e.time)), style="dim"), line)
     return table
 
@@ -216,4 +217,4 @@ def event_line(e: Event) -> str:
     """One plain line per event (watch --plain, or no TTY)."""
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.time))
     who = " ".join(x for x in (f"node={e.node}" if e.node else "", f"job={e.job}" if e.job else "") if x)
-    return f"{when}Z {e.severity:<7} {e.kind:<18} {who + ' ' if who else ''}{e.message}"
+    return safe(f"{when}Z {e.severity:<7} {e.kind:<18} {who + ' ' if who else ''}{e.message}")

@@ -15,6 +15,7 @@ from .common import FleetOption, JsonOption, interval_seconds, load
 from rich.text import Text
 
 from ..styles import SEVERITY
+from ..textsafe import safe
 from .render import HEALTH_STYLE, console, emit, err_console, esc, iso, styled
 
 
@@ -168,7 +169,7 @@ def _print_report(report, quiet: bool) -> None:
     for event in report.events:
         style = SEVERITY.get(event.severity, "")
         who = f"{event.node}: " if event.node else ""
-        line = f"{event.kind:<16} {who}{event.message}"
+        line = safe(f"{event.kind:<16} {who}{event.message}")
         console.print(Text(line, style=style), soft_wrap=True)
     for scope in sorted(report.partitions):
         err_console.print(f"[bold red]WARNING: {scope} partition suspected: most nodes are silent; "

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import ConfigError, NotFoundError
 from ..models import AttemptState
+from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, open_store
 from .render import ATTEMPT_STYLE, JOB_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
@@ -84,7 +85,7 @@ def _show_job_line(now, as_json: bool) -> None:
     for a in attempts:
         if a.state.live:
             console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
-                          f"GPUs {','.join(a.gpus) or 'none'}", markup=False, soft_wrap=True)
+                          f"GPUs {safe(','.join(a.gpus)) or 'none'}", markup=False, soft_wrap=True)
     if now.note:
         err_console.print(now.note, markup=False)
 
@@ -243,7 +244,7 @@ def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optio
     fleet, db_path = load(fleet_path)
     now = ops.cancel(fleet, db_path, job_name, wait)
     if now.unchanged:
-        console.print(f"job {job_name} already {now.job.state.value}: {now.job.reason}", markup=False)
+        console.print(f"job {job_name} already {now.job.state.value}: {safe(now.job.reason)}", markup=False)
         return
     _show_job_line(now, False)
 

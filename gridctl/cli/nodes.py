@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError, NotFoundError
+from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, node_json, open_store
 from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
@@ -98,7 +99,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
     if node.findings:
         console.print("\n[bold]Findings[/bold]")
         for f in node.findings:
-            console.print(f"  {f.severity.value:<9} {f.code:<18} {f.message}", markup=False)
+            console.print(f"  {f.severity.value:<9} {f.code:<18} {safe(f.message)}", markup=False)
     if obs and obs["gpus"]:
         table = Table(title=f"GPUs ({node.gpus_seen}/{node.gpus_expected}) at {iso(obs['time'])}", show_edge=False)
         for h in ("#", "NAME", "BUS", "TEMP", "MEM USED", "UTIL", "ECC UNC"):
@@ -113,7 +114,8 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
         console.print(table)
     console.print("\n[bold]Attempts here[/bold]")
     for a in here:
-        console.print(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {a.reason}", markup=False, soft_wrap=True)
+        console.print(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {safe(a.reason)}", markup=False,
+                      soft_wrap=True)
     if not here:
         console.print("  none")
     print_events(events, "Recent events")

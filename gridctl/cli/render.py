@@ -12,15 +12,21 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
-from rich.markup import escape as esc
+from rich.markup import escape as _escape
 from rich.table import Table
 
+from ..textsafe import safe
 from ..styles import ATTEMPT_STATE as ATTEMPT_STYLE, HEALTH as HEALTH_STYLE, JOB_STATE as JOB_STYLE, \
     NODE_STATE as STATE_STYLE
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
+
+
+def esc(text: object) -> str:
+    """Text for a markup string: control characters removed (node text is untrusted), markup escaped."""
+    return _escape(safe(text))
 
 
 def iso(t: float | None) -> str | None:
@@ -62,6 +68,6 @@ def print_events(events, title: str = "Events") -> None:
     """The event list of `describe node` / `describe job`: one line each, never wrapped."""
     console.print(f"\n[bold]{title}[/bold]")
     for e in events:
-        console.print(f"  {iso(e.time)}  {e.kind:<16} {e.message}", markup=False, soft_wrap=True)
+        console.print(f"  {iso(e.time)}  {e.kind:<16} {safe(e.message)}", markup=False, soft_wrap=True)
     if not events:
         console.print("  none")
