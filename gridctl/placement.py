@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .gpufit import gpu_fits, marketed_gb, type_matches
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -36,7 +38,7 @@ class Request:
     job: str
     gpus: int
     gpu_type: str | None = None
-    gpu_memory_gb: float | None = None
+    gpu_memory_gb: float | None = None           # per GPU, as sold (24 for an L4): gpufit compares
     pool: str | None = None
     spread: bool = False
     avoid: frozenset[str] = frozenset()          # nodes where this job already failed
@@ -56,11 +58,7 @@ class Placement:
 
 
 def _matches(gpu: Gpu, req: Request) -> bool:
-    if req.gpu_type and req.gpu_type.lower() not in gpu.name.lower():
-        return False
-    if req.gpu_memory_gb and (gpu.memory_mib is None or gpu.memory_mib < req.gpu_memory_gb * 1000):
-        return False
-    return True
+    return gpu_fits(req.gpu_type, req.gpu_memory_gb, gpu.name, gpu.memory_mib)
 
 
 def _why_not(offer: Offer, req: Request) -> str | None:
@@ -76,8 +74,9 @@ def _why_not(offer: Offer, req: Request) -> str | None:
     fitting = [g for g in offer.gpus if _matches(g, req)]
     if not fitting:
         have = offer.gpus[0].name if offer.gpus else "no GPUs"
-        if req.gpu_memory_gb and offer.gpus and all(_matches(g, Request(req.job, 1, req.gpu_type)) for g in offer.gpus):
-            return f"{offer.node} GPUs have {(offer.gpus[0].memory_mib or 0) / 1024:.0f} GiB"
+        if req.gpu_memory_gb and offer.gpus and all(type_matches(req.gpu_type, g.name) for g in offer.gpus):
+            size_gb = marketed_gb(offer.gpus[0].memory_mib, offer.gpus[0].name)
+            return f"{offer.node} GPUs have {size_gb}GB" if size_gb else f"{offer.node} GPU memory unknown"
         return f"{offer.node} has {have}"
     free = [g for g in fitting if g.uuid not in offer.used]
     if len(free) < req.gpus:

@@ -36,7 +36,7 @@ class LocalProvider(Provider):
             node_dir = self.sim_root() / name
             if not (node_dir / "boot_id").exists():
                 write_node(node_dir, name, gpus=self.pool.gpu.count, gpu_type=self.pool.gpu.type or "H100",
-                           memory_gb=self.pool.gpu.memory_gb or 80)
+                           memory_gb=self.pool.gpu.memory_gb)
             out[name] = Instance(id=name, provider=self.name, pool=self.pool.name, state=InstanceState.RUNNING,
                                  host="local", local_dir=node_dir)
         return out
@@ -53,9 +53,10 @@ def bus_id(index: int) -> str:
     return f"00000000:{0x18 + 0x10 * index:02X}:00.0"
 
 
-def write_node(node_dir: Path, name: str, *, gpus: int = 4, gpu_type: str = "H100", memory_gb: float = 80,
+def write_node(node_dir: Path, name: str, *, gpus: int = 4, gpu_type: str = "H100", memory_gb: float | None = 80,
                mode: str = "healthy") -> None:
-    """(Re)write a simulated node's state: `gpus` healthy GPUs, then the fault `mode` on top."""
+    """(Re)write a simulated node's state: `gpus` healthy GPUs reporting what real cards of this type
+    and size (`sim_card`) report, then the fault `mode` on top."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -82,12 +83,45 @@ def set_field(node_dir: Path, index: int, field: str, value: str) -> None:
     path.write_text("\n".join(lines + [f"{field}={value}"]) + "\n")
 
 
-def _write_gpu(node_dir: Path, name: str, i: int, gpu_type: str, memory_gb: float) -> None:
+# (type, GB as sold) -> what that card's nvidia-smi prints as name and memory.total MiB, so simulated
+# nodes test the same marketed-GB-vs-MiB reading real ones need (an L4 sold as 24 GB reports 23034 MiB).
+# gridctl/gpufit.py keeps the same facts for reading real cards; a unit test holds the two equal.
+_REAL_CARDS = {
+    ("T4", 16): ("Tesla T4", 15360),
+    ("L4", 24): ("NVIDIA L4", 23034),
+    ("A10G", 24): ("NVIDIA A10G", 23028),
+    ("L40S", 48): ("NVIDIA L40S", 46068),
+    ("A100", 40): ("NVIDIA A100-SXM4-40GB", 40960),
+    ("A100", 80): ("NVIDIA A100-SXM4-80GB", 81920),
+    ("H100", 80): ("NVIDIA H100 80GB HBM3", 81559),
+    ("H100 NVL", 94): ("NVIDIA H100 NVL", 95830),
+    ("H200", 141): ("NVIDIA H200", 143771),
+    ("B200", 180): ("NVIDIA B200", 183359),
+}
+# an unknown card keeps back what an H100 does (81559 of 80 GiB)
+_UNKNOWN_CARD_USABLE = 0.9956
+
+
+def sim_card(gpu_type: str, memory_gb: float | None) -> tuple[str, int]:
+    """(nvidia-smi name, memory.total MiB) a simulated GPU of this type and size reports. With no
+    size, the type's only (or smallest) known size; an unknown card gets a plausible pair."""
+    key = gpu_type.strip().upper()
+    if memory_gb is None:
+        known = sorted(gb for t, gb in _REAL_CARDS if t == key)
+        memory_gb = known[0] if known else 80
+    card = _REAL_CARDS.get((key, memory_gb))
+    if card is not None:
+        return card
+    return f"NVIDIA {gpu_type}", int(memory_gb * 1024 * _UNKNOWN_CARD_USABLE)
+
+
+def _write_gpu(node_dir: Path, name: str, i: int, gpu_type: str, memory_gb: float | None) -> None:
     gpu_uuid = "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{i}.gridctl.example"))
+    smi_name, memory_mib = sim_card(gpu_type, memory_gb)
     fields = {
-        "index": i, "uuid": gpu_uuid, "name": f"NVIDIA {gpu_type} {int(memory_gb)}GB HBM3", "pci.bus_id": bus_id(i),
+        "index": i, "uuid": gpu_uuid, "name": smi_name, "pci.bus_id": bus_id(i),
         "temperature.gpu": 38 + i, "power.draw": "71.23", "power.limit": "700.00",
-        "memory.total": int(memory_gb * 1024 * 0.9956), "memory.used": 1, "utilization.gpu": 0,
+        "memory.total": memory_mib, "memory.used": 1, "utilization.gpu": 0,
         "persistence_mode": "Enabled", "pstate": "P0",
         "ecc.errors.uncorrected.volatile.total": 0, "ecc.errors.corrected.volatile.total": 0,
         "retired_pages.pending": "[N/A]", "remapped_rows.pending": "No", "remapped_rows.failure": "No",

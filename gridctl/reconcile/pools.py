@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from providers.base import Feature, Instance, InstanceState, new_request_id
 
+from ..gpufit import pool_shortfall
 from ..models import Event, NodeRecord, NodeState
 from ..spec import Fleet
 from .actions import CloudLaunch, CloudResult, CloudRetire
@@ -70,14 +71,11 @@ class PoolAnswers:
 
 
 def _fits(pool, d: Demand) -> bool:
-    gpu = pool.gpu
+    """The placement rule (gpufit) against the pool's `gpu:` spec: never grow a pool none of whose
+    instances could run the job."""
     if d.pool and d.pool != pool.name:
         return False
-    if d.gpus > gpu.count:
-        return False
-    if d.gpu_type and (gpu.type or "").lower() != d.gpu_type.lower() and d.gpu_type.lower() not in (gpu.type or "").lower():
-        return False
-    return not (d.gpu_memory_gb and (gpu.memory_gb or 0) < d.gpu_memory_gb)
+    return pool_shortfall(d.gpus, d.gpu_type, d.gpu_memory_gb, pool.gpu) is None
 
 
 def _candidates(fleet: Fleet, d: Demand, creatable: set[str], room: dict[str, int], backoff: dict[str, float],

@@ -16,6 +16,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 A100_40 = "NVIDIA A100-SXM4-40GB"
 H100_MIB = 81559
 A100_40_MIB = 40960
+L4, L4_MIB = "NVIDIA L4", 23034
+L40S, L40S_MIB = "NVIDIA L40S", 46068
 
 
 def gpus(node: str, n: int, name: str = H100, mib: int | None = H100_MIB) -> tuple[Gpu, ...]:
@@ -41,8 +43,14 @@ PICKS = [
      req(1), [offer("big", 8, used=5), offer("small", 2)], "small"),
     ("a busy node that cannot fit is skipped",
      req(4), [offer("busy", 8, used=6), offer("half", 8, used=4), offer("idle", 8)], "half"),
-    ("gpu_type filter (case-insensitive substring)",
+    ("gpu_type filter (case-insensitive)",
      req(1, gpu_type="h100"), [offer("a", 8, used=7, name=A100_40, mib=A100_40_MIB), offer("h", 8)], "h"),
+    ("gpu_type L4 is not an L40S (whole words of the name)",
+     req(1, gpu_type="L4"), [offer("s", 8, used=7, name=L40S, mib=L40S_MIB), offer("l", 8, name=L4, mib=L4_MIB)], "l"),
+    ("a 24 GB request places on an L4 reporting 23034 MiB",
+     req(1, gpu_type="L4", gpu_memory_gb=24), [offer("l", 1, name=L4, mib=L4_MIB)], "l"),
+    ("an 80 GB request places on an H100 reporting 81559 MiB",
+     req(1, gpu_memory_gb=80), [offer("h", 8)], "h"),
     ("gpu_memory_gb filter",
      req(1, gpu_memory_gb=80), [offer("small", 8, used=7, name=A100_40, mib=A100_40_MIB), offer("big", 8)], "big"),
     ("gpu_memory_gb below what the GPU has fits",
@@ -137,7 +145,12 @@ REASONS = [
      f"no node fits 1xH100: a has {A100_40}"),
     ("too little GPU memory",
      req(1, gpu_type="A100", gpu_memory_gb=80), [offer("a", 8, name=A100_40, mib=A100_40_MIB)],
-     "no node fits 1xA100-80GB: a GPUs have 40 GiB"),
+     "no node fits 1xA100-80GB: a GPUs have 40GB"),
+    ("too little GPU memory, in the marketed GB the job asks in",
+     req(1, gpu_type="L4", gpu_memory_gb=48), [offer("l", 1, name=L4, mib=L4_MIB)],
+     "no node fits 1xL4-48GB: l GPUs have 24GB"),
+    ("GPU memory the node did not report",
+     req(1, gpu_memory_gb=40), [offer("n", 4, mib=None)], "no node fits 1xGPU-40GB: n GPU memory unknown"),
     ("wrong pool",
      req(1, pool="west"), [offer("a", 8, pool="east")], "no node fits 1xGPU in pool west: a in pool east"),
     ("a node without GPUs",

@@ -117,3 +117,27 @@ def test_fallback_takes_a_list_and_must_name_other_pools():
     assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("j", 1)]).grow == [("j", ("a", "b"))]
     with pytest.raises(ValueError, match="fallback zz is not another pool"):
         fleet(fallback=["zz"])
+
+
+# ---------------------------------------------------------------- which pools a pending job may grow (gpufit)
+
+def test_a_24_gb_job_grows_an_l4_pool_and_a_48_gb_job_never_does():
+    f = fleet(min=0)
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("fits", 1, "L4", 24)]).grow == [("fits", ("a", "b"))]
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("big", 1, None, 48)]).grow == []
+
+
+def test_an_l4_pool_spec_claiming_48_gb_is_never_grown_for_a_48_gb_job():
+    # its instances report 23034 MiB like every L4: placement would never use them for this job
+    f = fleet(min=0, gpu={"type": "L4", "count": 1, "memory_gb": 48})
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("big", 1, None, 48)]).grow == []
+
+
+def test_an_l4_pool_without_memory_gb_grows_for_a_24_gb_job():
+    f = fleet(min=0, gpu={"type": "L4", "count": 1})
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("j", 1, None, 24)]).grow == [("j", ("a", "b"))]
+
+
+def test_a_job_asking_l4_never_grows_an_l40s_pool():
+    f = fleet(min=0, gpu={"type": "L40S", "count": 1, "memory_gb": 48})
+    assert plan(f, {"a": {}, "b": {}}, [], demand=[Demand("j", 1, "L4")]).grow == [("j", ("b",))]
