@@ -42,6 +42,13 @@ def main() -> None:
     except _click_errors() as e:   # usage errors: unknown flag, missing argument, bare `gridctl`
         e.show()
         sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
+    except Exception as e:
+        import sqlite3
+        if not isinstance(e, sqlite3.DatabaseError):
+            raise
+        from ..store.db import damaged
+        print(f"error: {damaged(e)}", file=sys.stderr)
+        sys.exit(damaged(e).exit_code)
 
 
 def _click_errors() -> tuple[type, ...]:

@@ -53,7 +53,7 @@ def chaos(name: str = typer.Argument(..., metavar="NODE"),
                           "chaos only changes simulated `provider: local` nodes")
     pool = fleet.pool(node.pool)
     write_node(node.target.local_dir, name, gpus=pool.gpu.count, gpu_type=pool.gpu.type or "H100",
-               memory_gb=pool.gpu.memory_gb or 80, mode=mode)
+               memory_gb=pool.gpu.memory_gb, mode=mode)
     console.print(f"{name}: simulated state is now {mode}; the next pass will see it", markup=False)
 
 

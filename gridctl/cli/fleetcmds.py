@@ -113,7 +113,7 @@ def reconcile(
                                                    "they are ready (default: on a terminal)."),
 ) -> None:
     """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
-    from ..reconcile.loop import Busy, Loop
+    from ..reconcile.loop import Busy, Loop, Skipped
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
     if wait_ready is None:
@@ -122,6 +122,8 @@ def reconcile(
     def show(report) -> None:
         if isinstance(report, Busy):
             console.print(f"another reconcile is running (pid {report.pid or '?'}, since {iso(report.since) or '?'})")
+        elif isinstance(report, Skipped):
+            err_console.print(f"store busy: pass skipped ({report.why}); retrying at the next interval", markup=False)
         else:
             _print_report(report, quiet)
 

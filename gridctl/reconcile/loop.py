@@ -7,6 +7,8 @@ process exiting is safe too (the next pass heals, see reconcile_once).
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..spec import Fleet
-from ..store import connect
+from ..errors import StoreError
+from ..models import Event
+from ..store import connect, queries, write_tx
 from . import PassLock, PassReport, reconcile_once
 from .observe import Transports
 
@@ -27,9 +31,30 @@ class Busy:
     since: float | None
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """The store stayed locked by another writer past busy_timeout: this pass was dropped (nothing
+    of it was written, or only its plan: the next pass heals either), and the loop goes on."""
+
+    why: str
+
+
+def _store_busy(e: sqlite3.OperationalError) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Loop:
     def __init__(self, fleet: Fleet, db_path: Path, interval: float,
-                 on_pass: Callable[[PassReport | Busy], None] | None = None):
+                 on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None):
         self.fleet = fleet
         self.db_path = db_path
         self.interval = interval
@@ -45,20 +70,36 @@ class Loop:
         """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
         pass of another process to release the lock). Re-raises a pass's error."""
         conn = connect(self.db_path, create=True)
+        identity = _identity(self.db_path)
         lock = PassLock(self.db_path)
         transports = Transports(keep=not once)
+        skipped: list[tuple[float, str]] = []
         try:
             while not self.stop.is_set():
                 began = time.monotonic()
+                if _identity(self.db_path) != identity:
+                    raise StoreError(f"state file {self.db_path} was removed or replaced while this loop ran: stopping "
+                                     "(a pass would write into the old file; start gridctl again to use the new one)")
                 if lock.acquire(wait_s if once else 0.0):
                     self.in_pass.set()
                     try:
                         report = reconcile_once(self.fleet, conn, transports, self.db_path.parent)
+                    except sqlite3.OperationalError as e:
+                        if once or not _store_busy(e):
+                            raise StoreError(f"state file {self.db_path}: {e} (held by another writer past the "
+                                             "10s busy timeout)" if _store_busy(e) else f"state file {self.db_path}: {e}") from e
+                        skipped.append((time.time(), str(e)))
+                        self.on_pass(Skipped(str(e)))
+                        report = None
                     finally:
                         self.in_pass.clear()
                         lock.release()
-                    self.last = report
-                    self.on_pass(report)
+                    if report is not None:
+                        if skipped:
+                            _note_skipped(conn, skipped)
+                            skipped = []
+                        self.last = report
+                        self.on_pass(report)
                 else:
                     self.on_pass(Busy(*lock.holder()))
                 self.cycles += 1
@@ -82,3 +123,12 @@ class Loop:
         thread = threading.Thread(target=target, name="gridctl-loop", daemon=True)
         thread.start()
         return thread
+
+
+def _note_skipped(conn: sqlite3.Connection, skipped: list[tuple[float, str]]) -> None:
+    """Once the store takes writes again: one event for the passes it refused."""
+    first, why = skipped[0]
+    with write_tx(conn):
+        queries.add_events(conn, [Event(time.time(), "pass-skipped", f"{len(skipped)} pass(es) skipped since "
+                                        f"{time.strftime('%H:%M:%S', time.gmtime(first))}Z: the store was locked by "
+                                        f"another writer ({why})", severity="warning")])

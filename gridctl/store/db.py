@@ -16,6 +16,19 @@ from ..errors import StoreError
 from .migrations import migrate
 
 
+OPENED: list[Path] = []     # stores this process opened, for naming one in an error raised mid-query
+
+
+def damaged(e: sqlite3.DatabaseError) -> StoreError:
+    """An SQLite error met mid-command, in words that name the state file."""
+    where = f"state file {OPENED[-1]}" if OPENED else "state file"
+    text = str(e)
+    if "malformed" in text or "not a database" in text:
+        return StoreError(f"{where} is damaged ({text}): move it aside (gridctl starts a new one and relearns the "
+                          "nodes) or restore a copy")
+    return StoreError(f"{where}: {text}")
+
+
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and create, migrate) the store at path. Raises StoreError with words, never sqlite's."""
     path = Path(path)
@@ -45,10 +58,12 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         migrate(conn, path)
     except sqlite3.DatabaseError as e:
         conn.close()
-        raise StoreError(f"{path}: not a usable gridctl state file ({e})") from None
+        raise StoreError(f"state file {path} is damaged or not a gridctl state file ({e}): move it aside or "
+                         "restore a copy") from None
     except StoreError:
         conn.close()
         raise
+    OPENED.append(path)
     for suffix in ("-wal", "-shm"):
         side = Path(str(path) + suffix)
         if side.exists():

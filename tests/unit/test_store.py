@@ -104,7 +104,7 @@ def test_a_file_that_is_not_a_database_gives_store_error(tmp_path):
     with pytest.raises(StoreError) as e:
         connect(path)
     assert not isinstance(e.value, sqlite3.Error)
-    assert str(path) in str(e.value) and "not a usable gridctl state file" in str(e.value)
+    assert str(path) in str(e.value) and "not a gridctl state file" in str(e.value)
 
 
 def test_a_directory_in_place_of_the_file_gives_store_error(tmp_path):

@@ -1,0 +1,108 @@
+"""The store under abuse (issue 11, items 8 and 12): a damaged state file, a write lock held by
+someone else for longer than busy_timeout, and a state file deleted under a running loop. Each
+ends as one clear line, never a traceback; a briefly locked store skips passes instead of killing
+the loop, and a replaced store stops the loop loudly instead of writing into a deleted file.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from helpers import GRIDCTL, gridctl
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"""
+fleet: abuse
+state: {tmp_path}/state.db
+health: {{probe_timeout: 3s}}
+pools:
+  - name: sim
+    provider: local
+    count: 2
+    dir: {tmp_path}/nodes
+    gpu: {{type: H100, count: 1, memory_gb: 80}}
+""")
+    assert gridctl("reconcile", "-f", path).returncode == 0
+    return path
+
+
+def _one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def test_a_damaged_state_file_is_one_line_naming_it(fleet, tmp_path):
+    db = tmp_path / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size = db.stat().st_size
+    assert size > 8192
+    with open(db, "r+b") as f:          # scribble over every page after the header page
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    for command in (("nodes",), ("jobs",), ("reconcile",)):
+        res = gridctl(*command, "-f", fleet)
+        assert res.returncode != 0
+        line = _one_line_error(res)
+        assert "state.db" in line and "damaged" in line, line
+
+
+def _loop(fleet, *extra):
+    return subprocess.Popen([*GRIDCTL, "reconcile", "-f", str(fleet), "--loop", "--interval", "1s", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+def test_a_store_locked_longer_than_busy_timeout_skips_passes_and_the_loop_goes_on(fleet, tmp_path):
+    proc = _loop(fleet)
+    try:
+        time.sleep(3)
+        holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(13)                   # over the loop's 10 s busy_timeout
+        assert proc.poll() is None, _stop(proc)
+        holder.execute("COMMIT")
+        holder.close()
+        time.sleep(5)
+        assert proc.poll() is None, _stop(proc)
+    finally:
+        out, err = _stop(proc)
+    assert "Traceback" not in err, err
+    assert "store busy" in err, err
+    res = gridctl("events", "-f", fleet, "--json")
+    assert '"pass-skipped"' in res.stdout, res.stdout[-2000:]
+
+
+def test_a_state_file_deleted_under_a_running_loop_stops_it_loudly(fleet, tmp_path):
+    proc = _loop(fleet)
+    try:
+        time.sleep(3)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
+        proc.wait(timeout=30)
+    finally:
+        out, err = _stop(proc)
+    assert proc.returncode == 1, (out, err)
+    line = _one_line_error(subprocess.CompletedProcess([], 1, out, err))
+    assert "state.db" in line and ("removed" in line or "replaced" in line), line
+    assert not (tmp_path / "state.db").exists() or (tmp_path / "state.db").stat().st_size == 0
