@@ -29,7 +29,7 @@ def main() -> None:
         sys.exit(code or 0)
     except GridctlError as e:
         for line in str(e).splitlines() or [type(e).__name__]:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {_cut(line)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -49,6 +49,14 @@ def main() -> None:
         from ..store.db import damaged
         print(f"error: {damaged(e)}", file=sys.stderr)
         sys.exit(damaged(e).exit_code)
+
+
+MAX_LINE = 300
+
+
+def _cut(line: str) -> str:
+    """An error quoting a huge input stays one readable line."""
+    return line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}… ({len(line) - MAX_LINE} more characters)"
 
 
 def _click_errors() -> tuple[type, ...]:

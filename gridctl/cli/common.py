@@ -19,7 +19,23 @@ def load(fleet_path: Optional[Path]):
     if fleet_path is None and not path.exists():
         raise ConfigError(f"{path}: file not found (pass -f FLEET.yaml or set $GRIDCTL_FLEET)")
     fleet = load_fleet(path)
-    return fleet, state_path(fleet)
+    db_path = state_path(fleet)
+    _warn_if_open_to_others(db_path.parent)
+    return fleet, db_path
+
+
+def _warn_if_open_to_others(state_dir: Path) -> None:
+    """A state dir others may write lets them replace the store (and so what gridctl kills)."""
+    import os
+    import stat
+    try:
+        mode = os.stat(state_dir).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        from .render import err_console
+        err_console.print(f"warning: state dir {state_dir} is writable by others (mode {stat.S_IMODE(mode):o}): "
+                          f"they could replace the store; chmod 700 {state_dir}", markup=False, soft_wrap=True)
 
 
 def interval_seconds(interval: Optional[str], fleet) -> float:

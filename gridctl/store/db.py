@@ -40,6 +40,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
             os.chmod(path, 0o600)
         elif not path.exists():
             raise StoreError(f"{path}: no state yet (run `gridctl reconcile` first)")
+        elif not os.access(path.parent, os.W_OK):
+            return _connect_immutable(path)
         conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
     except (FileExistsError, NotADirectoryError):
         raise StoreError(f"cannot open state file {path}: a parent of it is not a directory") from None
@@ -69,6 +71,25 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         if side.exists():
             with contextlib.suppress(OSError):
                 os.chmod(side, 0o600)
+    return conn
+
+
+def _connect_immutable(path: Path) -> sqlite3.Connection:
+    """A store on a read-only filesystem (a snapshot, a mounted backup): nobody can write it, so
+    SQLite may read it as immutable (WAL needs a writable -shm otherwise). Reads only."""
+    from .migrations import SCHEMA_VERSION
+    try:
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, timeout=2, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"state file {path} is damaged or not a gridctl state file ({e})") from None
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"state file {path} is on a read-only filesystem and has schema {version} (this gridctl "
+                         f"reads {SCHEMA_VERSION}): open it once where it can be written")
+    OPENED.append(path)
     return conn
 
 

@@ -106,3 +106,21 @@ def test_a_state_file_deleted_under_a_running_loop_stops_it_loudly(fleet, tmp_pa
     line = _one_line_error(subprocess.CompletedProcess([], 1, out, err))
     assert "state.db" in line and ("removed" in line or "replaced" in line), line
     assert not (tmp_path / "state.db").exists() or (tmp_path / "state.db").stat().st_size == 0
+
+
+def test_a_state_dir_open_to_others_is_warned_about(fleet, tmp_path):
+    import os
+    os.chmod(tmp_path, 0o777)
+    res = gridctl("nodes", "-f", fleet)
+    assert res.returncode == 0
+    assert f"warning: state dir {tmp_path} is writable by others (mode 777)" in res.stderr, res.stderr
+    os.chmod(tmp_path, 0o700)
+    assert "warning" not in gridctl("nodes", "-f", fleet).stderr
+
+
+def test_an_error_quoting_a_huge_input_stays_one_short_line(tmp_path):
+    (tmp_path / "fleet.yaml").write_text(f"fleet: f\nstate: {tmp_path}/s.db\npools: [{{name: p, provider: local, "
+                                         f"count: 1, dir: {tmp_path}/n, gpu: {{type: H100, count: 1}}}}]\n")
+    res = gridctl("run", "-f", tmp_path / "fleet.yaml", "--name", "a", "--env", "x" * 100_000, "--", "true")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert all(len(line) < 400 for line in res.stderr.splitlines()), [len(x) for x in res.stderr.splitlines()]
