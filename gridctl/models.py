@@ -274,6 +274,10 @@ class Attempt:
     silent_since: float | None = None
     outcome: Outcome | None = None    # how a terminal attempt counts (None while it is live)
     reaped: bool = False              # its directory on the node is marked done
+    port: int | None = None           # a service's port on its node (GRIDCTL_PORT)
+    ready: bool = False               # its readiness check passes: routers send it requests
+    ready_since: float | None = None
+    check_failures: int = 0           # readiness checks failed in a row
 
     def __post_init__(self) -> None:
         if isinstance(self.outcome, str) and not isinstance(self.outcome, Outcome):
@@ -301,3 +305,18 @@ class JobRecord:
     @property
     def job_class(self) -> str:
         return self.spec.get("class", "service")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One live replica of a service as a router sees it (`gridctl endpoints`, `gridctl route`)."""
+
+    job: str
+    replica: int
+    attempt: str
+    node: str
+    host: str
+    port: int
+    ready: bool
+    ready_since: float | None
+    draining: bool                    # its node is draining or its replacement is taking over

@@ -131,7 +131,15 @@ def _v4_node_cloud(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE nodes ADD COLUMN cloud TEXT NOT NULL DEFAULT '{}'")
 
 
-MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud]
+def _v5_attempt_serving(conn: sqlite3.Connection) -> None:
+    """Services: each attempt's port on its node and its readiness (the ready set routers follow)."""
+    conn.execute("ALTER TABLE attempts ADD COLUMN port INTEGER")
+    conn.execute("ALTER TABLE attempts ADD COLUMN ready INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE attempts ADD COLUMN ready_since REAL")
+    conn.execute("ALTER TABLE attempts ADD COLUMN check_failures INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -11,8 +11,8 @@ import sqlite3
 from dataclasses import asdict, fields, replace
 from typing import Iterable
 
-from ..models import (Attempt, AttemptState, Event, Finding, Health, JobRecord, JobState, NodeRecord, NodeState,
-                      Observation, Severity, Verdict)
+from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, NodeRecord,
+                      NodeState, Observation, Severity, Verdict)
 
 OBSERVATIONS_KEPT = 50
 
@@ -199,7 +199,9 @@ def _attempt_from_row(row: sqlite3.Row) -> Attempt:
                    state=AttemptState(row["state"]), reason=row["reason"], gpus=tuple(json.loads(row["gpus"])),
                    created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
                    exit_code=row["exit_code"], pid=row["pid"], heartbeat_at=row["heartbeat_at"],
-                   silent_since=row["silent_since"], outcome=row["outcome"], reaped=bool(row["reaped"]))
+                   silent_since=row["silent_since"], outcome=row["outcome"], reaped=bool(row["reaped"]),
+                   port=row["port"], ready=bool(row["ready"]), ready_since=row["ready_since"],
+                   check_failures=row["check_failures"])
 
 
 def insert_job(conn: sqlite3.Connection, job: JobRecord) -> bool:
@@ -265,14 +267,37 @@ def load_attempts(conn: sqlite3.Connection, *, jobs: Iterable[str] | None = None
 def save_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
     conn.execute(
         "INSERT INTO attempts (id, job, n, replica, node, state, reason, gpus, created_at, started_at, ended_at,"
-        " exit_code, pid, heartbeat_at, silent_since, outcome, reaped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " exit_code, pid, heartbeat_at, silent_since, outcome, reaped, port, ready, ready_since, check_failures)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT(id) DO UPDATE SET node = excluded.node, state = excluded.state, reason = excluded.reason,"
         " gpus = excluded.gpus, started_at = excluded.started_at, ended_at = excluded.ended_at,"
         " exit_code = excluded.exit_code, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at,"
-        " silent_since = excluded.silent_since, outcome = excluded.outcome, reaped = excluded.reaped",
+        " silent_since = excluded.silent_since, outcome = excluded.outcome, reaped = excluded.reaped,"
+        " port = excluded.port, ready = excluded.ready, ready_since = excluded.ready_since,"
+        " check_failures = excluded.check_failures",
         (a.id, a.job, a.n, a.replica, a.node, a.state.value, a.reason, json.dumps(list(a.gpus)), a.created_at,
          a.started_at, a.ended_at, a.exit_code, a.pid, a.heartbeat_at, a.silent_since,
-         a.outcome.value if a.outcome else "", int(a.reaped)))
+         a.outcome.value if a.outcome else "", int(a.reaped), a.port, int(a.ready), a.ready_since, a.check_failures))
+
+
+LOCAL_HOST = "127.0.0.1"     # simulated (`provider: local`) nodes serve on this machine
+
+
+def endpoints(conn: sqlite3.Connection, job: str | None = None) -> list[Endpoint]:
+    """Every live replica with a port (of one job, or all), with its node's address and whether
+    routers may send it requests. Oldest attempt first within a replica."""
+    sql = ("SELECT a.job, a.replica, a.id, a.node, a.port, a.ready, a.ready_since, n.host, n.draining"
+           " FROM attempts a LEFT JOIN nodes n ON n.name = a.node"
+           " WHERE a.state IN ('starting', 'running', 'silent') AND a.port IS NOT NULL")
+    args: list = []
+    if job is not None:
+        sql += " AND a.job = ?"
+        args.append(job)
+    rows = conn.execute(sql + " ORDER BY a.job, a.replica, a.n", args).fetchall()
+    return [Endpoint(job=r["job"], replica=r["replica"], attempt=r["id"], node=r["node"],
+                     host=LOCAL_HOST if r["host"] in (None, "local") else r["host"], port=r["port"],
+                     ready=bool(r["ready"]), ready_since=r["ready_since"], draining=bool(r["draining"]))
+            for r in rows]
 
 
 def mark_reaped(conn: sqlite3.Connection, ids: Iterable[str]) -> None:
