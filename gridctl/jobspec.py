@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 from .spec import Duration, Name, PositiveDuration, _describe, _Model, _line_key
@@ -21,7 +21,7 @@ from .yamlsrc import format_loc, line_of, load_with_lines
 CLASSES = ("service", "batch", "training", "manual")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 RESERVED_ENV = ("CUDA_VISIBLE_DEVICES", "GRIDCTL_JOB", "GRIDCTL_ATTEMPT", "GRIDCTL_HEARTBEAT",
-                "GRIDCTL_RESTART_COUNT", "GRIDCTL_REPLICA", "GRIDCTL_CHECKPOINT_DIR")
+                "GRIDCTL_RESTART_COUNT", "GRIDCTL_REPLICA", "GRIDCTL_CHECKPOINT_DIR", "GRIDCTL_PORT", "GRIDCTL_HOST")
 
 
 class Recovery(_Model):
@@ -46,6 +46,31 @@ class Recovery(_Model):
         return v
 
 
+class Readiness(_Model):
+    """How the controller tells that a service replica serves (DESIGN section 11): an HTTP GET
+    answering 2xx, or a TCP connect; checked every pass, and by routers as they route."""
+
+    http: Optional[str] = None                            # a path, GET, 2xx = ready
+    tcp: bool = False                                     # the port accepts a connection
+    period: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    failure_threshold: int = Field(3, ge=1, le=100)       # failed checks in a row, once ready -> not ready
+    ready_timeout: Optional[PositiveDuration] = None      # never ready this long after start: restarted
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not v.startswith("/") or any(c.isspace() or not c.isprintable() for c in v)):
+            raise ValueError("expected a path such as /health (starts with /, no spaces)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Readiness":
+        if bool(self.http) == bool(self.tcp):
+            raise ValueError("give one of http: /path or tcp: true")
+        return self
+
+
 class JobSpec(_Model):
     name: Name
     class_: Literal["service", "batch", "training", "manual"] = Field("service", alias="class")
@@ -59,6 +84,8 @@ class JobSpec(_Model):
     env: dict[str, str] = {}
     work_dir: Optional[str] = None                        # the process's cwd on the node (default: its attempt dir)
     checkpoint_dir: Optional[str] = None                  # training: passed as GRIDCTL_CHECKPOINT_DIR
+    port: Union[Literal["auto"], int, None] = None        # service: GRIDCTL_PORT on its node; auto = a free one
+    readiness: Optional[Readiness] = None
     recovery: Recovery = Recovery()
 
     model_config = _Model.model_config | {"populate_by_name": True}
@@ -104,6 +131,28 @@ class JobSpec(_Model):
     def _checkpoint_only_for_training(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         if v and info.data.get("class_", "service") != "training":
             raise ValueError("only training jobs take a checkpoint dir")
+        return v
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        if info.data.get("class_", "service") != "service":
+            raise ValueError("only service jobs have a port")
+        if isinstance(v, bool) or not (v == "auto" or isinstance(v, int) or isinstance(v, str) and v.isdigit()):
+            raise ValueError("expected a port number (1-65535) or auto")
+        if v != "auto" and not 1 <= int(v) <= 65535:
+            raise ValueError(f"port {v} is out of range: ports are 1-65535 (or auto)")
+        return v if v == "auto" else int(v)
+
+    @field_validator("readiness")
+    @classmethod
+    def _readiness_only_for_services(cls, v: Optional[Readiness], info: ValidationInfo) -> Optional[Readiness]:
+        if v is not None and info.data.get("class_", "service") != "service":
+            raise ValueError(f"only service jobs have readiness (this is a {info.data.get('class_')} job)")
+        if v is not None and info.data.get("port") is None:
+            raise ValueError("readiness needs a port: set port: auto or a number")
         return v
 
     @property

@@ -67,12 +67,16 @@ class LaunchSpec:
 
 
 def build_env(user_env: dict[str, str], *, job: str, attempt_id: str, replica: int, gpu_uuids: tuple[str, ...],
-              restart_count: int, checkpoint_dir: str | None) -> dict[str, str]:
+              restart_count: int, checkpoint_dir: str | None, port: int | None = None,
+              host: str | None = None) -> dict[str, str]:
     env = dict(user_env)
     env.update({"CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids), "GRIDCTL_JOB": job, "GRIDCTL_ATTEMPT": attempt_id,
                 "GRIDCTL_REPLICA": str(replica), "GRIDCTL_RESTART_COUNT": str(restart_count)})
     if checkpoint_dir:
         env["GRIDCTL_CHECKPOINT_DIR"] = checkpoint_dir
+    if port is not None:
+        env["GRIDCTL_PORT"] = str(port)
+        env["GRIDCTL_HOST"] = host or "0.0.0.0"
     return env
 
 

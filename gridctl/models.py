@@ -308,6 +308,32 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class ReadyTarget:
+    """One replica's readiness check, as the controller makes it."""
+
+    attempt: str
+    host: str
+    port: int
+    http_path: str | None          # None: a TCP connect is the check
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ReadyCheck:
+    ok: bool
+    detail: str                    # "HTTP 200", "HTTP 503", "connection refused", "timed out after 1s"
+    checked_at: float
+
+
+LOCAL_HOST = "127.0.0.1"     # simulated (`provider: local`) nodes serve on this machine
+
+
+def service_host(node_host: str | None) -> str:
+    """The address a replica on this node listens on and routers call (GRIDCTL_HOST)."""
+    return LOCAL_HOST if node_host in (None, "", "local") else node_host
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """One live replica of a service as a router sees it (`gridctl endpoints`, `gridctl route`)."""
 

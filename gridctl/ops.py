@@ -80,6 +80,12 @@ def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
     conn = connect(db_path, create=True)
     try:
         with write_tx(conn):
+            if isinstance(spec.port, int):
+                taken = [j.name for j in queries.load_jobs(conn, active_only=True).values()
+                         if j.spec.get("port") == spec.port and j.name != spec.name]
+                if taken:
+                    raise ConfigError(f"port {spec.port}: already the fixed port of job {taken[0]}; two jobs with "
+                                      "one fixed port could not share a node (use port: auto)")
             if not queries.insert_job(conn, record):
                 old = queries.get_job(conn, spec.name)
                 raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "

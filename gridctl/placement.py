@@ -31,6 +31,7 @@ class Offer:
     used: frozenset[str] = frozenset()           # GPU UUIDs held by live attempts
     unavailable: str | None = None               # why it takes no work ("quarantined (xid 79)"), None if it does
     replicas: dict[str, int] = field(default_factory=dict)   # job -> live attempts here
+    ports: frozenset[int] = frozenset()          # ports held by live attempts here
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Request:
     spread: bool = False
     avoid: frozenset[str] = frozenset()          # nodes where this job already failed
     exclude: frozenset[str] = frozenset()        # nodes it must not use now (a silent node it is hedging from)
+    port: int | None = None                      # a fixed service port the node must have free
 
     def describe(self) -> str:
         kind = self.gpu_type or "GPU"
@@ -57,6 +59,14 @@ class Placement:
     gpus: tuple[Gpu, ...]
 
 
+AUTO_PORTS = range(20000, 30000)   # where `port: auto` services get their port on a node
+
+
+def free_port(used: frozenset[int], ports: range = AUTO_PORTS) -> int | None:
+    """The lowest port of the range no live attempt on the node holds."""
+    return next((p for p in ports if p not in used), None)
+
+
 def _matches(gpu: Gpu, req: Request) -> bool:
     return gpu_fits(req.gpu_type, req.gpu_memory_gb, gpu.name, gpu.memory_mib)
 
@@ -69,6 +79,8 @@ def _why_not(offer: Offer, req: Request) -> str | None:
         return f"{offer.node} {offer.unavailable}"
     if req.pool and offer.pool != req.pool:
         return f"{offer.node} in pool {offer.pool}"
+    if req.port is not None and req.port in offer.ports:
+        return f"{offer.node} has port {req.port} in use"
     if req.gpus == 0:
         return None
     fitting = [g for g in offer.gpus if _matches(g, req)]

@@ -54,6 +54,9 @@ def run(
     gpu_type: Optional[str] = typer.Option(None, "--gpu-type", help="e.g. H100."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Only nodes of this pool."),
     env: List[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)."),
+    port: Optional[str] = typer.Option(None, "--port", help="Service port on its node (GRIDCTL_PORT): a number or auto."),
+    ready_http: Optional[str] = typer.Option(None, "--ready-http", help="Readiness: GET this path, 2xx = ready."),
+    ready_tcp: bool = typer.Option(False, "--ready-tcp", help="Readiness: the port accepts a connection."),
     wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler to take the lock."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -69,8 +72,10 @@ def run(
     else:
         if not args:
             raise ConfigError("--name given but no command: gridctl run --name NAME --gpus N -- COMMAND ARGS...")
+        readiness = {"http": ready_http} if ready_http else {"tcp": True} if ready_tcp else None
         spec = job_from_flags({"name": name, "class": job_class, "command": list(args), "gpus": gpus,
-                               "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env)})
+                               "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env),
+                               "port": port, "readiness": readiness})
     _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
 
 

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .apply import apply, record, record_intent
 from .facts import read_facts
 from .observe import Transports, sweep, take_inventory
 from .plan import after_actions, plan
+from .readiness import check_all
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,12 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     started = time.time()
     facts = read_facts(conn, lemon_window_s=fleet.health.lemon_window, now=started)
     inventory = take_inventory(fleet, state_dir)
-    observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
-                         concurrency=fleet.health.concurrency, since=facts.log_since(), kill=facts.kill_lists())
-    decided = plan(fleet, facts, inventory, observations, time.time())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridctl-ready") as beside:
+        checking = beside.submit(check_all, facts.ready_targets())
+        observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
+                             concurrency=fleet.health.concurrency, since=facts.log_since(), kill=facts.kill_lists())
+        checks = checking.result()
+    decided = plan(fleet, facts, inventory, observations, time.time(), checks)
     apply(conn, decided)
     writing = threading.Lock()
 

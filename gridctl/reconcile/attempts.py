@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..models import Attempt, Health, NodeState, Outcome
+from ..models import Attempt, Health, NodeState, Outcome, ReadyCheck
 from .jobs import S, JobPass, NodeView, ago, short
 
 
@@ -114,3 +114,34 @@ def _silent(jp: JobPass, a: Attempt, view: NodeView) -> None:
         jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} silent for {ago(silent_for)} "
                f"(unreachable_grace {p.unreachable_grace:g}s)")
 
+
+
+def apply_readiness(jp: JobPass, checks: dict[str, ReadyCheck]) -> None:
+    """Turn this pass's readiness checks into the ready set: ready on the first good check; out of
+    routing after `failure_threshold` failed checks in a row (the process keeps running); ended
+    and restarted when never ready within `ready_timeout`."""
+    for attempt_id, check in sorted(checks.items()):
+        a = jp.attempts.get(attempt_id)
+        spec = jp.specs.get(a.job) if a is not None else None
+        if a is None or a.state is not S.RUNNING or spec is None or spec.readiness is None:
+            continue
+        r = spec.readiness
+        if check.ok:
+            if not a.ready:
+                a = jp.put(replace(a, ready=True, ready_since=jp.now, check_failures=0))
+                jp.event("replica-ready", f"attempt {a.id} on {a.node} ready ({check.detail}), "
+                         f"{ago(jp.now - (a.started_at or jp.now))} after start", job=a.job, node=a.node)
+            elif a.check_failures:
+                jp.put(replace(a, check_failures=0))
+            continue
+        fails = a.check_failures + 1
+        if a.ready and fails >= r.failure_threshold:
+            jp.put(replace(a, ready=False, ready_since=None, check_failures=fails))
+            jp.event("replica-not-ready", f"attempt {a.id} on {a.node}: {fails} failed readiness checks in a row "
+                     f"({check.detail}): out of routing, its process keeps running", job=a.job, node=a.node,
+                     severity="warning")
+        elif not a.ready and r.ready_timeout and jp.now - (a.started_at or jp.now) > r.ready_timeout:
+            jp.end(a, S.HUNG, Outcome.HUNG, f"not ready {ago(jp.now - (a.started_at or jp.now))} after start "
+                   f"(ready_timeout {r.ready_timeout:g}s; last check: {check.detail}): killed", stop=True)
+        else:
+            jp.put(replace(a, check_failures=fails))

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from ..jobspec import JobSpec
-from ..models import Attempt, JobRecord, NodeRecord
+from ..models import Attempt, AttemptState, JobRecord, NodeRecord, ReadyTarget, service_host
 from ..store import queries, read_tx
 from .jobs import parse_specs
 
@@ -43,6 +43,18 @@ class Facts:
             if not a.state.live:
                 out.setdefault(a.node, []).append(a.id)
         return {node: tuple(ids) for node, ids in out.items()}
+
+    def ready_targets(self) -> list[ReadyTarget]:
+        """Every running replica of a service that declares readiness: checked beside the sweep."""
+        out = []
+        for a in self.attempts:
+            spec = self.specs.get(a.job)
+            if a.state is not AttemptState.RUNNING or a.port is None or spec is None or spec.readiness is None:
+                continue
+            node = self.nodes.get(a.node)
+            r = spec.readiness
+            out.append(ReadyTarget(a.id, service_host(node.host if node else None), a.port, r.http, r.timeout))
+        return out
 
     def log_since(self) -> dict[str, int]:
         """Where each node's kernel-log read starts."""

@@ -22,7 +22,8 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from ..jobspec import JobSpec, spec_from_store
-from ..models import Attempt, AttemptReport, AttemptState, Event, JobRecord, JobState, NodeRecord, Outcome
+from ..models import (Attempt, AttemptReport, AttemptState, Event, JobRecord, JobState, NodeRecord, Outcome,
+                      ReadyCheck)
 from ..placement import Gpu
 from ..recovery import Decision, Policy, Step, decide, policy
 from .actions import Launch, Stop
@@ -137,14 +138,15 @@ class JobPass:
 
 def plan_jobs(jobs: dict[str, JobRecord], attempts: list[Attempt], views: dict[str, NodeView], now: float, *,
               history: list[Attempt] = (), lemon: LemonRule = LemonRule(), stop_grace_s: float = 5.0,
-              specs: dict[str, JobSpec | None] | None = None) -> JobPlan:
+              specs: dict[str, JobSpec | None] | None = None, checks: dict[str, ReadyCheck] | None = None) -> JobPlan:
     """Decide one pass for every active job. `attempts`: every attempt of these jobs (live ones
     included); `history`: attempts of any job that ended within the lemon window; `specs`: the
-    jobs' parsed specs (parsed here when not given)."""
+    jobs' parsed specs (parsed here when not given); `checks`: this pass's readiness checks."""
     from . import attempts as judging, lemons, replicas
     p = JobPass(jobs, parse_specs(jobs) if specs is None else specs, attempts, views, now, stop_grace_s)
     judging.fenced(p)
     judging.judge(p)
+    judging.apply_readiness(p, checks or {})
     replicas.keep_placed(p)
     lemons.find(p, list(history), lemon)
     return p.plan

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..health import Thresholds
-from ..models import Attempt, Event, JobRecord, NodeRecord, Observation
+from ..models import Attempt, Event, JobRecord, NodeRecord, Observation, ReadyCheck
 from ..spec import Fleet
 from .actions import Results
 from .facts import Facts
@@ -59,14 +59,17 @@ def thresholds(fleet: Fleet) -> Thresholds:
     return Thresholds(unhealthy_after=h.unhealthy_after, recover_after=h.recover_after, stale_after_s=h.stale_after)
 
 
-def plan(fleet: Fleet, facts: Facts, inventory: Inventory, observations: dict[str, Observation], now: float) -> Plan:
-    """The whole pass's decisions: node transitions, attempt outcomes, recovery, placements,
-    hedges, hand-overs, kill lists, and the ordered cloud calls."""
+def plan(fleet: Fleet, facts: Facts, inventory: Inventory, observations: dict[str, Observation], now: float,
+         checks: dict[str, ReadyCheck] | None = None) -> Plan:
+    """The whole pass's decisions: node transitions, attempt outcomes, readiness, recovery,
+    placements, hedges, hand-overs, kill lists, and the ordered cloud calls. `checks`: the
+    readiness checks made beside the sweep."""
     nodes = plan_nodes(facts.nodes, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet),
                        facts.partitions)
     views = node_views(nodes, inventory.nodes, observations, facts.nodes)
     jobs = plan_jobs(facts.jobs, list(facts.attempts), views, now, history=list(facts.history),
-                     lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window), specs=facts.specs)
+                     lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window), specs=facts.specs,
+                     checks=checks)
     reaped = tuple(i for name, ids in facts.kill_lists().items() if complete(observations.get(name)) for i in ids)
     skeleton = Plan(now, nodes, jobs, PoolPlan(), reaped)
     return replace(skeleton, pools=_plan_pools(fleet, facts, inventory, skeleton))

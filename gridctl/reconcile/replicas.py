@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from ..jobspec import JobSpec
 from ..launcher import LaunchSpec, build_env
-from ..models import Attempt, JobRecord, JobState, NodeState, Outcome
-from ..placement import Offer, Placement, Request, place
+from ..models import Attempt, JobRecord, JobState, NodeState, Outcome, service_host
+from ..placement import Offer, Placement, Request, free_port, place
 from ..recovery import Decision, Policy, Step, decide
 from .jobs import S, JobPass, Launch, ReplicaState, Stop, ago, short
 
@@ -29,12 +29,12 @@ def offers(jp: JobPass) -> dict[str, Offer]:
             why = "cordoned"
         elif rec.state is not NodeState.READY:
             why = f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
-        used = {g for a in jp.attempts.values() if a.node == name and a.state.live for g in a.gpus}
+        here = [a for a in jp.attempts.values() if a.node == name and a.state.live]
         replicas: dict[str, int] = {}
-        for a in jp.attempts.values():
-            if a.node == name and a.state.live:
-                replicas[a.job] = replicas.get(a.job, 0) + 1
-        out[name] = Offer(name, rec.pool, v.gpus, frozenset(used), why, replicas)
+        for a in here:
+            replicas[a.job] = replicas.get(a.job, 0) + 1
+        out[name] = Offer(name, rec.pool, v.gpus, frozenset(g for a in here for g in a.gpus), why, replicas,
+                          frozenset(a.port for a in here if a.port is not None))
     return out
 
 
@@ -202,27 +202,32 @@ def _start(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str,
            then_stop: tuple["Stop", ...] = (), why: str) -> bool | str:
     failed_on = frozenset(a.node for a in jp.attempts.values() if a.job == job.name and a.outcome is not None
                           and a.outcome.failed_here)
+    fixed = spec.port if isinstance(spec.port, int) else None
     req = Request(job.name, spec.gpus, spec.gpu_type, spec.gpu_memory_gb, spec.pool, spec.spreads,
-                  avoid=failed_on, exclude=frozenset(exclude))
+                  avoid=failed_on, exclude=frozenset(exclude), port=fixed)
     got = place(req, list(offers.values()))
     if not isinstance(got, Placement):
         return got
+    port = fixed if fixed is not None else free_port(offers[got.node].ports) if spec.port == "auto" else None
     job = jp.jobs[job.name]
     n = job.attempts_made + 1
     attempt_id = f"{job.name}.{n}"
     uuids = tuple(g.uuid for g in got.gpus)
     a = jp.put(Attempt(id=attempt_id, job=job.name, n=n, replica=r, node=got.node, state=S.STARTING,
-                       reason="launching", gpus=uuids, created_at=jp.now))
+                       reason="launching", gpus=uuids, created_at=jp.now, port=port))
     jp.jobs[job.name] = replace(job, attempts_made=n, next_try_at=None)
     o = offers[got.node]
-    offers[got.node] = replace(o, used=o.used | set(uuids), replicas={**o.replicas, job.name: o.replicas.get(job.name, 0) + 1})
+    offers[got.node] = replace(o, used=o.used | set(uuids), replicas={**o.replicas, job.name: o.replicas.get(job.name, 0) + 1},
+                               ports=o.ports | ({port} if port is not None else set()))
     view = jp.views[got.node]
     env = build_env(spec.env, job=job.name, attempt_id=attempt_id, replica=r, gpu_uuids=uuids,
-                    restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir)
+                    restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir, port=port,
+                    host=service_host(view.record.host))
     jp.plan.launches.append(Launch(a, got.node, view.work_dir,
                                      LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir), then_stop))
     gpus = ",".join(str(g.index) for g in got.gpus) or "none"
-    jp.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus})"
-             + (f" [{why}]" if why else ""), job=job.name, node=got.node)
+    jp.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus}"
+             + (f", port {port})" if port is not None else ")") + (f" [{why}]" if why else ""),
+             job=job.name, node=got.node)
     return True
 

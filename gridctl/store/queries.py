@@ -12,7 +12,7 @@ from dataclasses import asdict, fields, replace
 from typing import Iterable
 
 from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, NodeRecord,
-                      NodeState, Observation, Severity, Verdict)
+                      NodeState, Observation, Severity, Verdict, service_host)
 
 OBSERVATIONS_KEPT = 50
 
@@ -280,9 +280,6 @@ def save_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
          a.outcome.value if a.outcome else "", int(a.reaped), a.port, int(a.ready), a.ready_since, a.check_failures))
 
 
-LOCAL_HOST = "127.0.0.1"     # simulated (`provider: local`) nodes serve on this machine
-
-
 def endpoints(conn: sqlite3.Connection, job: str | None = None) -> list[Endpoint]:
     """Every live replica with a port (of one job, or all), with its node's address and whether
     routers may send it requests. Oldest attempt first within a replica."""
@@ -295,7 +292,7 @@ def endpoints(conn: sqlite3.Connection, job: str | None = None) -> list[Endpoint
         args.append(job)
     rows = conn.execute(sql + " ORDER BY a.job, a.replica, a.n", args).fetchall()
     return [Endpoint(job=r["job"], replica=r["replica"], attempt=r["id"], node=r["node"],
-                     host=LOCAL_HOST if r["host"] in (None, "local") else r["host"], port=r["port"],
+                     host=service_host(r["host"]), port=r["port"],
                      ready=bool(r["ready"]), ready_since=r["ready_since"], draining=bool(r["draining"]))
             for r in rows]
 
