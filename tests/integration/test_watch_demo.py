@@ -146,6 +146,20 @@ def nodes_json(started, fleet: Path, env: dict) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(res.stdout)}
 
 
+def jobs_of(started, fleet: Path, env: dict) -> list[dict]:
+    import json
+    res = run(started, "jobs", "-f", fleet, "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def events_of(started, fleet: Path, env: dict) -> list[dict]:
+    import json
+    res = run(started, "events", "-f", fleet, "--json", "--limit", "100000", env=env)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
 # ---------------------------------------------------------------- demo
 
 def run_demo(started, env, *extra) -> tuple[subprocess.CompletedProcess, float]:
@@ -202,6 +216,21 @@ def test_demo_keep_leaves_a_fleet_to_explore_and_kills_every_attempt(started, en
         xid_node = next(f for f in faults_injected(res.stdout) if f.startswith("xid79")).split(" on ")[1]
         assert nodes[xid_node]["state"] == "quarantined", nodes[xid_node]
         assert "xid 79" in nodes[xid_node]["reason"]
+        fleet = root / "fleet.yaml"
+        # the demo ended its jobs through the normal cancel path, and said so
+        assert re.search(r"^demo: cancelled etl, train, web \(--keep\): no job is left running; "
+                         r"their processes are stopped$", res.stdout, re.M), res.stdout[-3000:]
+        assert {j["name"]: (j["state"], j["reason"]) for j in jobs_of(started, fleet, env)} == {
+            "web": ("cancelled", "by user"), "etl": ("cancelled", "by user"), "train": ("cancelled", "by user")}
+        before = len(events_of(started, fleet, env))
+        # the first pass in the kept dir finds nothing to mourn: no attempt was left `running`
+        res = run(started, "reconcile", "-f", fleet, env=env)
+        assert res.returncode == 0 and "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
+        after = events_of(started, fleet, env)[before:]
+        assert [e for e in after if e["job"] is not None] == [], after
+        for j in jobs_of(started, fleet, env):
+            assert j["state"] == "cancelled", j
+            assert [a for a in j["attempts"] if a["state"] in ("starting", "running", "silent")] == [], j
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
