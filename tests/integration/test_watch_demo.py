@@ -142,7 +142,7 @@ def leftovers(root: Path, before: set[int], wait_s: float = 5.0) -> set[int]:
 def nodes_json(started, fleet: Path, env: dict) -> dict[str, dict]:
     import json
     res = run(started, "nodes", "-f", fleet, "--json", env=env)
-    assert res.returncode in (0, 1), res.stderr
+    assert res.returncode == 0, res.stderr
     return {row["name"]: row for row in json.loads(res.stdout)}
 
 
@@ -283,7 +283,7 @@ def test_watch_on_a_terminal_redraws_and_stops_cleanly_on_ctrl_c(started, env, t
         if slave != -1:
             os.close(slave)
     text = ANSI.sub("", screen.decode(errors="replace"))
-    assert rc in (0, 130), text[-3000:]
+    assert rc == 0, text[-3000:]                   # Ctrl-C is how watch is meant to end
     assert "Traceback" not in text, text[-3000:]
     assert screen.count(b"\x1b[?1049h") == 1, "one switch to the alternate screen"
     assert screen.rstrip().endswith(b"\x1b[?1049l"), "the alternate screen is left on exit"
@@ -304,7 +304,7 @@ def test_watch_plain_prints_event_lines_and_stops_on_ctrl_c(started, env, tmp_pa
     assert proc.poll() is None
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=10)
-    assert proc.returncode in (0, 130), err
+    assert proc.returncode == 0, err
     assert "Traceback" not in out + err
     lines = out.splitlines()
     assert lines and all(EVENT_LINE.match(ln) for ln in lines), lines
@@ -320,7 +320,7 @@ def test_watch_without_a_terminal_is_plain(started, env, tmp_path):
     time.sleep(2.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=10)
-    assert proc.returncode in (0, 130), err
+    assert proc.returncode == 0, err
     assert "Traceback" not in out + err
     assert any(" node-added " in ln and EVENT_LINE.match(ln) for ln in out.splitlines()), out
 

@@ -188,20 +188,3 @@ def test_inventory_changes_refresh_the_stored_identity():
     plan = plan_pass(before, [inv("a", gpus=2)], {}, {"a": good("a")}, NOW, TH, frozenset())
     (row,) = plan.nodes
     assert row.host == "a.example" and row.gpus_expected == 2
-
-
-def test_plan_is_pure():
-    nodes = fleet_of(4)
-    before = {n.name: stored(n.name) for n in nodes}
-    obs = observe(nodes, {"p0"})
-    a = plan_pass(before, nodes, {}, obs, NOW, TH, frozenset())
-    b = plan_pass(before, nodes, {}, obs, NOW, TH, frozenset())
-    assert a == b
-    assert before == {n.name: stored(n.name) for n in nodes}
-
-
-def test_cordon_flag_survives_a_pass():
-    before = {"a": stored("a", cordoned=True, cordon_reason="swap disk")}
-    plan = plan_pass(before, [inv("a")], {}, {"a": good("a")}, NOW, TH, frozenset())
-    (row,) = plan.nodes
-    assert row.cordoned and row.cordon_reason == "swap disk" and not row.schedulable

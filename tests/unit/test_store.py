@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from dataclasses import replace
 
 import pytest
 
@@ -260,15 +261,28 @@ def test_write_tx_is_visible_to_another_connection_only_after_commit(tmp_path):
         b.close()
 
 
+def test_a_pass_writing_a_node_it_read_before_a_cordon_does_not_undo_the_cordon(db):
+    with write_tx(db):
+        queries.save_node(db, node(state=NodeState.READY, reason="4 GPUs healthy"), 1.0)
+    seen_by_pass = queries.get_node(db, "n1")                   # the pass's read
+    with write_tx(db):                                          # `gridctl drain` commits meanwhile
+        queries.set_cordon(db, "n1", True, "bios update", 2.0, draining=True)
+    with write_tx(db):                                          # the pass's write, from its read
+        queries.save_node(db, replace(seen_by_pass, state=NodeState.SUSPECT, reason="probe slow"), 3.0)
+    row = queries.get_node(db, "n1")
+    assert (row.state, row.reason) == (NodeState.SUSPECT, "probe slow")
+    assert (row.cordoned, row.cordon_reason, row.draining) == (True, "bios update", True)
+
+
 def test_wal_side_files_are_private(tmp_path):
     path = tmp_path / "fleet.db"
     a = connect(path)
     with write_tx(a):
         queries.save_node(a, node(), 1.0)
-    b = connect(path)   # side files exist now; connect tightens them
+    b = connect(path)   # side files exist while a connection is open; connect tightens them
     for suffix in ("-wal", "-shm"):
         side = tmp_path / f"fleet.db{suffix}"
-        if side.exists():
-            assert stat.S_IMODE(side.stat().st_mode) == 0o600
+        assert side.exists(), f"{side}: no side file to check"
+        assert stat.S_IMODE(side.stat().st_mode) == 0o600
     a.close()
     b.close()
