@@ -197,7 +197,7 @@ def test_demo_recovers_every_affected_job_and_leaves_no_job_running(started, env
     assert not left, f"demo attempt processes still running: {left}"
 
 
-def test_demo_keep_leaves_a_fleet_to_explore_and_kills_every_attempt(started, env, tmp_path):
+def test_demo_keep_leaves_a_fleet_to_explore_with_its_jobs_cancelled_and_nothing_running(started, env, tmp_path):
     res, wall = run_demo(started, env, "--keep")
     root = demo_root(res.stdout)
     try:
