@@ -83,12 +83,14 @@ def _end_jobs(d, keep: bool) -> str:
     a node that did not answer that pass are killed by pid. Returns the line to print, if any."""
     from .jobs import pass_now
     note = ""
-    if keep:
-        names = d.request_cancel()
-        _, why = pass_now(d.fleet, d.db_path, 30.0)
-        if names and why:
-            note = f"demo: cancel of {', '.join(names)} requested, but no pass ran ({why}); their processes are stopped"
-        elif names:
-            note = f"demo: cancelled {', '.join(names)} (--keep): no job is left running; their processes are stopped"
-    d.kill_jobs()
+    try:
+        if keep:
+            names = d.request_cancel()
+            _, why = pass_now(d.fleet, d.db_path, 30.0)
+            if names and why:
+                note = f"demo: cancel of {', '.join(names)} requested, but no pass ran ({why}); their processes are stopped"
+            elif names:
+                note = f"demo: cancelled {', '.join(names)} (--keep): no job is left running; their processes are stopped"
+    finally:
+        d.kill_jobs()       # even when a second Ctrl-C cuts the cancel pass short
     return note
