@@ -217,6 +217,21 @@ class Demo:
 
     # -- cleanup
 
+    def request_cancel(self) -> list[str]:
+        """--keep (cli/demo.py): ask for every unfinished job's cancel, as `gridctl cancel` does; the
+        pass that follows stops the attempts and records them ended. Returns the names, sorted."""
+        conn = connect(self.db_path, create=False)
+        try:
+            with write_tx(conn):
+                names = sorted(j.name for j in queries.load_jobs(conn).values() if not j.state.terminal)
+                for name in names:
+                    queries.request_cancel(conn, name)
+                queries.add_events(conn, [Event(time.time(), "cancel-requested", "cancel requested by the demo (--keep)",
+                                                job=name) for name in names])
+        finally:
+            conn.close()
+        return names
+
     def kill_jobs(self) -> None:
         """End every process the demo's attempts started (by the pids in their attempt dirs)."""
         for pid_file in (self.root / "nodes").glob("*/work/attempts/*/pid"):

@@ -340,6 +340,10 @@ class SshTransport:
                 chan.sendall(stdin)
             chan.shutdown_write()
             out, err, truncated = _drain(chan, deadline)
+            if chan.exit_status == -1 and not t.is_active():
+                # the connection died before the command ended: what came so far is not its answer
+                # (a launch may have started its process all the same)
+                raise _Broken("connection lost before the command finished")
             return RunResult(bytes(out), bytes(err), chan.recv_exit_status(), time.monotonic() - start, truncated)
         except socket.timeout:
             raise ProbeTimeout(f"no answer in {timeout:g}s") from None

@@ -42,9 +42,7 @@ def follow(db_path: Path, fleet, *, loop=None, interval: float, plain: bool, onc
         if plain:
             last = max(0, queries.last_event_id(conn) - 20)
             while True:
-                for _, event in queries.events_after(conn, last):
-                    print(screen.event_line(event), flush=True)
-                last = max([last] + [i for i, _ in queries.events_after(conn, last)])
+                last = print_events_after(conn, last)
                 if check_loop():
                     return
                 time.sleep(REFRESH_S)
@@ -56,6 +54,18 @@ def follow(db_path: Path, fleet, *, loop=None, interval: float, plain: bool, onc
                 time.sleep(REFRESH_S)
     finally:
         conn.close()
+
+
+def print_events_after(conn, last: int) -> int:
+    """Print every event with an id above `last`, oldest first; returns the id of the last one
+    printed (a batch of at most 500). Called by follow (plain). One read: the cursor moves only
+    past what was printed, so an event committed meanwhile is printed by the next call, never skipped."""
+    from .. import screen
+    from ..store import queries
+    for event_id, event in queries.events_after(conn, last):
+        print(screen.event_line(event), flush=True)
+        last = event_id
+    return last
 
 
 def _wait_for_store(db_path: Path, loop):

@@ -157,10 +157,12 @@ def test_usage_error_exits_2_without_traceback(args):
 
 
 @pytest.mark.parametrize("args", [(), ("describe",)], ids=["bare", "describe"])
-def test_bare_command_shows_help_without_traceback(args):
+def test_bare_command_shows_help_and_exits_2_as_a_usage_error(args):
+    """A command is missing: that is a usage error (DESIGN section 8: exit 2), with the help to fix it."""
     res = gridctl(*args)
-    assert "Usage" in res.stdout + res.stderr
-    assert "Traceback" not in res.stderr and res.returncode in (0, 2)
+    assert res.returncode == 2, res
+    assert "Usage:" in res.stdout and "Commands" in res.stdout, res.stdout
+    assert res.stderr.strip() == "", res.stderr
 
 
 # ---------------------------------------------------------------- probe

@@ -7,9 +7,11 @@ failed pass leaving half its writes behind.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
+from dataclasses import replace
 
 import pytest
 
@@ -260,15 +262,131 @@ def test_write_tx_is_visible_to_another_connection_only_after_commit(tmp_path):
         b.close()
 
 
+def test_a_pass_writing_a_node_it_read_before_a_cordon_does_not_undo_the_cordon(db):
+    with write_tx(db):
+        queries.save_node(db, node(state=NodeState.READY, reason="4 GPUs healthy"), 1.0)
+    seen_by_pass = queries.get_node(db, "n1")                   # the pass's read
+    with write_tx(db):                                          # `gridctl drain` commits meanwhile
+        queries.set_cordon(db, "n1", True, "bios update", 2.0, draining=True)
+    with write_tx(db):                                          # the pass's write, from its read
+        queries.save_node(db, replace(seen_by_pass, state=NodeState.SUSPECT, reason="probe slow"), 3.0)
+    row = queries.get_node(db, "n1")
+    assert (row.state, row.reason) == (NodeState.SUSPECT, "probe slow")
+    assert (row.cordoned, row.cordon_reason, row.draining) == (True, "bios update", True)
+
+
 def test_wal_side_files_are_private(tmp_path):
     path = tmp_path / "fleet.db"
     a = connect(path)
     with write_tx(a):
         queries.save_node(a, node(), 1.0)
-    b = connect(path)   # side files exist now; connect tightens them
+    b = connect(path)   # side files exist while a connection is open; connect tightens them
     for suffix in ("-wal", "-shm"):
         side = tmp_path / f"fleet.db{suffix}"
-        if side.exists():
-            assert stat.S_IMODE(side.stat().st_mode) == 0o600
+        assert side.exists(), f"{side}: no side file to check"
+        assert stat.S_IMODE(side.stat().st_mode) == 0o600
     a.close()
     b.close()
+
+
+# ---------------------------------------------------------------- migrating a store that has rows
+
+XID = {"code": "xid", "severity": "fatal", "message": "xid 79 on GPU 3 (0000:8a:00.0): fell off the bus", "gpu": 3,
+       "needs_reset": True, "alert": False}
+JOB_SPEC = {"name": "web", "class": "service", "command": "serve", "gpus": 1, "replicas": 2}
+
+
+def _store_at_version(path, version: int) -> sqlite3.Connection:
+    """A store as gridctl left it at schema `version`: the shipped migrations up to it, nothing newer."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    for number in range(version):
+        raw.execute("BEGIN")
+        migrations.MIGRATIONS[number](raw)
+        raw.execute(f"PRAGMA user_version = {number + 1}")
+        raw.execute("COMMIT")
+    return raw
+
+
+def _fill(raw: sqlite3.Connection, version: int) -> None:
+    """Rows a store of that version held, written with that version's columns only."""
+    raw.execute("INSERT INTO nodes (name, pool, provider, host, port, state, health, reason, cordoned, cordon_reason,"
+                " failures, good, needs_release, boot_id, last_seen, last_good, state_since, gpus_expected, gpus_seen,"
+                " findings, updated_at) VALUES ('gpu-a', 'onprem', 'ssh', '10.0.0.5', 2222, 'quarantined', 'unhealthy',"
+                " 'xid 79 on GPU 3', 1, 'rma', 2, 0, 1, 'boot-1', 100.5, 90.0, 95.0, 8, 7, ?, 100.5)", (json.dumps([XID]),))
+    raw.execute("INSERT INTO nodes (name, pool, provider, host, port, state, health) VALUES"
+                " ('gpu-b', 'onprem', 'ssh', 'gpu-b.example', 22, 'ready', 'healthy')")
+    raw.execute("INSERT INTO observations (node, time, contact, health, reason, findings, gpus, max_temp_c, duration_s,"
+                " boot_id, node_time) VALUES ('gpu-a', 100.5, 'ok', 'unhealthy', 'xid 79 on GPU 3', ?, ?, 71.5, 0.4,"
+                " 'boot-1', 100)", (json.dumps([XID]), json.dumps([{"index": 0, "temperature_c": 71.5}])))
+    raw.execute("INSERT INTO events (time, kind, severity, node, message) VALUES"
+                " (100.5, 'node-state', 'warning', 'gpu-a', 'ready -> quarantined: xid 79 on GPU 3')")
+    raw.execute("INSERT INTO meta (key, value) VALUES ('partitions', 'pool:onprem')")
+    if version >= 2:
+        raw.execute("UPDATE nodes SET draining = 1 WHERE name = 'gpu-a'")
+        raw.execute("INSERT INTO jobs (name, spec, class, state, reason, reason_code, created_at, updated_at, restarts,"
+                    " failures, next_try_at, pending_since, cancel_requested, attempts_made) VALUES ('web', ?, 'service',"
+                    " 'running', '2/2 replicas running', 'running', 50.0, 100.5, 1, 0, NULL, NULL, 0, 3)",
+                    (json.dumps(JOB_SPEC),))
+        raw.execute("INSERT INTO attempts (id, job, n, replica, node, state, reason, gpus, created_at, started_at,"
+                    " ended_at, exit_code, pid, heartbeat_at, silent_since, outcome, reaped) VALUES ('web.1', 'web', 1,"
+                    " 0, 'gpu-a', 'lost', 'node gpu-a quarantined', '[\"GPU-1\"]', 50.0, 51.0, 100.5, NULL, 4242, 99.0,"
+                    " NULL, 'node', 0)")
+        raw.execute("INSERT INTO attempts (id, job, n, replica, node, state, reason, gpus, created_at, started_at, pid)"
+                    " VALUES ('web.3', 'web', 3, 0, 'gpu-b', 'running', 'running', '[\"GPU-7\"]', 100.5, 101.0, 77)")
+        raw.execute("INSERT INTO events (time, kind, severity, node, job, message) VALUES"
+                    " (100.5, 'attempt-ended', 'warning', 'gpu-a', 'web', 'attempt web.1 on gpu-a lost')")
+    if version >= 3:
+        raw.execute("INSERT INTO launches (request_id, pool, count, created_at) VALUES ('req-1', 'aws-l4', 2, 99.0)")
+    if version >= 4:
+        raw.execute("""UPDATE nodes SET cloud = '{"zone": "us-east-1a", "spot": "true"}' WHERE name = 'gpu-b'""")
+
+
+@pytest.mark.parametrize("version", range(1, migrations.SCHEMA_VERSION))
+def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, version):
+    path = tmp_path / "fleet.db"
+    raw = _store_at_version(path, version)
+    _fill(raw, version)
+    raw.close()
+
+    conn = connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        nodes = queries.load_nodes(conn)
+        assert nodes["gpu-a"] == NodeRecord(
+            name="gpu-a", pool="onprem", provider="ssh", host="10.0.0.5", port=2222, state=NodeState.QUARANTINED,
+            health=Health.UNHEALTHY, reason="xid 79 on GPU 3", cordoned=True, cordon_reason="rma", failures=2, good=0,
+            needs_release=True, boot_id="boot-1", last_seen=100.5, last_good=90.0, state_since=95.0, gpus_expected=8,
+            gpus_seen=7, findings=(Finding("xid", Severity.FATAL, XID["message"], gpu=3, needs_reset=True),),
+            draining=version >= 2)
+        assert nodes["gpu-b"] == NodeRecord(
+            name="gpu-b", pool="onprem", provider="ssh", host="gpu-b.example", port=22, state=NodeState.READY,
+            health=Health.HEALTHY, reason="", cloud=(("spot", "true"), ("zone", "us-east-1a")) if version >= 4 else ())
+        obs = queries.latest_observation(conn, "gpu-a")
+        assert (obs["time"], obs["contact"], obs["boot_id"], obs["node_time"], obs["max_temp_c"]) == \
+            (100.5, "ok", "boot-1", 100, 71.5)
+        assert obs["findings"] == [XID]
+        assert queries.last_node_times(conn) == {"gpu-a": 100}
+        assert queries.get_meta(conn, "partitions") == "pool:onprem"
+        events = [(e.kind, e.node, e.job, e.message) for e in queries.list_events(conn)]
+        assert events[0] == ("node-state", "gpu-a", None, "ready -> quarantined: xid 79 on GPU 3")
+        if version >= 2:
+            assert events[1:] == [("attempt-ended", "gpu-a", "web", "attempt web.1 on gpu-a lost")]
+            job = queries.get_job(conn, "web")
+            assert (job.spec, job.state.value, job.reason, job.restarts, job.attempts_made) == \
+                (JOB_SPEC, "running", "2/2 replicas running", 1, 3)
+            assert [(a.id, a.state.value, a.node, a.gpus, a.pid, a.outcome, a.reaped) for a in
+                    queries.load_attempts(conn, jobs=["web"])] == [
+                ("web.1", "lost", "gpu-a", ("GPU-1",), 4242, "node", False),
+                ("web.3", "running", "gpu-b", ("GPU-7",), 77, "", False)]
+            assert list(queries.load_jobs(conn, active_only=True)) == ["web"]
+        else:
+            assert events[1:] == [] and queries.load_jobs(conn) == {}
+        assert queries.open_launches(conn) == ({"aws-l4": ("req-1", 2, 99.0)} if version >= 3 else {})
+        # and the migrated store takes the writes of this version
+        with write_tx(conn):
+            queries.save_node(conn, replace(nodes["gpu-b"], reason="4 GPUs healthy"), 200.0)
+            queries.record_launch(conn, "req-2", "gcp-a100", 1, 200.0)
+        assert queries.get_node(conn, "gpu-b").reason == "4 GPUs healthy"
+    finally:
+        conn.close()
