@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from .jobspec import JobSpec
-from .models import AttemptState, Event, JobRecord
+from .models import AttemptState
 from .reconcile.loop import Loop
 from .spec import Fleet, load_fleet
-from .store import connect, queries, write_tx
+from .store import connect, queries
 
 FAULTS = ("xid79", "hang", "down", "ecc")
 NODE_COUNT = 3
@@ -86,22 +86,13 @@ class Demo:
     # -- setup
 
     def submit_jobs(self) -> None:
-        conn = connect(self.db_path, create=True)
-        try:
-            now = time.time()
-            with write_tx(conn):
-                for raw in _JOBS:
-                    data = dict(raw)
-                    if data["class"] == "training":
-                        (self.root / "ckpt").mkdir(exist_ok=True)
-                        data["checkpoint_dir"] = str(self.root / "ckpt")
-                    spec = JobSpec.model_validate(data)
-                    queries.insert_job(conn, JobRecord(name=spec.name, spec=spec.to_store(), created_at=now,
-                                                       updated_at=now, pending_since=now))
-                    queries.add_events(conn, [Event(now, "job-created", f"{spec.job_class} job: "
-                                                    f"{spec.gpus} GPU(s) x {spec.replicas}", job=spec.name)])
-        finally:
-            conn.close()
+        from .ops import record_job
+        for raw in _JOBS:
+            data = dict(raw)
+            if data["class"] == "training":
+                (self.root / "ckpt").mkdir(exist_ok=True)
+                data["checkpoint_dir"] = str(self.root / "ckpt")
+            record_job(self.fleet, self.db_path, JobSpec.model_validate(data))
 
     # -- the scenario, in its own thread
 
@@ -220,17 +211,8 @@ class Demo:
     def request_cancel(self) -> list[str]:
         """--keep (cli/demo.py): ask for every unfinished job's cancel, as `gridctl cancel` does; the
         pass that follows stops the attempts and records them ended. Returns the names, sorted."""
-        conn = connect(self.db_path, create=False)
-        try:
-            with write_tx(conn):
-                names = sorted(j.name for j in queries.load_jobs(conn).values() if not j.state.terminal)
-                for name in names:
-                    queries.request_cancel(conn, name)
-                queries.add_events(conn, [Event(time.time(), "cancel-requested", "cancel requested by the demo (--keep)",
-                                                job=name) for name in names])
-        finally:
-            conn.close()
-        return names
+        from .ops import cancel_unfinished
+        return cancel_unfinished(self.db_path, by="demo")
 
     def kill_jobs(self) -> None:
         """End every process the demo's attempts started (by the pids in their attempt dirs)."""

@@ -301,6 +301,7 @@ class JobRecord:
     pending_since: float | None = None
     cancel_requested: bool = False
     attempts_made: int = 0
+    cancel_by: str = "user"           # who asked for the cancel: "user", "demo"
 
     @property
     def job_class(self) -> str:

@@ -116,6 +116,22 @@ def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
     return _job_now(db_path, name, why)
 
 
+def cancel_unfinished(db_path: Path, by: str) -> list[str]:
+    """Ask for every unfinished job's cancel (the demo's --keep); the next pass stops them.
+    Returns the names, sorted."""
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            names = sorted(j.name for j in queries.load_jobs(conn).values() if not j.state.terminal)
+            for name in names:
+                queries.request_cancel(conn, name, by=by)
+            queries.add_events(conn, [Event(time.time(), "cancel-requested", f"cancel requested by {by}", job=name)
+                                      for name in names])
+        return names
+    finally:
+        conn.close()
+
+
 def _known_node(conn, name: str) -> NodeRecord:
     node = queries.get_node(conn, name)
     if node is None:

@@ -81,7 +81,7 @@ def _end_jobs(d, keep: bool) -> str:
     through the normal path (request, then one pass that stops them and records it), so the first
     command in the kept dir does not find `running` attempts whose processes are gone. Processes on
     a node that did not answer that pass are killed by pid. Returns the line to print, if any."""
-    from .jobs import pass_now
+    from ..ops import pass_now
     note = ""
     try:
         if keep:

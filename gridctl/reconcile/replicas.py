@@ -82,11 +82,11 @@ def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -
     if job.cancel_requested and job.state is not JobState.CANCELLED:
         for a in jp.live(job.name):
             if a.state is S.SILENT:
-                jp.end(a, S.KILLED, Outcome.CANCEL, "cancelled by user (node silent: killed when it answers)")
+                jp.end(a, S.KILLED, Outcome.CANCEL, f"cancelled by {job.cancel_by} (node silent: killed when it answers)")
             else:
-                jp.end(a, S.KILLED, Outcome.CANCEL, "cancelled by user", stop=True)
+                jp.end(a, S.KILLED, Outcome.CANCEL, f"cancelled by {job.cancel_by}", stop=True)
         _apply_ended(jp, job, spec)   # records the attempt events
-        job = replace(job, state=JobState.CANCELLED, reason="by user", reason_code="cancelled",
+        job = replace(job, state=JobState.CANCELLED, reason=f"by {job.cancel_by}", reason_code="cancelled",
                       next_try_at=None)
         _finish(jp, job, before)
         return

@@ -139,7 +139,13 @@ def _v5_attempt_serving(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE attempts ADD COLUMN check_failures INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving]
+def _v6_job_cancel_by(conn: sqlite3.Connection) -> None:
+    """Who asked for a cancel (a person, or the demo): the job's reason says so."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN cancel_by TEXT NOT NULL DEFAULT 'user'")
+
+
+MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
+              _v6_job_cancel_by]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

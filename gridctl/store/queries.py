@@ -191,7 +191,8 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
                      reason=row["reason"], reason_code=row["reason_code"], created_at=row["created_at"],
                      updated_at=row["updated_at"], restarts=row["restarts"], failures=row["failures"],
                      next_try_at=row["next_try_at"], pending_since=row["pending_since"],
-                     cancel_requested=bool(row["cancel_requested"]), attempts_made=row["attempts_made"])
+                     cancel_requested=bool(row["cancel_requested"]), attempts_made=row["attempts_made"],
+                     cancel_by=row["cancel_by"])
 
 
 def _attempt_from_row(row: sqlite3.Row) -> Attempt:
@@ -223,8 +224,8 @@ def save_job(conn: sqlite3.Connection, job: JobRecord) -> None:
          job.next_try_at, job.pending_since, job.attempts_made, job.name))
 
 
-def request_cancel(conn: sqlite3.Connection, name: str) -> bool:
-    cur = conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE name = ?", (name,))
+def request_cancel(conn: sqlite3.Connection, name: str, by: str = "user") -> bool:
+    cur = conn.execute("UPDATE jobs SET cancel_requested = 1, cancel_by = ? WHERE name = ?", (by, name))
     return cur.rowcount == 1
 
 

@@ -221,7 +221,7 @@ def test_demo_keep_leaves_a_fleet_to_explore_with_its_jobs_cancelled_and_nothing
         assert re.search(r"^demo: cancelled etl, train, web \(--keep\): no job is left running; "
                          r"their processes are stopped$", res.stdout, re.M), res.stdout[-3000:]
         assert {j["name"]: (j["state"], j["reason"]) for j in jobs_of(started, fleet, env)} == {
-            "web": ("cancelled", "by user"), "etl": ("cancelled", "by user"), "train": ("cancelled", "by user")}
+            "web": ("cancelled", "by demo"), "etl": ("cancelled", "by demo"), "train": ("cancelled", "by demo")}
         before = len(events_of(started, fleet, env))
         # the first pass in the kept dir finds nothing to mourn: no attempt was left `running`
         res = run(started, "reconcile", "-f", fleet, env=env)

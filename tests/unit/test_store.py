@@ -339,6 +339,8 @@ def _fill(raw: sqlite3.Connection, version: int) -> None:
         raw.execute("INSERT INTO launches (request_id, pool, count, created_at) VALUES ('req-1', 'aws-l4', 2, 99.0)")
     if version >= 4:
         raw.execute("""UPDATE nodes SET cloud = '{"zone": "us-east-1a", "spot": "true"}' WHERE name = 'gpu-b'""")
+    if version >= 5:
+        raw.execute("UPDATE attempts SET port = NULL, ready = 0 WHERE job = 'web'")
 
 
 @pytest.mark.parametrize("version", range(1, migrations.SCHEMA_VERSION))
@@ -378,8 +380,11 @@ def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, 
             assert [(a.id, a.state.value, a.node, a.gpus, a.pid, a.outcome, a.reaped) for a in
                     queries.load_attempts(conn, jobs=["web"])] == [
                 ("web.1", "lost", "gpu-a", ("GPU-1",), 4242, "node", False),
-                ("web.3", "running", "gpu-b", ("GPU-7",), 77, "", False)]
+                ("web.3", "running", "gpu-b", ("GPU-7",), 77, None, False)]
             assert list(queries.load_jobs(conn, active_only=True)) == ["web"]
+            assert job.cancel_by == "user"                   # v6's default for jobs written before it
+            assert [(a.port, a.ready, a.check_failures) for a in queries.load_attempts(conn, jobs=["web"])] == \
+                [(None, False, 0), (None, False, 0)]         # v5's defaults: no port, not ready
         else:
             assert events[1:] == [] and queries.load_jobs(conn) == {}
         assert queries.open_launches(conn) == ({"aws-l4": ("req-1", 2, 99.0)} if version >= 3 else {})
