@@ -245,7 +245,7 @@ def test_unknown_key_with_nothing_close_lists_the_allowed_keys(tmp_path):
 def test_each_pool_is_read_by_the_pool_model_its_provider_declares(tmp_path):
     import providers
     fleet = load_fleet(write(tmp_path, (CONFIGS / "fleet.example.yaml").read_text()))
-    assert [type(p) for p in fleet.pools] == [providers.get(p.provider).pool_model for p in fleet.pools]
+    assert [type(p) for p in fleet.pools] == [providers.pool_model(p.provider) for p in fleet.pools]
     assert [type(p).__module__ for p in fleet.pools] == ["providers.static", "providers.aws", "providers.local"]
 
 
