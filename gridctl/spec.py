@@ -11,94 +11,29 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Optional
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic import (BaseModel, Field, PlainValidator, SerializeAsAny, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+import providers
+# Re-exported: the CLI, the job spec and the reconcile pass import these from here.
+from providers.schema import (NAME_RE, CloudPoolSpec, Duration, Endpoint, GpuSpec, Name, PoolSpec,  # noqa: F401
+                              PositiveDuration, SshSettings, StrictModel, expand_path, parse_duration)
 
 from .errors import ConfigError
 from .yamlsrc import format_loc, line_of, load_with_lines
 
-KNOWN_PROVIDERS = ("ssh", "local", "aws", "gcp")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\Z")
-HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}\Z")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
+_Model = StrictModel   # the job spec's sections share it
+# Names gridctl.spec exported when it listed the pool kinds itself; each now lives with its provider.
+_MOVED = {"SshPool": "ssh", "LocalPool": "local", "AwsPool": "aws", "GcpPool": "gcp"}
 
 
-def parse_duration(value: Any) -> float:
-    """"15s", "2m", "1h", "500ms" or a bare number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 15s, 2m, 1h; got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = _DURATION_RE.match(str(value))
-        if not m:
-            raise ValueError(f"expected a duration like 15s, 2m, 1h; got {value!r}")
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds < 0:
-        raise ValueError("duration must not be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-
-def _check_name(value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(f"invalid name {value!r}: use lower-case letters, digits, '.', '_' and '-' "
-                         "(start with a letter or digit, at most 63 characters)")
-    return value
-
-
-Name = Annotated[str, BeforeValidator(_check_name)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _expand(path: str, info: ValidationInfo) -> Path:
-    p = Path(os.path.expanduser(os.path.expandvars(path)))
-    base = (info.context or {}).get("base")
-    return p if p.is_absolute() or base is None else Path(base) / p
-
-
-class SshSettings(_Model):
-    """SSH options; unset fields fall back to the level above, then ~/.ssh/config, then defaults."""
-
-    user: Optional[str] = None
-    port: Optional[int] = Field(None, ge=1, le=65535)
-    key: Optional[Path] = None
-    host_key_policy: Optional[Literal["accept-new", "strict"]] = None
-    known_hosts: Optional[Path] = None
-    work_dir: Optional[str] = None
-    proxy_jump: Optional[str] = None
-    connect_timeout: Optional[PositiveDuration] = None
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key_exists(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is None:
-            return v
-        p = _expand(str(v), info)
-        if not p.is_file():
-            raise ValueError(f"key file not found: {v}")
-        return p
-
-    @field_validator("known_hosts", mode="before")
-    @classmethod
-    def _known_hosts_path(cls, v: Any, info: ValidationInfo) -> Any:
-        return None if v is None else _expand(str(v), info)
-
-    @field_validator("user")
-    @classmethod
-    def _user_ok(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$", v):
-            raise ValueError(f"invalid user name {v!r}")
-        return v
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return providers.pool_model(_MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class HealthSettings(_Model):
@@ -114,124 +49,23 @@ class HealthSettings(_Model):
     lemon_window: PositiveDuration = 3600.0    # ... within this window make it a lemon
 
 
-class GpuSpec(_Model):
-    type: Optional[str] = None
-    count: int = Field(1, ge=0, le=64)
-    memory_gb: Optional[float] = Field(None, gt=0)
+def _pool(value: Any, info: ValidationInfo) -> PoolSpec:
+    """Validate one pool section with the model its `provider:` declares (providers/base.py)."""
+    if not isinstance(value, dict):
+        if isinstance(value, PoolSpec):
+            return value
+        raise PydanticCustomError("pool_not_mapping", "expected a mapping with name, provider, ...")
+    name = value.get("provider")
+    if name is None:
+        raise PydanticCustomError("pool_provider", "missing (known: {known})", {"known": ", ".join(providers.names())})
+    try:
+        model = providers.pool_model(str(name))
+    except providers.ProviderUnavailable as e:
+        raise PydanticCustomError("pool_provider", "{why}", {"why": str(e)}) from None
+    return model.model_validate(value, context=info.context)
 
 
-class StaticNode(_Model):
-    name: Name
-    host: str
-    port: Optional[int] = Field(None, ge=1, le=65535)
-    user: Optional[str] = None
-    key: Optional[Path] = None
-    proxy_jump: Optional[str] = None
-
-    @field_validator("host")
-    @classmethod
-    def _host_ok(cls, v: str) -> str:
-        if not HOST_RE.match(v):
-            raise ValueError(f"invalid host {v!r}")
-        return v
-
-    _key_exists = field_validator("key", mode="before")(SshSettings._key_exists.__func__)
-
-
-class _PoolBase(_Model):
-    name: Name
-    gpu: GpuSpec = GpuSpec()
-    ssh: SshSettings = SshSettings()
-
-
-class SshPool(_PoolBase):
-    provider: Literal["ssh"]
-    nodes: list[StaticNode] = Field(min_length=1)
-
-
-class LocalPool(_PoolBase):
-    provider: Literal["local"]
-    count: int = Field(1, ge=1, le=10000)
-    dir: Optional[Path] = None   # where simulated nodes live; default beside the state file
-
-    @field_validator("dir", mode="before")
-    @classmethod
-    def _dir_path(cls, v: Any, info: ValidationInfo) -> Any:
-        return None if v is None else _expand(str(v), info)
-
-
-def _check_endpoint(value: Optional[str]) -> Optional[str]:
-    if value is not None and not re.match(r"^https?://[^\s/]+(/\S*)?\Z", value):
-        raise ValueError(f"expected a URL like https://host:port, got {value!r}")
-    return value
-
-
-Endpoint = Annotated[Optional[str], BeforeValidator(_check_endpoint)]
-
-
-class _CloudPool(_PoolBase):
-    min: int = Field(0, ge=0)
-    max: int = Field(1, ge=0)
-    spot: bool = False
-    address: Literal["public", "private"] = "public"   # public IP when the instance has one, else private
-    launch_timeout: PositiveDuration = 600.0   # launch until the node answers a probe; then replaced
-    idle_timeout: Optional[PositiveDuration] = None   # instances above `min` idle this long go; None: never
-    replace: bool = True                # replace preempted / quarantined instances with new ones
-    keep_for_triage: bool = False       # stop a quarantined instance (tag gridctl-triage=true), not delete it
-    fallback: list[Name] = []           # pools to ask, in order, when this one has no capacity
-
-    @field_validator("fallback", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else ([] if v is None else v)
-    launch_rate: int = Field(10, ge=1)  # most instances launched per minute in this pool
-
-    @model_validator(mode="after")
-    def _min_le_max(self):
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
-        return self
-
-
-class AwsPool(_CloudPool):
-    provider: Literal["aws"]
-    region: str
-    instance_type: str
-    image: str
-    subnet: Optional[str] = None
-    security_groups: list[str] = []
-    key_name: Optional[str] = None
-    root_volume_gb: Optional[int] = Field(None, ge=8)
-    tags: dict[str, str] = {}
-    endpoint_url: Endpoint = None       # EC2 endpoint; else $AWS_ENDPOINT_URL, else AWS's own
-    metadata_endpoint: Endpoint = "http://169.254.169.254"   # IMDS as the nodes see it (spot notices)
-
-
-class GcpPool(_CloudPool):
-    provider: Literal["gcp"]
-    project: str
-    zone: str
-    machine_type: str
-    image: str
-    accelerators: dict[str, int] = {}
-    network: Optional[str] = None
-    labels: dict[str, str] = {}
-    boot_disk_gb: Optional[int] = Field(None, ge=10)
-    api_endpoint: Endpoint = None       # Compute API endpoint; else $GRIDCTL_GCE_ENDPOINT, else Google's own
-    metadata_endpoint: Endpoint = "http://metadata.google.internal"   # as the nodes see it (preemption notices)
-
-
-def _pool_tag(v: Any) -> Optional[str]:
-    provider = v.get("provider") if isinstance(v, dict) else getattr(v, "provider", None)
-    return provider if provider in KNOWN_PROVIDERS else None
-
-
-Pool = Annotated[
-    Union[Annotated[SshPool, Tag("ssh")], Annotated[LocalPool, Tag("local")],
-          Annotated[AwsPool, Tag("aws")], Annotated[GcpPool, Tag("gcp")]],
-    Discriminator(_pool_tag),
-]
-_POOL_MODELS = {"ssh": SshPool, "local": LocalPool, "aws": AwsPool, "gcp": GcpPool}
+Pool = Annotated[SerializeAsAny[PoolSpec], PlainValidator(_pool)]
 
 
 class Fleet(_Model):
@@ -244,7 +78,7 @@ class Fleet(_Model):
     @field_validator("state", mode="before")
     @classmethod
     def _state_path(cls, v: Any, info: ValidationInfo) -> Any:
-        return None if v is None else _expand(str(v), info)
+        return None if v is None else expand_path(str(v), info)
 
     @model_validator(mode="after")
     def _fallbacks_exist(self):
@@ -270,11 +104,8 @@ class Fleet(_Model):
         return self
 
     def node_count(self) -> int:
-        """Nodes the spec names or asks for (static nodes, local count, cloud min)."""
-        total = 0
-        for pool in self.pools:
-            total += len(pool.nodes) if isinstance(pool, SshPool) else getattr(pool, "count", None) or pool.min
-        return total
+        """Nodes the spec names or asks for (static nodes, local count, cloud min, ...)."""
+        return sum(pool.planned_nodes() for pool in self.pools)
 
     def pool(self, name: str):
         return next(p for p in self.pools if p.name == name)
@@ -331,18 +162,15 @@ def _line_key(problem: str) -> tuple:
 
 def _describe(err: dict, data: Any, root: Any = None) -> tuple[tuple, str]:
     """pydantic error -> (location in the user's file, one human sentence)."""
-    loc = tuple(p for i, p in enumerate(err["loc"]) if not (i == 2 and err["loc"][0] == "pools" and p in _POOL_MODELS))
+    loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
         allowed = _allowed_keys(loc[:-1], data, root or Fleet)
         hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         return loc, f"unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(sorted(allowed))})")
-    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        got = _dig(data, loc + ("provider",))
-        if got is None:
-            return loc + ("provider",), f"missing (known: {', '.join(KNOWN_PROVIDERS)})"
-        return loc + ("provider",), f"unknown provider '{got}' (known: {', '.join(KNOWN_PROVIDERS)})"
+    if kind == "pool_provider":
+        return loc + ("provider",), err["msg"]
     if kind == "missing":
         return loc, "required field is missing"
     message = err["msg"]
@@ -373,9 +201,11 @@ def _allowed_keys(loc: tuple, data: Any, root: Any = None) -> list[str]:
 
 def _inner_model(annotation: Any, item: Any) -> Any:
     """Unwrap Optional/list/Annotated to the model class; pick a pool model by its provider."""
-    if annotation is Pool or typing.get_origin(annotation) is Annotated and annotation.__metadata__ and \
-            isinstance(annotation.__metadata__[-1], Discriminator):
-        return _POOL_MODELS.get(_pool_tag(item) or "", _PoolBase)
+    if annotation is Pool:
+        try:
+            return providers.pool_model(item.get("provider"))
+        except (AttributeError, TypeError, providers.ProviderUnavailable):
+            return PoolSpec
     for arg in typing.get_args(annotation) or ():
         found = _inner_model(arg, item)
         if isinstance(found, type) and issubclass(found, BaseModel):

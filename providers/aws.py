@@ -3,23 +3,26 @@
 Called by the reconcile pass: inventory (`list_instances`) and act (`launch`, `terminate`, `stop`).
 Only instances tagged `gridctl-fleet=<fleet>` and `gridctl-pool=<pool>` are ever listed, stopped
 or terminated. boto3 is imported on first use, never at gridctl import; the endpoint is the pool's
-`endpoint_url`, else $AWS_ENDPOINT_URL (boto3 reads it), else AWS's own. botocore errors become
-our error tree at this boundary, in `_translate`.
+`endpoint_url`, else $AWS_ENDPOINT_URL (boto3 reads it), else AWS's own. Each call is retried by
+botocore's standard mode (throttling, 5xx, dropped connections; RunInstances is safe to retry by
+its ClientToken) a bounded number of times, whatever the ambient AWS config says, because the
+reconcile pass is the outer retry. botocore errors become our error tree at this boundary, in
+`_translate`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, Optional
+
+from pydantic import Field
 
 from .base import (TAG_FLEET, TAG_POOL, TAG_REQUEST, TAG_TRIAGE, AuthError, CapacityError, Feature, Instance,
-                   InstanceState, LaunchRequest, NotFound, Provider, ProviderError, QuotaError, TransientError)
-
-if importlib.util.find_spec("boto3") is None:   # the registry turns this into "pip install 'gridctl[aws]'"
-    raise ImportError("No module named 'boto3'", name="boto3")
+                   InstanceState, LaunchRequest, NotFound, Provider, ProviderError, QuotaError, TransientError,
+                   retry_after_s)
+from .schema import CloudPoolSpec, Endpoint
 
 _STATES = {
     "pending": InstanceState.PENDING, "running": InstanceState.RUNNING, "stopping": InstanceState.STOPPING,
@@ -35,13 +38,33 @@ _AUTH = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "Signat
 _THROTTLE = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled"}
 _SERVER = {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"}
 _NOT_FOUND = {"InvalidInstanceID.NotFound"}
+API_ATTEMPTS = 3           # tries of one EC2 call, first included (botocore standard mode)
+_THROTTLE_DELAY_S = 5.0    # TransientError.delay when AWS gives no Retry-After
+_SERVER_DELAY_S = 10.0
+_UNREACHABLE_DELAY_S = 15.0
 _CREDENTIALS_HINT = "set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write ~/.aws/credentials"
 _LIVE = ["pending", "running", "stopping", "stopped"]
 
 
+class AwsPool(CloudPoolSpec):
+    provider: Literal["aws"]
+    region: str
+    instance_type: str
+    image: str
+    subnet: Optional[str] = None
+    security_groups: list[str] = []
+    key_name: Optional[str] = None
+    root_volume_gb: Optional[int] = Field(None, ge=8)
+    tags: dict[str, str] = {}
+    endpoint_url: Endpoint = None       # EC2 endpoint; else $AWS_ENDPOINT_URL, else AWS's own
+    metadata_endpoint: Endpoint = "http://169.254.169.254"   # IMDS as the nodes see it (spot notices)
+
+
 class AwsProvider(Provider):
     name = "aws"
+    pool_model = AwsPool
     features = frozenset({Feature.CREATE, Feature.SPOT, Feature.STOP})
+    requires = {"boto3": "boto3"}
 
     def __init__(self, fleet, pool, state_dir):
         super().__init__(fleet, pool, state_dir)
@@ -56,7 +79,8 @@ class AwsProvider(Provider):
                 session = boto3.session.Session(region_name=self.pool.region)
                 self._client = session.client(
                     "ec2", endpoint_url=getattr(self.pool, "endpoint_url", None) or None,
-                    config=Config(connect_timeout=5, read_timeout=30, user_agent_extra="gridctl"))
+                    config=Config(connect_timeout=5, read_timeout=30, user_agent_extra="gridctl",
+                                  retries={"mode": "standard", "total_max_attempts": API_ATTEMPTS}))
         return self._client
 
     def list_instances(self) -> dict[str, Instance]:
@@ -200,7 +224,8 @@ def _translate(e: Exception, op: str, pool: str) -> ProviderError | None:
     if isinstance(e, bx.ClientError):
         err = e.response.get("Error", {})
         code, message = err.get("Code", ""), err.get("Message", "")
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        meta = e.response.get("ResponseMetadata", {})
+        status, told = meta.get("HTTPStatusCode") or 0, retry_after_s(meta.get("HTTPHeaders"))
         if code in _CAPACITY or code.startswith("Insufficient") and code.endswith("Capacity"):
             return CapacityError(f"AWS has no capacity ({where}): {code}: {message}")
         if code in _QUOTA:
@@ -211,9 +236,11 @@ def _translate(e: Exception, op: str, pool: str) -> ProviderError | None:
         if code in _NOT_FOUND:
             return NotFound(f"EC2 instance not found ({where}): {message}")
         if code in _THROTTLE:
-            return TransientError(f"AWS is throttling requests ({where}): {code}", delay=30.0)
+            return TransientError(f"AWS is throttling requests ({where}): {code}",
+                                  delay=_THROTTLE_DELAY_S if told is None else told)
         if code in _SERVER or status >= 500:
-            return TransientError(f"AWS server error ({where}): {code or status}: {message}", delay=10.0)
+            return TransientError(f"AWS server error ({where}): {code or status}: {message}",
+                                  delay=_SERVER_DELAY_S if told is None else told)
         return ProviderError(f"AWS error ({where}): {code}: {message}")
     credential_errors = tuple(getattr(bx, n) for n in (
         "NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError",
@@ -223,7 +250,7 @@ def _translate(e: Exception, op: str, pool: str) -> ProviderError | None:
     if isinstance(e, bx.NoRegionError):
         return AuthError(f"AWS region not set ({where}): set the pool's region or AWS_DEFAULT_REGION")
     if isinstance(e, (bx.HTTPClientError, bx.ConnectionError)):
-        return TransientError(f"cannot reach AWS ({where}): {type(e).__name__}", delay=15.0)
+        return TransientError(f"cannot reach AWS ({where}): {type(e).__name__}", delay=_UNREACHABLE_DELAY_S)
     if isinstance(e, bx.BotoCoreError):   # e.g. a parameter botocore rejects before sending
         return ProviderError(f"AWS request failed ({where}): {type(e).__name__}: {e}")
     return None

@@ -1,20 +1,26 @@
 """The provider contract. Imports nothing from gridctl.
 
 A provider maps one pool of the fleet spec onto a source of machines. The required core is
-`list_instances`; abilities beyond it are declared in `features` and callers check them
-(a static SSH pool cannot create machines, so it lacks Feature.CREATE).
+`list_instances` and `pool_model`, the schema of its pool section; abilities beyond it are
+declared in `features` and callers check them (a static SSH pool cannot create machines, so it
+lacks Feature.CREATE).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, ClassVar
+
+from .schema import PoolSpec
 
 
 class Feature(str, enum.Enum):
@@ -105,11 +111,40 @@ class AuthError(ProviderError):
 
 
 class TransientError(ProviderError):
-    """Retry after `delay` seconds."""
+    """The cloud is busy, throttling or unreachable: the same call may succeed after `delay`
+    seconds. Adapters have already retried inside the call (a short, bounded SDK retry), so this
+    is the wait before the caller tries again, on a later pass. `delay` is the cloud's own word
+    when it gives one (Retry-After), else the adapter's default for the kind of error: a few
+    seconds for throttling, longer for server errors and an unreachable endpoint."""
 
     def __init__(self, message: str, delay: float = 10.0):
         super().__init__(message)
         self.delay = delay
+
+
+RETRY_AFTER_MAX_S = 300.0   # a longer Retry-After is not believed: the pass looks again by then
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from an HTTP answer's Retry-After (seconds or an HTTP date) or AWS's
+    x-amz-retry-after (milliseconds), bounded to 0..RETRY_AFTER_MAX_S; None when absent or
+    unreadable. Called by adapters to set TransientError.delay."""
+    found = {k.lower(): v for k, v in (headers or {}).items()}
+    seconds: float | None = None
+    try:
+        if "x-amz-retry-after" in found:
+            seconds = float(found["x-amz-retry-after"]) / 1000
+        elif "retry-after" in found:
+            value = found["retry-after"].strip()
+            if re.fullmatch(r"\d+(\.\d+)?", value):
+                seconds = float(value)
+            else:
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 class NotFound(ProviderError):
@@ -119,12 +154,25 @@ class NotFound(ProviderError):
 class Provider(ABC):
     """One pool's source of machines.
 
-    Construction takes the fleet name, the pool's spec object (duck-typed: name, gpu, and the
-    provider's own fields) and gridctl's state directory; it does no network I/O.
+    Registered by `name` under the entry point group `gridctl.providers` (module:Class).
+    `pool_model` is the pydantic model of the provider's pool section in fleet.yaml: a subclass
+    of schema.PoolSpec whose `provider` field is `Literal[name]`, a subclass of
+    schema.CloudPoolSpec when the provider has Feature.CREATE (the pool planner reads min, max,
+    fallback, ...). gridctl.spec validates each pool with its provider's model and reports its
+    errors as file:line field; checks that need the whole fleet stay in the spec. Importing the
+    provider's module must be cheap and must not import its SDK: `gridctl validate` loads it.
+    `requires` names the SDK modules the adapter imports when it works ({module: pip
+    distribution}); the registry checks them before handing out the class and says what to
+    install.
+
+    Construction takes the fleet name, the pool's spec object (an instance of `pool_model`) and
+    gridctl's state directory; it does no network I/O.
     """
 
     name: ClassVar[str]
+    pool_model: ClassVar[type[PoolSpec]]
     features: ClassVar[frozenset[Feature]] = frozenset()
+    requires: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, fleet: str, pool: Any, state_dir: Path):
         self.fleet = fleet

@@ -5,15 +5,17 @@ Called by the reconcile pass: inventory (`list_instances`) and act (`launch`, `t
 Only instances labelled `gridctl-fleet=<fleet>` and `gridctl-pool=<pool>` are ever listed, stopped
 or deleted. The SDK is imported on first use, never at gridctl import. The endpoint is the pool's
 `api_endpoint`, else $GRIDCTL_GCE_ENDPOINT (both for local test endpoints: anonymous credentials),
-else Google's own with application default credentials. google errors become our error tree at
-this boundary, in `_translate`; capacity shortage arrives either as an HTTP error or, more often,
-in the zone operation's error list, and both end as CapacityError.
+else Google's own with application default credentials. Calls that are safe to repeat (reads;
+insert, delete and stop, which carry a requestId) are retried inside the call by
+google.api_core's Retry, for at most API_RETRY_DEADLINE_S; the reconcile pass is the outer retry.
+google errors become our error tree at this boundary, in `_translate`; capacity shortage arrives
+either as an HTTP error or, more often, in the zone operation's error list, and both end as
+CapacityError.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import time
@@ -21,17 +23,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, Optional
+
+from pydantic import Field
 
 from .base import (TAG_FLEET, TAG_POOL, TAG_REQUEST, TAG_TRIAGE, AuthError, CapacityError, Feature, Instance,
-                   InstanceState, LaunchRequest, NotFound, Provider, ProviderError, QuotaError, TransientError)
-
-try:
-    _SDK = importlib.util.find_spec("google.cloud.compute_v1")
-except ImportError:
-    _SDK = None
-if _SDK is None:   # the registry turns this into "pip install 'gridctl[gcp]'"
-    raise ImportError("No module named 'google.cloud.compute_v1'", name="google-cloud-compute")
+                   InstanceState, LaunchRequest, NotFound, Provider, ProviderError, QuotaError, TransientError,
+                   retry_after_s)
+from .schema import CloudPoolSpec, Endpoint
 
 _STATES = {
     "PROVISIONING": InstanceState.PENDING, "STAGING": InstanceState.PENDING, "REPAIRING": InstanceState.PENDING,
@@ -44,13 +43,33 @@ _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service account ke
                      "`gcloud auth application-default login`")
 TAG_STOPPED = "gridctl-stopped"   # set by `stop`: a TERMINATED spot instance without it was preempted
 _OP_WAIT_S = 30.0        # how long launch waits for an insert to settle before returning it pending
-_TIMEOUT_S = 30.0
+_TIMEOUT_S = 30.0        # one HTTP request
+API_RETRY_DEADLINE_S = 20.0   # retrying one call stops after this; tests set 0 to see the first error
+_THROTTLE_DELAY_S = 5.0  # TransientError.delay when GCE gives no Retry-After
+_SERVER_DELAY_S = 10.0
+_UNREACHABLE_DELAY_S = 15.0
 _ID_SPACE = uuid.UUID("5d0c7f53-3a53-4c38-9a57-6f1f3b0e6c11")   # GCE requestIds derived from ours
+
+
+class GcpPool(CloudPoolSpec):
+    provider: Literal["gcp"]
+    project: str
+    zone: str
+    machine_type: str
+    image: str
+    accelerators: dict[str, int] = {}
+    network: Optional[str] = None
+    labels: dict[str, str] = {}
+    boot_disk_gb: Optional[int] = Field(None, ge=10)
+    api_endpoint: Endpoint = None       # Compute API endpoint; else $GRIDCTL_GCE_ENDPOINT, else Google's own
+    metadata_endpoint: Endpoint = "http://metadata.google.internal"   # as the nodes see it (preemption notices)
 
 
 class GcpProvider(Provider):
     name = "gcp"
+    pool_model = GcpPool
     features = frozenset({Feature.CREATE, Feature.SPOT, Feature.STOP})
+    requires = {"google.cloud.compute_v1": "google-cloud-compute"}
 
     def __init__(self, fleet, pool, state_dir):
         super().__init__(fleet, pool, state_dir)
@@ -102,7 +121,7 @@ class GcpProvider(Provider):
                                                        instance=raw.name, request_id=_uuid(f"delete/{raw.id}"))
             try:
                 with self._translated("instances.delete"):
-                    self.clients()[0].delete_unary(request=request, timeout=_TIMEOUT_S)
+                    self.clients()[0].delete_unary(request=request, retry=_retry(), timeout=_TIMEOUT_S)
             except NotFound:
                 pass
 
@@ -126,7 +145,8 @@ class GcpProvider(Provider):
                 if running:
                     with self._translated("instances.stop"):
                         self.clients()[0].stop_unary(request=compute_v1.StopInstanceRequest(
-                            project=project, zone=zone, instance=raw.name), timeout=_TIMEOUT_S)
+                            project=project, zone=zone, instance=raw.name, request_id=str(uuid.uuid4())),
+                            retry=_retry(), timeout=_TIMEOUT_S)   # the retries share the id; a later stop is new
             except NotFound:
                 pass
 
@@ -142,7 +162,7 @@ class GcpProvider(Provider):
         flt = " AND ".join(f'labels.{k} = "{v}"' for k, v in want.items())
         request = compute_v1.ListInstancesRequest(project=self.pool.project, zone=self.pool.zone, filter=flt)
         with self._translated("instances.list"):
-            found = list(self.clients()[0].list(request=request, timeout=_TIMEOUT_S))
+            found = list(self.clients()[0].list(request=request, retry=_retry(), timeout=_TIMEOUT_S))
         return [raw for raw in found if all(raw.labels.get(k) == v for k, v in want.items())]
 
     def _get(self, name: str) -> Any | None:
@@ -150,7 +170,7 @@ class GcpProvider(Provider):
         request = compute_v1.GetInstanceRequest(project=self.pool.project, zone=self.pool.zone, instance=name)
         try:
             with self._translated("instances.get"):
-                return self.clients()[0].get(request=request, timeout=_TIMEOUT_S)
+                return self.clients()[0].get(request=request, retry=_retry(), timeout=_TIMEOUT_S)
         except NotFound:
             return None
 
@@ -170,7 +190,7 @@ class GcpProvider(Provider):
             request_id=_uuid(f"{self.fleet}/{self.pool.name}/{req.request_id}/{index}"))
         try:
             with self._translated("instances.insert", launching=True):
-                op = self.clients()[0].insert_unary(request=request, timeout=_TIMEOUT_S)
+                op = self.clients()[0].insert_unary(request=request, retry=_retry(launching=True), timeout=_TIMEOUT_S)
         except ProviderError as e:
             if not isinstance(e.__cause__, gx.Conflict):
                 raise
@@ -191,7 +211,7 @@ class GcpProvider(Provider):
             request = compute_v1.GetZoneOperationRequest(project=self.pool.project, zone=self.pool.zone,
                                                          operation=op.name)
             with self._translated("zoneOperations.get"):
-                op = self.clients()[1].get(request=request, timeout=_TIMEOUT_S)
+                op = self.clients()[1].get(request=request, retry=_retry(), timeout=_TIMEOUT_S)
         errors = [(err.code, err.message) for err in op.error.errors] if op.error else []
         if errors:
             raise _operation_error(errors, self.pool.name)
@@ -266,6 +286,23 @@ class GcpProvider(Provider):
             raise ours from e
 
 
+def _retry(launching: bool = False) -> Any:
+    """The in-call retry for a call that is safe to repeat: server errors, rate limits and dropped
+    connections, with jittered backoff, for at most API_RETRY_DEADLINE_S. An insert refused with
+    503 is not retried: that is how GCE says a zone has no capacity, and the pass should ask the
+    next pool now."""
+    import requests
+    from google.api_core import exceptions as gx
+    from google.api_core import retry as gr
+    from google.auth import exceptions as ax
+    kinds = [gx.InternalServerError, gx.BadGateway, gx.GatewayTimeout, gx.TooManyRequests,
+             requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, ax.TransportError]
+    if not launching:
+        kinds.append(gx.ServiceUnavailable)
+    return gr.Retry(predicate=gr.if_exception_type(*kinds), initial=0.5, maximum=5.0, multiplier=2.0,
+                    timeout=API_RETRY_DEADLINE_S)
+
+
 def _label(value: str) -> str:
     """A GCE label value: lower-case letters, digits, '-', '_'; at most 63 characters."""
     return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
@@ -296,6 +333,8 @@ def _translate(e: Exception, op: str, pool: str, launching: bool) -> ProviderErr
     """google error -> our error tree, one line, never a credential. None: not ours to map."""
     from google.api_core import exceptions as gx
     from google.auth import exceptions as ax
+    if isinstance(e, gx.RetryError) and isinstance(e.cause, Exception):
+        return _translate(e.cause, op, pool, launching)   # the retries ran out: the last error says why
     where = f"pool '{pool}', {op}"
     # A 401 makes google-auth refresh the credentials and try again: what surfaces is the refresh
     # failing (RefreshError; InvalidOperation for anonymous test credentials), not the 401.
@@ -319,10 +358,12 @@ def _translate(e: Exception, op: str, pool: str, launching: bool) -> ProviderErr
         if status == 404:
             return NotFound(f"GCE resource not found ({where})")
         if status == 429 or status >= 500:
-            return TransientError(f"GCE is busy ({where}): {status}: {words}", delay=30.0 if status == 429 else 10.0)
+            told = retry_after_s(getattr(getattr(e, "response", None), "headers", None))
+            default = _THROTTLE_DELAY_S if status == 429 else _SERVER_DELAY_S
+            return TransientError(f"GCE is busy ({where}): {status}: {words}", delay=default if told is None else told)
         return ProviderError(f"GCE error ({where}): {status}: {words}")
     if isinstance(e, (gx.RetryError, ax.TransportError)) or _is_connection_error(e):
-        return TransientError(f"cannot reach GCE ({where}): {type(e).__name__}", delay=15.0)
+        return TransientError(f"cannot reach GCE ({where}): {type(e).__name__}", delay=_UNREACHABLE_DELAY_S)
     if isinstance(e, (gx.GoogleAPIError, ax.GoogleAuthError)):
         return ProviderError(f"GCE request failed ({where}): {type(e).__name__}")
     return None

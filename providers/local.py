@@ -12,16 +12,35 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from .base import Feature, Instance, InstanceState, Provider
+from .schema import PoolSpec, expand_path
 
 BIN_DIR = Path(__file__).resolve().parent / "local_bin"
 MODES = ("healthy", "xid79", "ecc", "driver", "hang", "missing-gpu", "hot", "row-remap", "down")
 _FILES = ("smi.rc", "smi.extra", "smi.sleep", "kernel.log", "down")
 
 
+class LocalPool(PoolSpec):
+    provider: Literal["local"]
+    count: int = Field(1, ge=1, le=10000)
+    dir: Optional[Path] = None   # where simulated nodes live; default beside the state file
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_path(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else expand_path(str(v), info)
+
+    def planned_nodes(self) -> int:
+        return self.count
+
+
 class LocalProvider(Provider):
     name = "local"
+    pool_model = LocalPool
     features = frozenset({Feature.SIMULATED})
 
     def sim_root(self) -> Path:

@@ -33,7 +33,7 @@ class GceFake:
         self.by_request_id: dict[str, str] = {}    # requestId -> operation name
         self.requests: list[tuple[str, str]] = []  # (method, path?query) in arrival order
         self._insert_faults: list[tuple[str, str, int | None]] = []
-        self._faults: list[tuple[int, str, str]] = []
+        self._faults: list[tuple[int, str, str, dict[str, str]]] = []
         self._lose_insert_answers = 0
         self._ids = itertools.count(1000)
         self._hosts = itertools.count(4)
@@ -74,10 +74,13 @@ class GceFake:
         with self._lock:
             self._insert_faults.append((code, message, http_status))
 
-    def fail_next(self, status: int, message: str, reason: str = "") -> None:
-        """The next request of any kind gets this HTTP error."""
+    def fail_next(self, status: int, message: str, reason: str = "", *, times: int = 1,
+                  retry_after: str | None = None) -> None:
+        """The next `times` requests of any kind get this HTTP error (with a Retry-After header
+        when `retry_after` is given)."""
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         with self._lock:
-            self._faults.append((status, message, reason))
+            self._faults.extend([(status, message, reason, headers)] * times)
 
     def lose_next_insert_answer(self) -> None:
         """The next insert is carried out, but the connection closes before the answer is sent."""
@@ -91,15 +94,16 @@ class GceFake:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict] | None:
-        """(status, JSON) for one request; None: close the connection without answering."""
+    def handle(self, method: str, raw_path: str, body: bytes) -> tuple | None:
+        """(status, JSON) or (status, JSON, headers) for one request; None: close the connection
+        without answering."""
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         with self._lock:
             self.requests.append((method, raw_path))
             if self._faults:
-                status, message, reason = self._faults.pop(0)
-                return _error(status, message, reason)
+                status, message, reason, headers = self._faults.pop(0)
+                return (*_error(status, message, reason), headers)
             m = _PATH.match(url.path)
             if not m:
                 return _error(404, f"no such path {url.path}", "notFound")
@@ -206,9 +210,11 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is None:
             self.close_connection = True
             return
-        status, payload = answer
+        status, payload, *extra = answer
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (extra[0] if extra else {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

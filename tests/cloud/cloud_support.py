@@ -38,7 +38,7 @@ def fleet_name() -> str:
 
 
 def aws_pool(world: AwsWorld, **overrides):
-    from gridctl.spec import AwsPool
+    from providers.aws import AwsPool
     fields = {"name": "aws-l4", "provider": "aws", "region": REGION, "instance_type": "g6.xlarge",
               "image": world.image, "subnet": world.subnet, "security_groups": [world.security_group],
               "max": 4, "gpu": {"type": "L4", "count": 1, "memory_gb": 24}}
@@ -46,7 +46,7 @@ def aws_pool(world: AwsWorld, **overrides):
 
 
 def gcp_pool(endpoint: str | None, **overrides):
-    from gridctl.spec import GcpPool
+    from providers.gcp import GcpPool
     fields = {"name": "gcp-l4", "provider": "gcp", "project": "test-project", "zone": "us-central1-a",
               "machine_type": "g2-standard-8", "image": "projects/p/global/images/family/gpu",
               "accelerators": {"nvidia-l4": 1}, "address": "private", "max": 4, "api_endpoint": endpoint,
@@ -54,8 +54,10 @@ def gcp_pool(endpoint: str | None, **overrides):
     return GcpPool.model_validate({**fields, **overrides})
 
 
-def ec2_error(code: str, message: str, status: int):
-    """A botocore `before-send` handler answering with an EC2 error, so the real client parses it."""
+def ec2_error(code: str, message: str, status: int, *, times: int | None = None, headers: dict | None = None):
+    """A botocore `before-send` handler answering with an EC2 error, so the real client parses it:
+    every time, or the first `times` times (later requests go on to moto). `calls` lists every
+    request the handler saw, answered or not."""
     from botocore.awsrequest import AWSResponse
 
     body = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
@@ -69,7 +71,9 @@ def ec2_error(code: str, message: str, status: int):
 
     def handler(request, **_):
         calls.append(request.url)
-        return AWSResponse(request.url, status, {"Content-Type": "text/xml;charset=UTF-8"}, Raw())
+        if times is not None and len(calls) > times:
+            return None
+        return AWSResponse(request.url, status, {"Content-Type": "text/xml;charset=UTF-8", **(headers or {})}, Raw())
 
     handler.calls = calls
     return handler
@@ -159,7 +163,7 @@ class LocalHarness:
         self.state_dir, self.fleet = state_dir, fleet_name()
 
     def provider(self, pool: str = "sim", fleet: str | None = None, **overrides):
-        from gridctl.spec import LocalPool
+        from providers.local import LocalPool
         from providers.local import LocalProvider
         spec = LocalPool.model_validate({"name": pool, "provider": "local", "count": 2,
                                          "dir": str(self.state_dir / "nodes"), **overrides})

@@ -68,9 +68,39 @@ def test_run_instances_errors_are_classified(aws, code, status, error):
     provider.client().meta.events.register("before-send.ec2.RunInstances", handler)
     with pytest.raises(error) as caught:
         provider.launch(LaunchRequest(rid()))
-    assert len(handler.calls) == 1 and "\n" not in str(caught.value)
+    retried = status >= 500   # botocore's standard mode tries a 5xx three times in all
+    assert len(handler.calls) == (3 if retried else 1) and "\n" not in str(caught.value)
     if error is TransientError:
         assert caught.value.delay > 0
+
+
+def test_throttling_once_is_retried_inside_the_call_whatever_the_aws_config_says(aws, cloud_env):
+    cloud_env.setenv("AWS_MAX_ATTEMPTS", "1")      # gridctl's retry policy is its own: the pass
+    cloud_env.setenv("AWS_RETRY_MODE", "legacy")   # around it is the outer retry
+    provider = aws.provider()
+    launched = provider.launch(LaunchRequest(rid()))
+    handler = ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503, times=1)
+    provider.client().meta.events.register("before-send.ec2.DescribeInstances", handler)
+    assert set(provider.list_instances()) == {i.id for i in launched}
+    assert len(handler.calls) == 2
+
+
+def test_throttling_that_outlasts_the_retries_is_transient_for_a_few_seconds(aws):
+    provider = aws.provider()
+    handler = ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503)
+    provider.client().meta.events.register("before-send.ec2.DescribeInstances", handler)
+    with pytest.raises(TransientError) as caught:
+        provider.list_instances()
+    assert len(handler.calls) == 3 and caught.value.delay == 5.0
+
+
+def test_retry_after_from_aws_is_the_delay(aws):
+    provider = aws.provider()
+    handler = ec2_error("Unavailable", "The server is overloaded.", 503, headers={"Retry-After": "7"})
+    provider.client().meta.events.register("before-send.ec2.DescribeInstances", handler)
+    with pytest.raises(TransientError) as caught:
+        provider.list_instances()
+    assert caught.value.delay == 7.0
 
 
 def test_missing_credentials_name_what_to_set(aws, cloud_env):

@@ -33,7 +33,25 @@ def inserts(fake) -> list[str]:
     return [path for method, path in fake.requests if method == "POST" and re.search(r"/instances\?", path)]
 
 
-def test_lost_insert_answer_is_retried_without_a_second_instance(gcp):
+@pytest.fixture
+def no_api_retries(monkeypatch):
+    """The adapter's in-call retries give up at once: the first error is the answer."""
+    import providers.gcp
+    monkeypatch.setattr(providers.gcp, "API_RETRY_DEADLINE_S", 0.0)
+
+
+def test_lost_insert_answer_is_retried_inside_the_call_without_a_second_instance(gcp):
+    request = LaunchRequest(rid())
+    before = len(inserts(gcp.fake))
+    gcp.fake.lose_next_insert_answer()
+    launched = gcp.provider().launch(request)
+    assert len(launched) == 1 and launched[0].state is InstanceState.RUNNING
+    sent = inserts(gcp.fake)[before:]
+    assert len(sent) == 2 and sent[0] == sent[1]     # the same requestId: GCE answers with the first operation
+    assert gcp.count_request(request.request_id) == 1
+
+
+def test_lost_insert_answer_past_the_retries_is_transient_and_the_next_launch_adds_nothing(gcp, no_api_retries):
     request = LaunchRequest(rid())
     gcp.fake.lose_next_insert_answer()
     with pytest.raises(TransientError):
@@ -73,12 +91,37 @@ def test_insert_errors_are_classified_in_either_form(gcp, code, http_status, err
     assert type(caught.value) is error and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("status", [500, 502, 429])
-def test_server_errors_and_rate_limits_are_transient(gcp, status):
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
+def test_a_server_error_or_rate_limit_once_is_retried_inside_the_call(gcp, status):
+    provider = gcp.provider()
+    launched = provider.launch(LaunchRequest(rid()))
+    before = len(gcp.fake.requests)
+    gcp.fake.fail_next(status, "backend error", "backendError")
+    assert set(provider.list_instances()) == {i.id for i in launched}
+    assert len(gcp.fake.requests) - before == 2
+
+
+@pytest.mark.parametrize("status,delay", [(500, 10.0), (502, 10.0), (503, 10.0), (429, 5.0)])
+def test_server_errors_and_rate_limits_past_the_retries_are_transient(gcp, no_api_retries, status, delay):
     gcp.fake.fail_next(status, "backend error", "backendError")
     with pytest.raises(TransientError) as caught:
         gcp.provider().list_instances()
-    assert caught.value.delay > 0
+    assert caught.value.delay == delay and "\n" not in str(caught.value)
+
+
+def test_retry_after_from_gce_is_the_delay(gcp, no_api_retries):
+    gcp.fake.fail_next(429, "Rate Limit Exceeded", "rateLimitExceeded", retry_after="7")
+    with pytest.raises(TransientError) as caught:
+        gcp.provider().list_instances()
+    assert caught.value.delay == 7.0
+
+
+def test_insert_refused_with_503_is_capacity_at_once_not_retried(gcp):
+    before = len(inserts(gcp.fake))
+    gcp.fake.fail_next_insert("ZONE_RESOURCE_POOL_EXHAUSTED", "no capacity", http_status=503)
+    with pytest.raises(CapacityError):
+        gcp.provider().launch(LaunchRequest(rid()))
+    assert len(inserts(gcp.fake)) - before == 1
 
 
 def test_preempted_spot_instance_is_listed_as_preempted_and_can_be_deleted(gcp):
@@ -146,7 +189,7 @@ def test_missing_application_default_credentials_name_how_to_log_in(tmp_path):
     script = """
 import json
 from pathlib import Path
-from gridctl.spec import GcpPool
+from providers.gcp import GcpPool
 from providers.gcp import GcpProvider
 from providers.base import AuthError
 pool = GcpPool(name="gcp-l4", provider="gcp", project="p", zone="z", machine_type="m", image="i")

@@ -17,6 +17,7 @@ SDK_PREFIXES = ("boto3", "botocore", "moto", "google.cloud.compute", "google.api
 
 
 def loaded_after(code: str, tmp_path) -> tuple[list[str], str]:
+    """Run `code` in a fresh interpreter: (modules it loaded, its stdout + stderr)."""
     script = code + "\nimport json, sys\nprint('MODULES=' + json.dumps(sorted(sys.modules)))\n"
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
            "XDG_STATE_HOME": str(tmp_path / "state")}
@@ -24,7 +25,7 @@ def loaded_after(code: str, tmp_path) -> tuple[list[str], str]:
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     marker = next(line for line in done.stdout.splitlines() if line.startswith("MODULES="))
-    return json.loads(marker[len("MODULES="):]), done.stdout
+    return json.loads(marker[len("MODULES="):]), done.stdout + done.stderr
 
 
 def sdk_modules(modules: list[str]) -> list[str]:
@@ -67,3 +68,35 @@ def test_cloud_tests_cannot_leave_loopback():
             with pytest.raises(ConnectionRefusedError, match="127.0.0.0/8"):
                 sys.audit("socket.connect", sock, address)
         sys.audit("socket.connect", sock, ("127.21.1.4", 22))
+
+
+def validate_in_subprocess(tmp_path, fleet_text: str, blocked: str | None = None) -> tuple[list[str], str]:
+    """Run `gridctl validate` in a fresh interpreter (with `blocked` made unimportable):
+    (modules loaded, stdout + stderr)."""
+    (tmp_path / "fleet.yaml").write_text(fleet_text)
+    block = f"sys.modules[{blocked!r}] = None\n" if blocked else ""
+    code = (f"import sys\n{block}from gridctl.cli import main\nsys.argv = ['gridctl', 'validate', '-f', 'fleet.yaml']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('EXIT=' + str(e.code))\n")
+    return loaded_after(code, tmp_path)
+
+
+def test_validating_a_local_and_ssh_fleet_loads_no_cloud_sdk_nor_cloud_adapter(tmp_path):
+    modules, out = validate_in_subprocess(tmp_path, "fleet: f\npools:\n  - {name: sim, provider: local}\n"
+                                          "  - {name: onprem, provider: ssh, nodes: [{name: a, host: a.example}]}\n")
+    assert "ok: 2 pools, 2 nodes" in out and "EXIT=0" in out
+    assert sdk_modules(modules) == [] and "providers.aws" not in modules and "providers.gcp" not in modules
+
+
+AWS_FLEET = ("fleet: f\npools:\n  - name: l4\n    provider: aws\n    region: us-east-1\n    instance_type: g6.xlarge\n"
+             "    image: ami-0123456789abcdef0\n")
+
+
+def test_a_cloud_fleet_is_checked_without_its_sdk_and_the_note_names_the_extra(tmp_path):
+    _, out = validate_in_subprocess(tmp_path, AWS_FLEET, blocked="boto3")
+    assert "ok: 1 pools, 0 nodes" in out and "EXIT=0" in out
+    assert "note: pool l4: provider 'aws' needs boto3: pip install 'gridctl[aws]'" in out
+
+
+def test_a_bad_cloud_pool_field_is_found_without_its_sdk(tmp_path):
+    _, out = validate_in_subprocess(tmp_path, AWS_FLEET + "    min: 3\n    max: 1\n", blocked="boto3")
+    assert "fleet.yaml:3 pools[0]: min (3) is larger than max (1)" in out and "EXIT=2" in out

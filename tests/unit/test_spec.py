@@ -242,6 +242,22 @@ def test_unknown_key_with_nothing_close_lists_the_allowed_keys(tmp_path):
     assert "probe_timeout" in p and "stale_after" in p
 
 
+def test_each_pool_is_read_by_the_pool_model_its_provider_declares(tmp_path):
+    import providers
+    fleet = load_fleet(write(tmp_path, (CONFIGS / "fleet.example.yaml").read_text()))
+    assert [type(p) for p in fleet.pools] == [providers.pool_model(p.provider) for p in fleet.pools]
+    assert [type(p).__module__ for p in fleet.pools] == ["providers.static", "providers.aws", "providers.local"]
+
+
+def test_a_pool_that_is_not_a_mapping_says_so(tmp_path):
+    path = write(tmp_path, """
+        fleet: f
+        pools:
+          - sim
+    """)
+    assert one_problem(path) == f"{path}:3 pools[0]: expected a mapping with name, provider, ..."
+
+
 def test_unknown_provider_names_the_provider_line(tmp_path):
     path = write(tmp_path, """
         fleet: f
