@@ -102,7 +102,7 @@ def _answered(jp: JobPass, a: Attempt, view: NodeView) -> None:
 def _silent(jp: JobPass, a: Attempt, view: NodeView) -> None:
     p = jp.policies[a.job]
     if a.state is not S.SILENT:
-        jp.put(replace(a, state=S.SILENT, silent_since=jp.now,
+        jp.put(replace(a, state=S.SILENT, silent_since=jp.now, ready=False, ready_since=None,
                        reason=f"node {a.node} silent: process state unknown"))
         jp.event("attempt-silent", f"attempt {a.id} on {a.node}: node silent, process state unknown",
                  job=a.job, node=a.node, severity="warning")

@@ -20,6 +20,12 @@ from .jobs import S, JobPass, Launch, ReplicaState, Stop, ago, short
 
 def offers(jp: JobPass) -> dict[str, Offer]:
     out = {}
+    # ports are held per address: simulated nodes share this machine's, so they share its ports
+    host_of = {name: service_host(v.record.host) for name, v in jp.views.items()}
+    ports_at: dict[str, set[int]] = {}
+    for a in jp.attempts.values():
+        if a.state.live and a.port is not None:
+            ports_at.setdefault(host_of.get(a.node, a.node), set()).add(a.port)
     for name, v in sorted(jp.views.items()):
         rec = v.record
         why = None
@@ -34,7 +40,7 @@ def offers(jp: JobPass) -> dict[str, Offer]:
         for a in here:
             replicas[a.job] = replicas.get(a.job, 0) + 1
         out[name] = Offer(name, rec.pool, v.gpus, frozenset(g for a in here for g in a.gpus), why, replicas,
-                          frozenset(a.port for a in here if a.port is not None))
+                          frozenset(ports_at.get(host_of[name], ())))
     return out
 
 
@@ -161,7 +167,10 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
             view = jp.views[a.node]
             old = Stop(a.id, a.job, a.node, view.work_dir, f"drained: {view.record.cordon_reason or 'drain'}",
                        jp.grace_s)
-            placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=(old,), why="drain")
+            # with readiness, the old copy serves until its replacement is ready (a later pass);
+            # without, until the replacement runs (act stops it right after the launch)
+            then_stop = () if spec.readiness is not None else (old,)
+            placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=then_stop, why="drain")
             return ReplicaState.RUNNING, "" if placed is True else f"drain of {a.node} waits: {placed}"
         jp.end(a, S.KILLED, Outcome.DRAIN, f"node {a.node} is draining", stop=True)
         job = _apply_ended(jp, jp.jobs[job.name], spec)
@@ -169,6 +178,8 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
         active = []
         if job.state.terminal:
             return ReplicaState.PENDING, job.reason
+    if draining and spec.readiness is not None:
+        return _hand_over_when_ready(jp, [a for a in active if a not in draining], draining)
     if active:
         return ReplicaState.RUNNING, ""
     if silent:
@@ -198,6 +209,24 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
     return ReplicaState.PENDING, placed
 
 
+def _hand_over_when_ready(jp: JobPass, fresh: list[Attempt], draining: list[Attempt]) -> tuple[ReplicaState, str]:
+    """A drained service replica whose replacement is placed: stop the old copy once a new one is
+    ready; until then both run and routers keep using the old one."""
+    ready = [a for a in fresh if a.ready]
+    if not ready:
+        waiting = fresh[0] if fresh else None
+        return ReplicaState.RUNNING, (f"drain of {draining[0].node} waits for attempt {waiting.n} to be ready"
+                                      if waiting else "")
+    for old in draining:
+        view = jp.views.get(old.node)
+        reason = f"drained: replaced by attempt {ready[0].n}, ready on {ready[0].node}"
+        jp.put(replace(old, state=S.KILLED, ended_at=jp.now, outcome=Outcome.DRAIN, reason=reason, ready=False))
+        jp.plan.stops.append(Stop(old.id, old.job, old.node, view.work_dir if view else "~/.gridctl", reason,
+                                  jp.grace_s))
+        jp.event("attempt-ended", f"attempt {old.id} on {old.node} killed: {reason}", job=old.job, node=old.node)
+    return ReplicaState.RUNNING, ""
+
+
 def _start(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer], *, exclude: set[str],
            then_stop: tuple["Stop", ...] = (), why: str) -> bool | str:
     failed_on = frozenset(a.node for a in jp.attempts.values() if a.job == job.name and a.outcome is not None
@@ -217,8 +246,12 @@ def _start(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str,
                        reason="launching", gpus=uuids, created_at=jp.now, port=port))
     jp.jobs[job.name] = replace(job, attempts_made=n, next_try_at=None)
     o = offers[got.node]
-    offers[got.node] = replace(o, used=o.used | set(uuids), replicas={**o.replicas, job.name: o.replicas.get(job.name, 0) + 1},
-                               ports=o.ports | ({port} if port is not None else set()))
+    offers[got.node] = replace(o, used=o.used | set(uuids), replicas={**o.replicas, job.name: o.replicas.get(job.name, 0) + 1})
+    if port is not None:
+        host = service_host(jp.views[got.node].record.host)
+        for name, other in offers.items():
+            if service_host(jp.views[name].record.host) == host:
+                offers[name] = replace(other, ports=other.ports | {port})
     view = jp.views[got.node]
     env = build_env(spec.env, job=job.name, attempt_id=attempt_id, replica=r, gpu_uuids=uuids,
                     restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir, port=port,

@@ -1,0 +1,47 @@
+"""`gridctl endpoints`: every live replica of the fleet's services, with address and readiness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import NotFoundError
+from . import app
+from .common import FleetOption, JsonOption, load, open_store
+from .render import ago, emit, iso
+
+
+def endpoint_json(e) -> dict:
+    return {"job": e.job, "replica": e.replica, "attempt": e.attempt, "node": e.node, "host": e.host,
+            "port": e.port, "ready": e.ready, "ready_since": iso(e.ready_since), "draining": e.draining}
+
+
+@app.command()
+def endpoints(job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="Only this service."),
+              fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
+    """List service replicas with their address and whether routers send them requests."""
+    from ..store import queries
+    _, db_path = load(fleet_path)
+    if not db_path.exists():
+        emit([], [], as_json=as_json, empty="no endpoints yet")
+        return
+    conn = open_store(db_path)
+    try:
+        if job is not None and queries.get_job(conn, job) is None:
+            raise NotFoundError(f"no job named {job}")
+        found = queries.endpoints(conn, job)
+    finally:
+        conn.close()
+    rows = [endpoint_json(e) for e in found]
+    since = {e.attempt: e.ready_since for e in found}
+    now = time.time()
+    emit(rows, [
+        ("job", "JOB", None), ("replica", "REPLICA", None), ("attempt", "ATTEMPT", None), ("node", "NODE", None),
+        ("address", "ADDRESS", lambda r: f"{r['host']}:{r['port']}"),
+        ("ready", "READY", lambda r: ("[green]ready[/green] " + ago(since[r["attempt"]], now).replace(" ago", "")
+                                      if r["ready"] else "[yellow]not ready[/yellow]")
+         + (" [dim](draining)[/dim]" if r["draining"] else "")),
+    ], as_json=as_json, empty="no endpoints (no service with a port is running)")
