@@ -517,7 +517,7 @@ def test_hang_with_a_gsp_timeout_xid_is_fatal_at_once(xid):
                                                             "for RPC response from GPU3 GSP!")]))
     node, _ = step(ready(), gsp, 1015.0)
     assert node.state is NodeState.QUARANTINED and node.needs_release
-    assert node.reason.startswith(f"xid {xid} on GPU 3")
+    assert node.reason.startswith(f"xid {xid} on GPU 0000:8a:00.0: GSP")
 
 
 def test_xid119_from_the_real_dmesg_sample_is_fatal_at_once():
@@ -569,6 +569,7 @@ _KINDS = {
     "read-failed": obs(gpus=with_gpu(4, temperature_c=None, unknown_fields=("temperature_c",))),
     "auth": obs(contact=Contact.AUTH, detail="refused"), "hung": obs(contact=Contact.HUNG),
     "incomplete": obs(complete=False), "rebooted": replace(obs(), boot_id="b00710-2"),
+    "smi-slow": obs(gpus=[], smi_rc=124),
 }
 
 
@@ -593,6 +594,10 @@ def test_every_transition_has_an_event_with_reason(kinds, partitioned):
         # silence alone never quarantines while our side looks partitioned
         if partitioned and kind == "silent" and before.state is not NodeState.QUARANTINED:
             assert node.state is not NodeState.QUARANTINED
+        # one failed or slow probe after one that did not fail quarantines only on fatal evidence
+        if before.failures == 0 and before.state is not NodeState.QUARANTINED and \
+                classify(_KINDS[kind], EXP).worst is not Severity.FATAL:
+            assert node.state is not NodeState.QUARANTINED, (kinds, node.reason)
         # only a healthy probe can make a node ready
         if node.state is NodeState.READY and before.state is not NodeState.READY:
             assert node.health is Health.HEALTHY
