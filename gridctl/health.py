@@ -295,6 +295,16 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
     return replace(node, **changes), events
 
 
+def condemns_attempts(node: NodeRecord, th: Thresholds) -> bool:
+    """Whether a node, as judged after a probe that reached it, is evidence that the attempts on it
+    are gone or unsafe: quarantined with a fatal finding now (a confirmed hang included), or with
+    `unhealthy_after` failed probes in a row. One slow or failed probe never is, not even on a
+    node still quarantined from before. For reconcile/jobs.observe_attempts (not wired yet)."""
+    if node.state is not NodeState.QUARANTINED:
+        return False
+    return any(f.severity is F for f in node.findings) or node.failures >= th.unhealthy_after
+
+
 def _hang(verdict: Verdict) -> Finding | None:
     """The probe's unconfirmed hang (nvidia-smi or the whole probe too slow), if that is what failed."""
     return next((f for f in verdict.findings if f.code == HANG and f.severity is U), None)

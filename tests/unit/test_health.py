@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.health import Expectation, Thresholds, classify, next_node
+from gridctl.health import Expectation, Thresholds, classify, condemns_attempts, next_node
 from gridctl.models import (Contact, GpuReading, Health, NodeRecord, NodeState, Observation, Severity,
                             Verdict)
 from gridctl.probe import parse_probe, parse_xids
@@ -547,6 +547,25 @@ def test_a_single_failed_or_slow_probe_never_quarantines(before, kind):
     node, _ = step(before, ONE_BAD_PROBE[kind], 1015.0)
     assert node.state is NodeState.SUSPECT, (node.state, node.reason)
     assert not node.needs_release
+
+
+# what the job planner may kill on (health.condemns_attempts): evidence, never one bad probe
+
+@pytest.mark.parametrize("history, condemned", [
+    (["xid79"], True),
+    (["smi-slow"], False),
+    (["smi-slow", "smi-slow"], True),                     # a confirmed hang
+    (["read-failed", "read-failed"], True),               # unhealthy_after answered failures
+    (["silent", "silent", "good"], False),                # quarantined for silence, answering healthy
+    (["silent", "silent", "good", "smi-slow"], False),    # ... then one slow probe while it recovers
+    (["silent", "silent", "good", "hung"], False),
+    (["silent", "silent", "good", "incomplete"], False),
+    (["silent", "silent", "good", "smi-slow", "smi-slow"], True),
+    (["hot"], False),
+], ids=lambda v: "-".join(v) if isinstance(v, list) else str(v))
+def test_only_evidence_condemns_the_attempts_on_a_node(history, condemned):
+    node, _ = run(ready(), [_KINDS[k] for k in history])
+    assert condemns_attempts(node, TH) is condemned, (node.state, node.reason, node.failures)
 
 
 def test_provisioning_node_becomes_ready_on_first_good_probe():
