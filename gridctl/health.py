@@ -225,8 +225,9 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
               partitioned: bool = False) -> tuple[NodeRecord, list[Event]]:
     """Apply one verdict to a node: counters, state with hysteresis, and the events to record.
 
-    Fatal evidence quarantines at once. Silence only makes a node suspect until `unhealthy_after`
-    silent probes or `stale_after`, and never quarantines while our side looks partitioned.
+    Fatal evidence quarantines at once. Silence, a failed probe and a slow one (nvidia-smi or the
+    whole probe past its deadline) only make a node suspect until `unhealthy_after` of them in a
+    row or `stale_after`; silence never quarantines while our side looks partitioned.
     """
     events: list[Event] = []
     worst = verdict.worst
@@ -255,31 +256,15 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
             events.append(Event(now, "alert", f.message, node=node.name, severity="alert"))
 
     state, reason = node.state, node.reason
-    hang = _hang(verdict)
     if worst is F:
         state, reason = NodeState.QUARANTINED, verdict.reason
         needs_release = needs_release or any(f.needs_reset for f in verdict.findings if f.severity is F)
         if node.state is NodeState.QUARANTINED and node.needs_release:
             reason = node.reason  # keep the first cause; the new one is in the findings
     elif failed:
-        since = node.last_good or node.state_since or now
-        # one failed probe never quarantines, however old the last good one (a node degraded for
-        # an hour, a pass every five minutes from cron): only positive evidence acts at once
-        stale = failures > 1 and now - since >= th.stale_after_s
-        if (failures >= th.unhealthy_after or stale) and not (silent and partitioned):
-            why = f"{failures} failed probes in a row" if failures >= th.unhealthy_after else \
-                f"no good probe for {now - since:.0f}s"
-            if hang is not None:   # confirmed: now it is fatal evidence, though not a reset-class one
-                confirmed = replace(hang, severity=F, message=f"{_hung_words(hang.message)} ({why})")
-                changes["findings"] = tuple(confirmed if f is hang else f for f in verdict.findings)
-            if node.state is not NodeState.QUARANTINED:
-                words = _hung_words(verdict.reason) if hang is not None else verdict.reason
-                state, reason = NodeState.QUARANTINED, f"{words} ({why})"
-        elif node.state in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
-            state = NodeState.SUSPECT if node.state is not NodeState.PROVISIONING else node.state
-            reason = verdict.reason + (" (fleet partition suspected: not quarantining)" if silent and partitioned else "")
-            if hang is not None:
-                reason += f" ({failures} of {th.unhealthy_after})"
+        state, reason, confirmed = _on_failure(node, verdict, failures, now, th, silent and partitioned)
+        if confirmed is not None:
+            changes["findings"] = confirmed
     elif not healthy:  # degraded: no new work, running jobs stay
         if node.state in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
             state, reason = NodeState.SUSPECT, verdict.reason
@@ -293,6 +278,37 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
                             severity=severity))
     changes.update(state=state, reason=reason)
     return replace(node, **changes), events
+
+
+def _on_failure(node: NodeRecord, verdict: Verdict, failures: int, now: float, th: Thresholds, cut_off: bool):
+    """next_node for an unhealthy or silent probe: (state, reason, findings to store or None).
+
+    Counted, never acted on at once: `unhealthy_after` failures in a row (or `stale_after` without
+    a good probe, from the second failure on) quarantine, unless silence while our side is cut off.
+    A hang counts the same way and, once confirmed, is stored as fatal (not reset-class)."""
+    hang = _hang(verdict)
+    since = node.last_good or node.state_since or now
+    # one failed probe never quarantines, however old the last good one (a node degraded for
+    # an hour, a pass every five minutes from cron): only positive evidence acts at once
+    stale = failures > 1 and now - since >= th.stale_after_s
+    if (failures >= th.unhealthy_after or stale) and not cut_off:
+        why = f"{failures} failed probes in a row" if failures >= th.unhealthy_after else \
+            f"no good probe for {now - since:.0f}s"
+        confirmed = None
+        if hang is not None:
+            fatal = replace(hang, severity=F, message=f"{_hung_words(hang.message)} ({why})")
+            confirmed = tuple(fatal if f is hang else f for f in verdict.findings)
+        if node.state is NodeState.QUARANTINED:
+            return node.state, node.reason, confirmed
+        words = _hung_words(verdict.reason) if hang is not None else verdict.reason
+        return NodeState.QUARANTINED, f"{words} ({why})", confirmed
+    if node.state not in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
+        return node.state, node.reason, None
+    state = NodeState.SUSPECT if node.state is not NodeState.PROVISIONING else node.state
+    reason = verdict.reason + (" (fleet partition suspected: not quarantining)" if cut_off else "")
+    if hang is not None:
+        reason += f" ({failures} of {th.unhealthy_after})"
+    return state, reason, None
 
 
 def condemns_attempts(node: NodeRecord, th: Thresholds) -> bool:
