@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from .models import (Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
                      Severity, Verdict, XidEvent)
+from .probe import ProbeBudget
 
 F, U, D, I = Severity.FATAL, Severity.UNHEALTHY, Severity.DEGRADED, Severity.INFO
 
@@ -53,6 +54,8 @@ SMI_RC = {  # nvidia-smi / NVML return codes that speak about the node (referenc
     15: ("gpu-lost", "a GPU has fallen off the bus or become inaccessible (nvidia-smi rc 15)"),
     18: ("driver", "driver/library version mismatch (nvidia-smi rc 18)"),
 }
+SMI_TIMEOUT_RC = (124, 137)   # `timeout` on the node: TERM after the budget, KILL 2 s later
+HANG = "probe-hung"           # finding code: nvidia-smi, or the whole probe, did not answer in time
 _HANDLE_RE = re.compile(r"Unable to determine the device handle for GPU (?P<bdf>[0-9A-Fa-f:.]+): (?P<why>.*)")
 _RECOVERY_RE = re.compile(r"to 0x[0-9a-fA-F]+ \((?P<action>[^)]*)\)")
 
@@ -109,8 +112,8 @@ def _contact_findings(obs: Observation, exp: Expectation) -> list[Finding]:
     if obs.contact is Contact.HOST_KEY:
         return [Finding("host-key-changed", F, f"host key changed: {detail}", needs_reset=True, alert=True)]
     if obs.contact is Contact.HUNG:
-        return [Finding("probe-hung", F, f"probe hung: no answer in {exp.probe_timeout_s:g}s while SSH answered "
-                                         "(wedged driver?)", needs_reset=True)]
+        # a busy node or sshd answers slowly too: unhealthy, counted; fatal only when confirmed (next_node)
+        return [Finding(HANG, U, f"probe slow: no answer in {exp.probe_timeout_s:g}s while SSH answered")]
     return []
 
 
@@ -157,9 +160,10 @@ def _smi_findings(obs: Observation, exp: Expectation) -> list[Finding]:
         if obs.complete:
             out.append(Finding("smi-missing", U, "probe output has no nvidia-smi section"))
         return out
-    if rc in (124, 137):
-        out.append(Finding("probe-hung", F, f"nvidia-smi hung: no answer in {max(1, int(exp.probe_timeout_s * 0.5))}s "
-                                            "(wedged driver?)", needs_reset=True))
+    timed_out = rc in SMI_TIMEOUT_RC
+    if timed_out:
+        # without persistence mode nvidia-smi can take seconds: one timeout is not a wedged driver
+        out.append(Finding(HANG, U, f"nvidia-smi slow: no answer in {ProbeBudget(exp.probe_timeout_s).smi_s}s"))
     elif "couldn't communicate with the NVIDIA driver" in text:
         out.append(Finding("driver", F, "nvidia-smi couldn't communicate with the NVIDIA driver", needs_reset=True))
     elif "version mismatch" in text.lower():
@@ -173,7 +177,8 @@ def _smi_findings(obs: Observation, exp: Expectation) -> list[Finding]:
         first = obs.smi_errors[0] if obs.smi_errors else "no message"
         out.append(Finding("smi-failed", U, f"nvidia-smi failed (rc {rc}): {first[:160]}"))
     seen = len(obs.gpus)
-    if seen < exp.gpus and obs.complete and (rc == 0 or obs.gpus or lost_bus):
+    # rows printed before a timeout are a partial list, not evidence that the rest are gone
+    if seen < exp.gpus and obs.complete and not timed_out and (rc == 0 or obs.gpus or lost_bus):
         out.append(Finding("gpu-missing", F, f"saw {seen} of {exp.gpus} GPUs", needs_reset=True))
     return out
 
@@ -220,8 +225,9 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
               partitioned: bool = False) -> tuple[NodeRecord, list[Event]]:
     """Apply one verdict to a node: counters, state with hysteresis, and the events to record.
 
-    Fatal evidence quarantines at once. Silence only makes a node suspect until `unhealthy_after`
-    silent probes or `stale_after`, and never quarantines while our side looks partitioned.
+    Fatal evidence quarantines at once. Silence, a failed probe and a slow one (nvidia-smi or the
+    whole probe past its deadline) only make a node suspect until `unhealthy_after` of them in a
+    row or `stale_after`; silence never quarantines while our side looks partitioned.
     """
     events: list[Event] = []
     worst = verdict.worst
@@ -256,16 +262,9 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
         if node.state is NodeState.QUARANTINED and node.needs_release:
             reason = node.reason  # keep the first cause; the new one is in the findings
     elif failed:
-        since = node.last_good or node.state_since or now
-        stale = now - since >= th.stale_after_s
-        if (failures >= th.unhealthy_after or stale) and not (silent and partitioned):
-            if node.state is not NodeState.QUARANTINED:
-                why = f"{failures} failed probes in a row" if failures >= th.unhealthy_after else \
-                    f"no good probe for {now - since:.0f}s"
-                state, reason = NodeState.QUARANTINED, f"{verdict.reason} ({why})"
-        elif node.state in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
-            state = NodeState.SUSPECT if node.state is not NodeState.PROVISIONING else node.state
-            reason = verdict.reason + (" (fleet partition suspected: not quarantining)" if silent and partitioned else "")
+        state, reason, confirmed = _on_failure(node, verdict, failures, now, th, silent and partitioned)
+        if confirmed is not None:
+            changes["findings"] = confirmed
     elif not healthy:  # degraded: no new work, running jobs stay
         if node.state in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
             state, reason = NodeState.SUSPECT, verdict.reason
@@ -279,6 +278,56 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
                             severity=severity))
     changes.update(state=state, reason=reason)
     return replace(node, **changes), events
+
+
+def _on_failure(node: NodeRecord, verdict: Verdict, failures: int, now: float, th: Thresholds, cut_off: bool):
+    """next_node for an unhealthy or silent probe: (state, reason, findings to store or None).
+
+    Counted, never acted on at once: `unhealthy_after` failures in a row (or `stale_after` without
+    a good probe, from the second failure on) quarantine, unless silence while our side is cut off.
+    A hang counts the same way and, once confirmed, is stored as fatal (not reset-class)."""
+    hang = _hang(verdict)
+    since = node.last_good or node.state_since or now
+    # one failed probe never quarantines, however old the last good one (a node degraded for
+    # an hour, a pass every five minutes from cron): only positive evidence acts at once
+    stale = failures > 1 and now - since >= th.stale_after_s
+    if (failures >= th.unhealthy_after or stale) and not cut_off:
+        why = f"{failures} failed probes in a row" if failures >= th.unhealthy_after else \
+            f"no good probe for {now - since:.0f}s"
+        confirmed = None
+        if hang is not None:
+            fatal = replace(hang, severity=F, message=f"{_hung_words(hang.message)} ({why})")
+            confirmed = tuple(fatal if f is hang else f for f in verdict.findings)
+        if node.state is NodeState.QUARANTINED:
+            return node.state, node.reason, confirmed
+        words = _hung_words(verdict.reason) if hang is not None else verdict.reason
+        return NodeState.QUARANTINED, f"{words} ({why})", confirmed
+    if node.state not in (NodeState.READY, NodeState.SUSPECT, NodeState.PROVISIONING):
+        return node.state, node.reason, None
+    state = NodeState.SUSPECT if node.state is not NodeState.PROVISIONING else node.state
+    reason = verdict.reason + (" (fleet partition suspected: not quarantining)" if cut_off else "")
+    if hang is not None:
+        reason += f" ({failures} of {th.unhealthy_after})"
+    return state, reason, None
+
+
+def condemns_attempts(node: NodeRecord, th: Thresholds) -> bool:
+    """Whether a node, as judged after a probe that reached it, is evidence that the attempts on it
+    are gone or unsafe: quarantined with a fatal finding now (a confirmed hang included), or with
+    `unhealthy_after` failed probes in a row. One slow or failed probe never is, not even on a
+    node still quarantined from before. For reconcile/jobs.observe_attempts (not wired yet)."""
+    if node.state is not NodeState.QUARANTINED:
+        return False
+    return any(f.severity is F for f in node.findings) or node.failures >= th.unhealthy_after
+
+
+def _hang(verdict: Verdict) -> Finding | None:
+    """The probe's unconfirmed hang (nvidia-smi or the whole probe too slow), if that is what failed."""
+    return next((f for f in verdict.findings if f.code == HANG and f.severity is U), None)
+
+
+def _hung_words(text: str) -> str:
+    return text.replace(" slow: no answer", " hung: no answer")
 
 
 def _recover(node: NodeRecord, good: int, needs_release: bool, th: Thresholds, verdict: Verdict):

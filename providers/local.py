@@ -21,7 +21,7 @@ from .schema import PoolSpec, expand_path
 
 BIN_DIR = Path(__file__).resolve().parent / "local_bin"
 MODES = ("healthy", "xid79", "ecc", "driver", "hang", "missing-gpu", "hot", "row-remap", "down")
-_FILES = ("smi.rc", "smi.extra", "smi.sleep", "kernel.log", "down")
+_FILES = ("smi.rc", "smi.extra", "smi.sleep", "smi.sleep-once", "smi.ignore-term", "kernel.log", "down")
 
 
 class LocalPool(PoolSpec):
@@ -88,6 +88,16 @@ def write_node(node_dir: Path, name: str, *, gpus: int = 4, gpu_type: str = "H10
     for i in range(gpus):
         _write_gpu(node_dir, name, i, gpu_type, memory_gb)
     _apply_mode(node_dir, mode, gpus)
+
+
+def slow_smi_once(node_dir: Path, seconds: float, ignore_term: bool = False) -> None:
+    """The node's next nvidia-smi call takes `seconds` before it answers; later calls are quick again
+    (a driver without persistence mode, a busy node). `ignore_term`: that call also ignores SIGTERM,
+    so only the probe's `timeout -k` KILL ends it and the whole probe overruns its deadline.
+    Called by tests; `write_node` (any mode, `healthy` too) clears it."""
+    if ignore_term:
+        (node_dir / "smi.ignore-term").write_text("1\n")
+    (node_dir / "smi.sleep-once").write_text(f"{seconds:g}\n")
 
 
 def reboot(node_dir: Path) -> None:

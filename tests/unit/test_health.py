@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridctl.health import Expectation, Thresholds, classify, next_node
+from gridctl.health import Expectation, Thresholds, classify, condemns_attempts, next_node
 from gridctl.models import (Contact, GpuReading, Health, NodeRecord, NodeState, Observation, Severity,
                             Verdict)
 from gridctl.probe import parse_probe, parse_xids
@@ -115,8 +115,12 @@ CASES = [
     ("handle-unknown-error", obs(gpus=[gpu(i) for i in range(7)], smi_rc=15,
                                  smi_errors=fixture_lines("smi/device_handle_unknown_error.txt")),
      Health.UNHEALTHY, Severity.FATAL, "gpu-lost", "GPU 0000:0b:00.0 unreachable: Unknown Error"),
-    ("rc124-smi-timed-out", obs(gpus=[], smi_rc=124), Health.UNHEALTHY, Severity.FATAL, "probe-hung",
-     "nvidia-smi hung"),
+    ("rc124-smi-timed-out-is-slow-not-fatal", obs(gpus=[], smi_rc=124), Health.UNHEALTHY, Severity.UNHEALTHY,
+     "probe-hung", "nvidia-smi slow: no answer in 7s"),
+    ("rc137-smi-killed-is-slow-not-fatal", obs(gpus=[], smi_rc=137), Health.UNHEALTHY, Severity.UNHEALTHY,
+     "probe-hung", "nvidia-smi slow: no answer in 7s"),
+    ("rc124-after-3-rows-is-not-gpu-missing", obs(gpus=[gpu(i) for i in range(3)], smi_rc=124), Health.UNHEALTHY,
+     Severity.UNHEALTHY, "probe-hung", "nvidia-smi slow: no answer in 7s"),
     ("fewer-gpus-than-expected", obs(gpus=[gpu(i) for i in range(7)]),
      Health.UNHEALTHY, Severity.FATAL, "gpu-missing", "saw 7 of 8 GPUs"),
     ("nvidia-smi-stuck-in-D", obs(stuck=1), Health.UNHEALTHY, Severity.FATAL, "smi-stuck", "driver wedged"),
@@ -142,8 +146,8 @@ CASES = [
      Health.UNREACHABLE, Severity.FATAL, "host-key-changed", "host key changed"),
     ("contact-host-key-unknown", obs(contact=Contact.HOST_KEY_UNKNOWN, detail="h host key unknown; policy strict"),
      Health.UNREACHABLE, Severity.UNHEALTHY, "host-key-unknown", "host key not trusted"),
-    ("contact-hung", obs(contact=Contact.HUNG, detail="no answer in 15s"),
-     Health.UNHEALTHY, Severity.FATAL, "probe-hung", "probe hung"),
+    ("contact-hung-is-slow-not-fatal", obs(contact=Contact.HUNG, detail="no answer in 15s"),
+     Health.UNHEALTHY, Severity.UNHEALTHY, "probe-hung", "probe slow: no answer in 15s while SSH answered"),
     ("incomplete-output", obs(complete=False, problems=("no end marker",)),
      Health.UNHEALTHY, Severity.UNHEALTHY, "probe-incomplete", "probe output incomplete"),
 ]
@@ -299,8 +303,7 @@ def test_xid79_quarantines_node_at_once():
     obs(gpus=[], smi_rc=9, smi_errors=fixture_lines("smi/couldnt_communicate.txt")),
     obs(gpus=with_gpu(2, ecc_uncorrected_volatile=2)),
     obs(gpus=[gpu(i) for i in range(7)]),
-    obs(contact=Contact.HUNG, detail="no answer in 15s"),
-], ids=["driver-rc9", "ecc", "gpu-missing", "probe-hung"])
+], ids=["driver-rc9", "ecc", "gpu-missing"])
 def test_fatal_evidence_quarantines_at_once(observation):
     node, _ = step(ready(), observation, 1015.0)
     assert node.state is NodeState.QUARANTINED and node.needs_release
@@ -444,6 +447,127 @@ def test_host_key_changed_quarantines_and_alerts():
     assert [e.kind for e in events].count("alert") == 1
 
 
+# ---------------------------------------------------------------- hangs: confirmed, never assumed (DESIGN 3)
+
+SMI_SLOW = obs(gpus=[], smi_rc=124)                                  # nvidia-smi killed by `timeout` on the node
+PROBE_SLOW = obs(contact=Contact.HUNG, detail="no end in 15s")        # the whole exec passed its deadline
+HANGS = pytest.mark.parametrize("hang, words", [
+    (SMI_SLOW, "nvidia-smi slow: no answer in 7s"),
+    (PROBE_SLOW, "probe slow: no answer in 15s while SSH answered"),
+], ids=["smi-timeout", "probe-deadline"])
+
+
+@HANGS
+def test_first_hang_makes_node_suspect_and_counts_toward_unhealthy_after(hang, words):
+    node, events = step(ready(), hang, 1015.0)
+    assert node.state is NodeState.SUSPECT and not node.needs_release
+    assert node.reason == f"{words} (1 of 2)"
+    assert [e.message for e in state_events(events)] == [f"ready -> suspect: {words} (1 of 2)"]
+
+
+@HANGS
+def test_second_hang_in_a_row_quarantines_without_needing_a_reset(hang, words):
+    node, events = run(ready(), [hang, hang])
+    hung = words.replace(" slow:", " hung:")
+    assert node.state is NodeState.QUARANTINED and not node.needs_release
+    assert node.reason == f"{hung} (2 failed probes in a row)"
+    assert [e.message for e in state_events(events)] == [
+        f"ready -> suspect: {words} (1 of 2)", f"suspect -> quarantined: {hung} (2 failed probes in a row)"]
+    (f,) = [f for f in node.findings if f.code == "probe-hung"]
+    assert f.severity is Severity.FATAL and f.message == f"{hung} (2 failed probes in a row)"
+
+
+def test_hang_count_follows_unhealthy_after():
+    th = Thresholds(unhealthy_after=3, recover_after=3, stale_after_s=3600.0)
+    node, _ = step(ready(), SMI_SLOW, 1015.0, th)
+    assert node.state is NodeState.SUSPECT and node.reason == "nvidia-smi slow: no answer in 7s (1 of 3)"
+    node, _ = step(node, SMI_SLOW, 1030.0, th)
+    assert node.state is NodeState.SUSPECT and node.reason == "nvidia-smi slow: no answer in 7s (2 of 3)"
+    node, _ = step(node, SMI_SLOW, 1045.0, th)
+    assert node.state is NodeState.QUARANTINED and node.reason == "nvidia-smi hung: no answer in 7s (3 failed probes in a row)"
+
+
+@HANGS
+def test_one_hang_then_healthy_probes_return_the_node_to_ready(hang, words):
+    node, events = run(ready(), [hang, obs(), obs(), obs()])
+    assert node.state is NodeState.READY and node.reason == "3 good probes in a row"
+    assert [e.message.split(":")[0] for e in state_events(events)] == ["ready -> suspect", "suspect -> ready"]
+
+
+@HANGS
+def test_hang_quarantine_returns_to_ready_by_itself_after_recover_after_good_probes(hang, words):
+    node, _ = run(ready(), [hang, hang])
+    assert node.state is NodeState.QUARANTINED
+    node, events = run(node, [obs()] * 2, start=1100.0)
+    assert node.state is NodeState.QUARANTINED and node.reason.endswith("(recovering: 2/3 good probes)")
+    node, events = step(node, obs(), 1130.0)
+    assert node.state is NodeState.READY and not node.needs_release
+    assert [e.message for e in state_events(events)] == ["quarantined -> ready: 3 good probes in a row"]
+
+
+def test_hang_with_nvidia_smi_in_d_state_over_a_minute_is_fatal_at_once():
+    node, _ = step(ready(), replace(SMI_SLOW, stuck_smi=1), 1015.0)
+    assert node.state is NodeState.QUARANTINED and node.needs_release
+    assert "stuck in D state for over a minute" in node.reason
+
+
+@pytest.mark.parametrize("xid", [119, 120])
+def test_hang_with_a_gsp_timeout_xid_is_fatal_at_once(xid):
+    gsp = replace(SMI_SLOW, xids=parse_xids([xid_line(xid, "pid=1, name=nvidia-smi, Timeout after 6s of waiting "
+                                                            "for RPC response from GPU3 GSP!")]))
+    node, _ = step(ready(), gsp, 1015.0)
+    assert node.state is NodeState.QUARANTINED and node.needs_release
+    assert node.reason.startswith(f"xid {xid} on GPU 0000:8a:00.0: GSP")
+
+
+def test_xid119_from_the_real_dmesg_sample_is_fatal_at_once():
+    node, _ = step(ready(), obs(xid_lines=fixture_lines("kernel/dmesg_xid119.log")), 1015.0)
+    assert node.state is NodeState.QUARANTINED and node.needs_release and "GSP RPC timeout" in node.reason
+
+
+# one observation of each kind of failed or slow probe that is not positive evidence of a fatal fault
+ONE_BAD_PROBE = {
+    "probe-deadline": PROBE_SLOW, "smi-rc124": SMI_SLOW, "smi-rc137": obs(gpus=[], smi_rc=137),
+    "smi-rc124-after-3-rows": obs(gpus=[gpu(i) for i in range(3)], smi_rc=124),
+    "incomplete": obs(complete=False, problems=("no end marker",)),
+    "read-failed": obs(gpus=with_gpu(4, temperature_c=None, unknown_fields=("temperature_c",))),
+    "smi-failed": obs(gpus=[], smi_rc=3, smi_errors=("Unable to query",)),
+    "smi-missing": obs(gpus=[], smi_rc=127), "no-smi-section": obs(gpus=[], smi_rc=None),
+    "unreachable": silent(), "auth": obs(contact=Contact.AUTH, detail="refused"),
+    "host-key-unknown": obs(contact=Contact.HOST_KEY_UNKNOWN, detail="strict"),
+}
+LONG_DEGRADED = ready(state=NodeState.SUSPECT, health=Health.DEGRADED, reason="GPU 0 at 95°C", good=0,
+                      last_good=100.0, state_since=100.0)                 # degraded for 15 minutes
+CRON_READY = ready(last_good=700.0, last_seen=700.0)                      # one pass every 5 minutes
+
+
+@pytest.mark.parametrize("before", [ready(), LONG_DEGRADED, CRON_READY], ids=["ready", "long-degraded", "cron"])
+@pytest.mark.parametrize("kind", sorted(ONE_BAD_PROBE))
+def test_a_single_failed_or_slow_probe_never_quarantines(before, kind):
+    node, _ = step(before, ONE_BAD_PROBE[kind], 1015.0)
+    assert node.state is NodeState.SUSPECT, (node.state, node.reason)
+    assert not node.needs_release
+
+
+# what the job planner may kill on (health.condemns_attempts): evidence, never one bad probe
+
+@pytest.mark.parametrize("history, condemned", [
+    (["xid79"], True),
+    (["smi-slow"], False),
+    (["smi-slow", "smi-slow"], True),                     # a confirmed hang
+    (["read-failed", "read-failed"], True),               # unhealthy_after answered failures
+    (["silent", "silent", "good"], False),                # quarantined for silence, answering healthy
+    (["silent", "silent", "good", "smi-slow"], False),    # ... then one slow probe while it recovers
+    (["silent", "silent", "good", "hung"], False),
+    (["silent", "silent", "good", "incomplete"], False),
+    (["silent", "silent", "good", "smi-slow", "smi-slow"], True),
+    (["hot"], False),
+], ids=lambda v: "-".join(v) if isinstance(v, list) else str(v))
+def test_only_evidence_condemns_the_attempts_on_a_node(history, condemned):
+    node, _ = run(ready(), [_KINDS[k] for k in history])
+    assert condemns_attempts(node, TH) is condemned, (node.state, node.reason, node.failures)
+
+
 def test_provisioning_node_becomes_ready_on_first_good_probe():
     node = ready(state=NodeState.PROVISIONING, reason="waiting for the first healthy probe", good=0)
     node, events = step(node, obs(), 1015.0)
@@ -464,6 +588,7 @@ _KINDS = {
     "read-failed": obs(gpus=with_gpu(4, temperature_c=None, unknown_fields=("temperature_c",))),
     "auth": obs(contact=Contact.AUTH, detail="refused"), "hung": obs(contact=Contact.HUNG),
     "incomplete": obs(complete=False), "rebooted": replace(obs(), boot_id="b00710-2"),
+    "smi-slow": obs(gpus=[], smi_rc=124),
 }
 
 
@@ -488,6 +613,10 @@ def test_every_transition_has_an_event_with_reason(kinds, partitioned):
         # silence alone never quarantines while our side looks partitioned
         if partitioned and kind == "silent" and before.state is not NodeState.QUARANTINED:
             assert node.state is not NodeState.QUARANTINED
+        # one failed or slow probe after one that did not fail quarantines only on fatal evidence
+        if before.failures == 0 and before.state is not NodeState.QUARANTINED and \
+                classify(_KINDS[kind], EXP).worst is not Severity.FATAL:
+            assert node.state is not NodeState.QUARANTINED, (kinds, node.reason)
         # only a healthy probe can make a node ready
         if node.state is NodeState.READY and before.state is not NodeState.READY:
             assert node.health is Health.HEALTHY
