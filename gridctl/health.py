@@ -240,7 +240,7 @@ def next_node(node: NodeRecord, obs: Observation, verdict: Verdict, now: float, 
     if obs.contact is Contact.OK:
         changes["gpus_seen"] = len(obs.gpus)
     needs_release = node.needs_release
-    if obs.boot_id and node.boot_id and obs.boot_id != node.boot_id:
+    if rebooted(node, obs):
         events.append(Event(now, "node-rebooted", f"rebooted (boot id {node.boot_id[:8]} -> {obs.boot_id[:8]})",
                             node=node.name, severity="warning"))
         needs_release = False   # a reboot is the remedy for reset-class findings
@@ -311,11 +311,16 @@ def _on_failure(node: NodeRecord, verdict: Verdict, failures: int, now: float, t
     return state, reason, None
 
 
+def rebooted(node: NodeRecord | None, obs: Observation) -> bool:
+    """The node answered with a boot id other than the one recorded: it restarted since."""
+    return bool(node is not None and obs.boot_id and node.boot_id and obs.boot_id != node.boot_id)
+
+
 def condemns_attempts(node: NodeRecord, th: Thresholds) -> bool:
     """Whether a node, as judged after a probe that reached it, is evidence that the attempts on it
     are gone or unsafe: quarantined with a fatal finding now (a confirmed hang included), or with
     `unhealthy_after` failed probes in a row. One slow or failed probe never is, not even on a
-    node still quarantined from before. For reconcile/jobs.observe_attempts (not wired yet)."""
+    node still quarantined from before. For reconcile/nodes.node_views (NodeView.condemned)."""
     if node.state is not NodeState.QUARANTINED:
         return False
     return any(f.severity is F for f in node.findings) or node.failures >= th.unhealthy_after

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..models import Attempt, Health, NodeState, Outcome, ReadyCheck
+from ..models import Attempt, Outcome, ReadyCheck
 from .jobs import S, JobPass, NodeView, ago, short
 
 
@@ -32,10 +32,10 @@ def judge(jp: JobPass) -> None:
             jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} is no longer in the fleet")
         elif view.rebooted:
             jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} rebooted")
-        elif view.answered and view.record.state is NodeState.QUARANTINED and \
-                view.record.health in (Health.UNHEALTHY, Health.UNKNOWN):
-            # evidence from this very probe; a node quarantined for silence that now answers
-            # healthy is recovering, and its attempts are judged by their own reports below
+        elif view.answered and view.condemned:
+            # evidence from this very probe (a fatal finding, or failures confirmed); a node
+            # quarantined for silence that now answers, or one slow probe of a quarantined node,
+            # is not: its attempts are judged by their own reports below
             jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} quarantined: {short(view.record.reason)}", stop=True,
                    grace_s=1.0)
         elif view.answered and view.complete:

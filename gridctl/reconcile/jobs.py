@@ -48,6 +48,7 @@ class NodeView:
     complete: bool                           # the probe ran to its end: attempt reports are complete
     partitioned: bool = False                # silent while our side looks partitioned
     rebooted: bool = False
+    condemned: bool = False                  # its probe is evidence its attempts are gone (health.condemns_attempts)
     reports: dict[str, AttemptReport] = field(default_factory=dict)
     gpus: tuple[Gpu, ...] = ()
     work_dir: str = "~/.gridctl"

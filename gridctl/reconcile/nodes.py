@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from ..health import Thresholds, classify, next_node
+from ..health import Thresholds, classify, condemns_attempts, next_node, rebooted
 from ..models import Contact, Event, NodeRecord, NodeState, Observation, Verdict
 from ..placement import Gpu
 from .jobs import NodeView
@@ -98,7 +98,7 @@ def complete(obs: Observation | None) -> bool:
 
 
 def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dict[str, Observation],
-               stored: dict[str, NodeRecord]) -> dict[str, NodeView]:
+               stored: dict[str, NodeRecord], th: Thresholds) -> dict[str, NodeView]:
     """Each node as the job planner sees it: its new record, whether it answered, rebooted, or is
     silent while our side looks partitioned; a spot or preemption notice makes it draining."""
     records = {n.name: n for n in plan.nodes}
@@ -110,14 +110,14 @@ def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dic
         obs = observations.get(inv.name)
         answered = obs is not None and obs.contact in (Contact.OK, Contact.HUNG)
         full = complete(obs)
-        old = stored.get(inv.name)
-        rebooted = bool(answered and obs.boot_id and old is not None and old.boot_id and obs.boot_id != old.boot_id)
+        was_rebooted = answered and rebooted(stored.get(inv.name), obs)
         cut = FLEET in plan.partitions or f"pool:{inv.pool}" in plan.partitions
         gpus = tuple(Gpu(g.uuid, g.index, g.name or "", g.memory_total_mib) for g in obs.gpus if g.uuid) \
             if full else ()
         if full and obs.spot_notice:
             rec = replace(rec, draining=True)   # the planner moves its jobs (services first); the flag is not stored
-        views[inv.name] = NodeView(rec, answered, full, partitioned=cut and not answered, rebooted=rebooted,
+        views[inv.name] = NodeView(rec, answered, full, partitioned=cut and not answered, rebooted=was_rebooted,
+                                   condemned=answered and condemns_attempts(rec, th),
                                    reports={r.id: r for r in obs.attempts} if full else {},
                                    gpus=gpus, work_dir=inv.work_dir)
     return views

@@ -66,7 +66,7 @@ def plan(fleet: Fleet, facts: Facts, inventory: Inventory, observations: dict[st
     readiness checks made beside the sweep."""
     nodes = plan_nodes(facts.nodes, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet),
                        facts.partitions)
-    views = node_views(nodes, inventory.nodes, observations, facts.nodes)
+    views = node_views(nodes, inventory.nodes, observations, facts.nodes, thresholds(fleet))
     jobs = plan_jobs(facts.jobs, list(facts.attempts), views, now, history=list(facts.history),
                      lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window), specs=facts.specs,
                      checks=checks)

@@ -39,10 +39,10 @@ def record(name: str, *, state: NodeState = NodeState.READY, health: Health = He
                       state=state, health=health, reason=reason or f"{health.value}", **kw)
 
 
-def up(name: str, *reports: AttemptReport, n_gpus: int = 4, **rec) -> NodeView:
+def up(name: str, *reports: AttemptReport, n_gpus: int = 4, condemned: bool = False, **rec) -> NodeView:
     """A node that answered this pass, with the attempt dirs its probe reported."""
     return NodeView(record(name, **rec), answered=True, complete=True, reports={r.id: r for r in reports},
-                    gpus=gpus(name, n_gpus), work_dir=f"/work/{name}")
+                    gpus=gpus(name, n_gpus), work_dir=f"/work/{name}", condemned=condemned)
 
 
 def silent(name: str, *, partitioned: bool = False, n_gpus: int = 4) -> NodeView:
@@ -52,7 +52,7 @@ def silent(name: str, *, partitioned: bool = False, n_gpus: int = 4) -> NodeView
 
 
 def quarantined(name: str, *reports: AttemptReport, reason: str = "xid 79 on GPU 3 (0000:8a:00.0)") -> NodeView:
-    return up(name, *reports, state=NodeState.QUARANTINED, health=Health.UNHEALTHY, reason=reason)
+    return up(name, *reports, state=NodeState.QUARANTINED, health=Health.UNHEALTHY, reason=reason, condemned=True)
 
 
 def job(name: str, cls: str = "service", *, state: JobState = JobState.RUNNING, attempts_made: int = 1,

@@ -244,3 +244,24 @@ def test_instances_listed_but_unused_are_not_touched_without_a_reason():
     p = plan(cloud_fleet(), facts([rec("i-1", pool="big", provider="aws")]),
              Inventory([], {}, {"big": {"i-1": idle}, "small": {}}, {"big": CLOUD, "small": CLOUD}), {}, NOW)
     assert p.pools.calls == []
+
+
+def test_one_slow_probe_of_a_node_still_quarantined_from_before_kills_nothing():
+    # quarantined for silence, answered healthy since (its attempt runs again), then one slow nvidia-smi
+    a = att("j", 1, "n1")
+    node = rec("n1", state=NodeState.QUARANTINED, reason="silent for 2m (recovering: 1/3 good probes)", good=1)
+    slow = replace(answered("n1", alive(a)), smi_rc=124, gpus=())
+    p = plan(fleet(), facts([node, rec("n2")], [job("j", "training")], [a]), inventory("n1", "n2"),
+             {"n1": slow, "n2": answered("n2")}, NOW)
+    assert p.jobs.stops == [] and p.jobs.launches == []
+    assert p.jobs.attempts["j.1"].state is S.RUNNING
+
+
+def test_a_confirmed_hang_condemns_the_attempts():
+    a = att("j", 1, "n1")
+    node = rec("n1", state=NodeState.SUSPECT, reason="nvidia-smi slow (1 of 2)", failures=1, good=0)
+    slow = replace(answered("n1", alive(a)), smi_rc=124, gpus=())
+    p = plan(fleet(), facts([node, rec("n2")], [job("j", "training")], [a]), inventory("n1", "n2"),
+             {"n1": slow, "n2": answered("n2")}, NOW)
+    assert {n.name: n.state for n in p.node_rows}["n1"] is NodeState.QUARANTINED
+    assert p.jobs.attempts["j.1"].state is S.LOST and [ln.node for ln in p.jobs.launches] == ["n2"]
