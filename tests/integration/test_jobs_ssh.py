@@ -162,7 +162,7 @@ def test_silent_node_hedges_services_then_requeues_batch_and_fences_stale_copies
     # the node answers: its stale copies are killed (fenced), and that is an event
     assert {p.attempt for p in lab.alive() if p.node == n0} == set(), lab.summary()
     for a in (first["svc"], first["batch"], first["train"]):
-        assert lab.attempts(a.job)[0].state in (S.LOST, S.KILLED)
+        assert lab.attempts(a.job)[0].state is S.LOST        # lost after the grace, above; the kill is the fence
     fenced = sorted(e.message.split()[1] for e in back.events if e.kind == "attempt-fenced" and e.node == n0)
     assert fenced == ["batch.1", "svc.1", "train.1"], [e.message for e in back.events]
     assert all(a.reaped for a in lab.attempts() if a.node == n0)
@@ -274,7 +274,7 @@ def test_pending_job_says_why_each_node_rejects_it_and_starts_when_one_frees(mak
     big = lab.job("big")
     assert big.reason_code == "no-capacity"
     assert big.reason.startswith("no-capacity after pending ") and "(pending_timeout 4s)" in big.reason
-    assert f"{c1} has 3 free GPUs" in big.reason or f"{c1} has 4 free GPUs" in big.reason, big.reason
+    assert f"{c1} has 3 free GPUs" in big.reason, big.reason       # `small` holds one of c1's four
     assert not lab.attempts("big")
 
 
