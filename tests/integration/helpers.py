@@ -25,3 +25,28 @@ def by_name(rows: list[dict]) -> dict[str, dict]:
 
 def codes(row: dict) -> set[str]:
     return {f["code"] for f in row["findings"]}
+
+
+def write_local_fleet(root, name: str, *, count: int = 2, gpus: int = 1, state_dir=None,
+                      probe_timeout: str = "3s") -> "Path":
+    """A `provider: local` fleet under root (nodes in root/nodes), its store in state_dir (default root)."""
+    from pathlib import Path
+    root = Path(root)
+    path = root / "fleet.yaml"
+    path.write_text(f"fleet: {name}\nstate: {Path(state_dir or root) / 'state.db'}\n"
+                    f"health: {{probe_timeout: {probe_timeout}}}\n"
+                    f"pools:\n  - name: sim\n    provider: local\n    count: {count}\n    dir: {root}/nodes\n"
+                    f"    gpu: {{type: H100, count: {gpus}, memory_gb: 80}}\n")
+    return path
+
+
+def stop_attempts(root) -> None:
+    """End the processes this fleet's attempts started, by the pids in their attempt dirs."""
+    import os
+    import signal
+    from pathlib import Path
+    for pid_file in Path(root).glob("**/attempts/*/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from helpers import stop_attempts, write_local_fleet
 from txcount import TxCounter
 
 from gridctl.jobspec import JobSpec
@@ -21,28 +22,7 @@ from gridctl.store import connect, queries, write_tx
 
 
 def _fleet(tmp_path):
-    (tmp_path / "fleet.yaml").write_text(f"""
-fleet: tx
-state: {tmp_path}/state.db
-health: {{probe_timeout: 3s}}
-pools:
-  - name: sim
-    provider: local
-    count: 2
-    dir: {tmp_path}/nodes
-    gpu: {{type: H100, count: 2, memory_gb: 80}}
-""")
-    return load_fleet(tmp_path / "fleet.yaml")
-
-
-def _stop_jobs(tmp_path) -> None:
-    import os
-    import signal
-    for pid_file in (tmp_path / "nodes").glob("*/work/attempts/*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+    return load_fleet(write_local_fleet(tmp_path, "tx", gpus=2))
 
 
 def test_a_pass_that_launches_reads_once_writes_the_plan_once_and_the_answers_once(tmp_path):
@@ -63,7 +43,7 @@ def test_a_pass_that_launches_reads_once_writes_the_plan_once_and_the_answers_on
         live = [a for a in queries.load_attempts(conn, jobs=["web"]) if a.state.live]
         assert sorted(a.state.value for a in live) == ["running", "running"]
     finally:
-        _stop_jobs(tmp_path)
+        stop_attempts(tmp_path)
         transports.close()
         conn.close()
 

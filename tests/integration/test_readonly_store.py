@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import gridctl, gridctl_json
+from helpers import gridctl, gridctl_json, write_local_fleet
 
 from fleetsim import requires_root
 
@@ -17,17 +17,7 @@ from fleetsim import requires_root
 def readonly_store(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    path = tmp_path / "fleet.yaml"
-    path.write_text(f"""
-fleet: ro
-state: {state}/state.db
-pools:
-  - name: sim
-    provider: local
-    count: 2
-    dir: {tmp_path}/nodes
-    gpu: {{type: H100, count: 1, memory_gb: 80}}
-""")
+    path = write_local_fleet(tmp_path, "ro", state_dir=state)
     assert gridctl("reconcile", "-f", path).returncode == 0
     if subprocess.run(["mount", "--bind", str(state), str(state)]).returncode != 0:
         pytest.skip("cannot bind-mount here")

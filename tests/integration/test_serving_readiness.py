@@ -8,39 +8,22 @@ Bad serving input is refused with one line and nothing recorded.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import gridctl, gridctl_json
+from helpers import gridctl, gridctl_json, stop_attempts, write_local_fleet
 
 REPLICA = Path(__file__).resolve().parent.parent / "servers" / "replica.py"
 
 
 @pytest.fixture
 def fleet(tmp_path):
-    path = tmp_path / "fleet.yaml"
-    path.write_text(f"""
-fleet: serve
-state: {tmp_path}/state.db
-health: {{probe_timeout: 3s}}
-pools:
-  - name: sim
-    provider: local
-    count: 2
-    dir: {tmp_path}/nodes
-    gpu: {{type: H100, count: 1, memory_gb: 80}}
-""")
+    path = write_local_fleet(tmp_path, "serve")
     assert gridctl("reconcile", "-f", path).returncode == 0
     yield path
-    for pid_file in (tmp_path / "nodes").glob("*/work/attempts/*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+    stop_attempts(tmp_path)
 
 
 def _endpoints(fleet) -> list[dict]:

@@ -13,23 +13,12 @@ import time
 
 import pytest
 
-from helpers import GRIDCTL, gridctl
+from helpers import GRIDCTL, gridctl, write_local_fleet
 
 
 @pytest.fixture
 def fleet(tmp_path):
-    path = tmp_path / "fleet.yaml"
-    path.write_text(f"""
-fleet: abuse
-state: {tmp_path}/state.db
-health: {{probe_timeout: 3s}}
-pools:
-  - name: sim
-    provider: local
-    count: 2
-    dir: {tmp_path}/nodes
-    gpu: {{type: H100, count: 1, memory_gb: 80}}
-""")
+    path = write_local_fleet(tmp_path, "abuse")
     assert gridctl("reconcile", "-f", path).returncode == 0
     return path
 

@@ -10,25 +10,14 @@ import json
 
 import pytest
 
-from helpers import gridctl
+from helpers import gridctl, write_local_fleet
 
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07NVRM: driver\r\nfake-line \x9b31m red\x1b[0m"
 
 
 @pytest.fixture
 def hostile_fleet(tmp_path):
-    path = tmp_path / "fleet.yaml"
-    path.write_text(f"""
-fleet: hostile
-state: {tmp_path}/state.db
-health: {{probe_timeout: 3s}}
-pools:
-  - name: sim
-    provider: local
-    count: 1
-    dir: {tmp_path}/nodes
-    gpu: {{type: H100, count: 2, memory_gb: 80}}
-""")
+    path = write_local_fleet(tmp_path, "hostile", count=1, gpus=2)
     assert gridctl("reconcile", "-f", path).returncode == 0
     node = tmp_path / "nodes" / "sim-0"
     (node / "smi.extra").write_text(HOSTILE + "\n")
