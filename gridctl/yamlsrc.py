@@ -14,10 +14,16 @@ from .errors import ConfigError
 
 Path_ = tuple  # a location: ("pools", 1, "provider")
 
+MAX_SPEC_BYTES = 1024 * 1024      # a fleet or job spec is a few KiB; refuse anything near this
+MAX_VALUES = 100_000              # values after aliases are expanded: refuses alias bombs
+MAX_DEPTH = 64                    # nesting of mappings and lists
+
 
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML into plain Python objects plus {location: 1-based line}. Raises ConfigError."""
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB: not a spec gridctl will read")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
@@ -25,6 +31,8 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
         raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels: not a spec gridctl will read") from None
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 0
         raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem}") from None
@@ -34,13 +42,21 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
         raise ConfigError(f"{path}: file is empty")
     lines: dict[Path_, int] = {}
     problems: list[str] = []
-    value = _build(root, (), lines, problems, path, set())
+    budget = [MAX_VALUES]
+    value = _build(root, (), lines, problems, path, set(), budget)
     if problems:
         raise ConfigError(problems)
     return value, lines
 
 
-def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path, active: set) -> Any:
+def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path, active: set,
+           budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"{path}: over {MAX_VALUES} values once its aliases are expanded (an alias bomb?): "
+                          "not a spec gridctl will read")
+    if len(where) > MAX_DEPTH:
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
     lines[where] = node.start_mark.line + 1
     if id(node) in active:
         problems.append(f"{path}:{node.start_mark.line + 1} {format_loc(where)}: an alias refers to itself")
@@ -57,11 +73,12 @@ def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Pat
             if key in out:
                 problems.append(f"{path}:{key_node.start_mark.line + 1} {format_loc(where + (key,))}: duplicate key")
                 continue
-            out[key] = _build(value_node, where + (key,), lines, problems, path, active)
+            out[key] = _build(value_node, where + (key,), lines, problems, path, active, budget)
             lines[where + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, where + (i,), lines, problems, path, active) for i, item in enumerate(node.value)]
+        return [_build(item, where + (i,), lines, problems, path, active, budget)
+                for i, item in enumerate(node.value)]
     return _scalar(node)
 
 

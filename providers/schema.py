@@ -20,19 +20,29 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
 
 
+MAX_DURATION_S = 365 * 86400.0     # the longest duration any setting takes
+
+
 def parse_duration(value: Any) -> float:
-    """"15s", "2m", "1h", "500ms" or a bare number of seconds -> seconds (float)."""
+    """"15s", "2m", "1h", "500ms" or a bare number of seconds -> seconds (float), at most 365 days."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 15s, 2m, 1h; got {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"duration {value!r} is longer than the 365d any setting takes") from None
     else:
         m = _DURATION_RE.match(str(value))
         if not m:
             raise ValueError(f"expected a duration like 15s, 2m, 1h; got {value!r}")
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite duration like 15s, 2m, 1h; got {value!r}")
     if seconds < 0:
         raise ValueError("duration must not be negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {value!r} is longer than the 365d any setting takes")
     return seconds
 
 
