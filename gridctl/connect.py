@@ -1,8 +1,9 @@
-"""Open many TCP connections at once, yielding each as it completes.
+"""TCP connecting: one socket with a timeout (connect_socket), or many at once (connect_many).
 
-Called by reconcile/observe.sweep before SSH handshakes, so a dead node costs a file descriptor for
-connect_timeout instead of a worker thread: the sweep's wall time stays one connect timeout plus one
-probe timeout however many nodes are dead.
+connect_many is called by reconcile/observe.sweep before SSH handshakes, so a dead node costs a file
+descriptor for connect_timeout instead of a worker thread. Connects in flight are bounded by a window:
+many nodes may share one SSH endpoint (a gateway with many ports, or one sshd for many addresses), and
+a flood of SYNs overflows its listen backlog, so healthy nodes' SYNs are dropped and their connects time out.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import resource
 import selectors
 import socket
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Hashable, Iterable, Iterator
 
 from .errors import Unreachable
+
+# far above one endpoint's burst of healthy answers, far below the SYN flood of a large fleet at once
+CONNECT_WINDOW = 256
+_DNS_POLL_S = 0.05
+
+Result = tuple[Hashable, "socket.socket | Unreachable"]
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -27,94 +35,149 @@ def raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """Called by transport.SshTransport for one connection: a plain TCP connect with a timeout,
+    classified as Unreachable: refused, timed out, no route, DNS."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        raise Unreachable(f"cannot resolve {host}: {e.strerror}") from e
+    except (socket.timeout, TimeoutError):
+        raise Unreachable(f"connect to {host}:{port} timed out after {timeout:g}s") from None
+    except ConnectionRefusedError:
+        raise Unreachable(f"connection refused by {host}:{port}") from None
+    except OSError as e:
+        raise Unreachable(f"connect to {host}:{port}: {e.strerror or e}") from e
+
+
+def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW
+                 ) -> Iterator[Result]:
+    """Called by observe.sweep. For each (key, host, port, timeout) yield (key, connected blocking socket)
+    or (key, Unreachable) exactly once, as each completes.
+
+    At most `window` targets are in flight (DNS lookup or SYN sent, no answer yet); the rest wait their
+    turn. A target's timeout starts when it enters the window, not when the call starts, so one queued
+    behind dead nodes still gets all of it. When every target is dead the wall time is about
+    ceil(len(targets) / window) timeouts. Closing the generator early closes every socket not yet yielded.
+    """
+    queue = deque(targets)
+    connector = _Connector()
+    try:
+        while queue or connector.in_flight():
+            while queue and connector.in_flight() < max(1, window):
+                key, host, port, timeout = queue.popleft()
+                failed = connector.start(key, host, port, timeout)
+                if failed is not None:
+                    yield key, failed
+            yield from connector.step()
+    finally:
+        connector.close()
+
+
+class _Connector:
+    """The targets of one connect_many call that are in flight: DNS lookups, then non-blocking connects."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.resolver: ThreadPoolExecutor | None = None
+        self.lookups: dict[Hashable, tuple[Future, str, int]] = {}
+        self.deadlines: dict[Hashable, tuple[float, float]] = {}     # key -> (deadline, timeout)
+
+    def in_flight(self) -> int:
+        return len(self.lookups) + len(self.sel.get_map())
+
+    def start(self, key, host: str, port: int, timeout: float) -> Unreachable | None:
+        self.deadlines[key] = (time.monotonic() + timeout, timeout)
+        if _is_ip(host):
+            return self._connect(key, host, port, host)
+        if self.resolver is None:
+            self.resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gridctl-dns")
+        self.lookups[key] = (self.resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM),
+                             host, port)
+        return None
+
+    def step(self) -> Iterator[Result]:
+        """Wait a little; yield what resolved badly, connected, was refused or ran out of time."""
+        yield from self._resolved()
+        for sel_key, _ in self.sel.select(timeout=self._wait_s()):
+            key, host, port = sel_key.data
+            sock = sel_key.fileobj
+            self.sel.unregister(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                sock.setblocking(True)
+                yield key, sock
+            else:
+                sock.close()
+                yield key, _refusal(host, port, code)
+        yield from self._expired()
+
+    def _resolved(self) -> Iterator[Result]:
+        for key, (fut, host, port) in list(self.lookups.items()):
+            if not fut.done():
+                continue
+            del self.lookups[key]
+            try:
+                address = fut.result()[0][4][0]
+            except (OSError, IndexError) as e:
+                yield key, Unreachable(f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}")
+                continue
+            failed = self._connect(key, address, port, host)
+            if failed is not None:
+                yield key, failed
+
+    def _expired(self) -> Iterator[Result]:
+        now = time.monotonic()
+        for key, (fut, host, port) in list(self.lookups.items()):
+            if now >= self.deadlines[key][0]:
+                del self.lookups[key]
+                yield key, Unreachable(f"cannot resolve {host}: lookup timed out")
+        for sel_key in list(self.sel.get_map().values()):
+            key, host, port = sel_key.data
+            if now >= self.deadlines[key][0]:
+                self.sel.unregister(sel_key.fileobj)
+                sel_key.fileobj.close()
+                yield key, Unreachable(f"connect to {host}:{port} timed out after {self.deadlines[key][1]:g}s")
+
+    def _wait_s(self) -> float:
+        if self.lookups:
+            return _DNS_POLL_S
+        now = time.monotonic()
+        soonest = min((self.deadlines[k.data[0]][0] for k in self.sel.get_map().values()), default=now)
+        return max(0.0, min(soonest - now, 1.0))
+
+    def _connect(self, key, address: str, port: int, shown: str) -> Unreachable | None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            return Unreachable(f"cannot open a socket: {e.strerror}")
+        sock.setblocking(False)
+        code = sock.connect_ex((address, port))
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            return _refusal(shown, port, code)
+        try:
+            self.sel.register(sock, selectors.EVENT_WRITE, (key, shown, port))
+        except (OSError, ValueError) as e:
+            sock.close()
+            return Unreachable(f"connect to {shown}:{port}: cannot wait for it ({e})")
+        return None
+
+    def close(self) -> None:
+        for sel_key in list(self.sel.get_map().values()):
+            sel_key.fileobj.close()
+        self.sel.close()
+        if self.resolver is not None:
+            self.resolver.shutdown(wait=False, cancel_futures=True)
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         return False
-
-
-def connect_many(targets: Iterable[tuple[Hashable, str, int, float]]
-                 ) -> Iterator[tuple[Hashable, socket.socket | Unreachable]]:
-    """For each (key, host, port, timeout): yield (key, connected blocking socket) or (key, Unreachable)."""
-    sel = selectors.DefaultSelector()
-    deadlines: dict[Hashable, float] = {}
-    pending_dns: dict[Hashable, tuple[Future, str, int]] = {}
-    resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gridctl-dns")
-    start = time.monotonic()
-    try:
-        for key, host, port, timeout in targets:
-            deadlines[key] = start + timeout
-            if _is_ip(host):
-                err = _start(sel, key, host, port)
-                if err is not None:
-                    yield key, err
-            else:
-                pending_dns[key] = (resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM),
-                                    host, port)
-        while sel.get_map() or pending_dns:
-            for key, (fut, host, port) in list(pending_dns.items()):
-                if fut.done():
-                    del pending_dns[key]
-                    try:
-                        address = fut.result()[0][4][0]
-                    except (socket.gaierror, IndexError, OSError) as e:
-                        yield key, Unreachable(f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}")
-                        continue
-                    err = _start(sel, key, address, port, host)
-                    if err is not None:
-                        yield key, err
-            now = time.monotonic()
-            for key, (fut, host, port) in list(pending_dns.items()):
-                if now >= deadlines[key]:
-                    del pending_dns[key]
-                    yield key, Unreachable(f"cannot resolve {host}: lookup timed out")
-            for sel_key, _ in sel.select(timeout=0.05 if pending_dns else _next_wait(sel, deadlines)):
-                key, host, port = sel_key.data
-                sock = sel_key.fileobj
-                sel.unregister(sock)
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code == 0:
-                    sock.setblocking(True)
-                    yield key, sock
-                else:
-                    sock.close()
-                    yield key, _refusal(host, port, code)
-            now = time.monotonic()
-            for sel_key in list(sel.get_map().values()):
-                key, host, port = sel_key.data
-                if now >= deadlines[key]:
-                    sel.unregister(sel_key.fileobj)
-                    sel_key.fileobj.close()
-                    yield key, Unreachable(f"connect to {host}:{port} timed out after "
-                                           f"{deadlines[key] - start:g}s")
-    finally:
-        for sel_key in list(sel.get_map().values()):
-            sel_key.fileobj.close()
-        sel.close()
-        resolver.shutdown(wait=False, cancel_futures=True)
-
-
-def _next_wait(sel: selectors.BaseSelector, deadlines: dict) -> float:
-    now = time.monotonic()
-    soonest = min((deadlines[k.data[0]] for k in sel.get_map().values()), default=now)
-    return max(0.0, min(soonest - now, 1.0))
-
-
-def _start(sel: selectors.BaseSelector, key, address: str, port: int, shown: str | None = None):
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as e:
-        return Unreachable(f"cannot open a socket: {e.strerror}")
-    sock.setblocking(False)
-    code = sock.connect_ex((address, port))
-    if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-        sock.close()
-        return _refusal(shown or address, port, code)
-    sel.register(sock, selectors.EVENT_WRITE, (key, shown or address, port))
-    return None
 
 
 def _refusal(host: str, port: int, code: int) -> Unreachable:
