@@ -16,13 +16,14 @@ import socket
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Hashable, Iterable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator
 
 from .errors import Unreachable
 
 # far above one endpoint's burst of healthy answers, far below the SYN flood of a large fleet at once
 CONNECT_WINDOW = 256
 _DNS_POLL_S = 0.05
+_HELD_POLL_S = 0.02     # how soon a socket the caller takes up frees its place in the window
 
 Result = tuple[Hashable, "socket.socket | Unreachable"]
 
@@ -50,26 +51,28 @@ def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
         raise Unreachable(f"connect to {host}:{port}: {e.strerror or e}") from e
 
 
-def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW
-                 ) -> Iterator[Result]:
+def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW,
+                 held: Callable[[], int] = lambda: 0) -> Iterator[Result]:
     """Called by observe.sweep. For each (key, host, port, timeout) yield (key, connected blocking socket)
     or (key, Unreachable) exactly once, as each completes.
 
-    At most `window` targets are in flight (DNS lookup or SYN sent, no answer yet); the rest wait their
-    turn. A target's timeout starts when it enters the window, not when the call starts, so one queued
-    behind dead nodes still gets all of it. When every target is dead the wall time is about
-    ceil(len(targets) / window) timeouts. Closing the generator early closes every socket not yet yielded.
+    At most `window` targets are in flight: a DNS lookup or SYN sent with no answer yet, or (as `held()`
+    counts them) connected sockets already yielded that the caller has not started to use: the server is
+    holding those open for us too. The rest wait their turn. A target's timeout starts when it enters
+    the window, not when the call starts, so one queued behind dead nodes still gets all of it. When every
+    target is dead the wall time is about ceil(len(targets) / window) timeouts. Closing the generator
+    early closes every socket not yet yielded.
     """
     queue = deque(targets)
     connector = _Connector()
     try:
         while queue or connector.in_flight():
-            while queue and connector.in_flight() < max(1, window):
+            while queue and connector.in_flight() + held() < max(1, window):
                 key, host, port, timeout = queue.popleft()
                 failed = connector.start(key, host, port, timeout)
                 if failed is not None:
                     yield key, failed
-            yield from connector.step()
+            yield from connector.step(_HELD_POLL_S if queue else 1.0)
     finally:
         connector.close()
 
@@ -96,10 +99,10 @@ class _Connector:
                              host, port)
         return None
 
-    def step(self) -> Iterator[Result]:
-        """Wait a little; yield what resolved badly, connected, was refused or ran out of time."""
+    def step(self, most_s: float) -> Iterator[Result]:
+        """Wait up to most_s; yield what resolved badly, connected, was refused or ran out of time."""
         yield from self._resolved()
-        for sel_key, _ in self.sel.select(timeout=self._wait_s()):
+        for sel_key, _ in self.sel.select(timeout=self._wait_s(most_s)):
             key, host, port = sel_key.data
             sock = sel_key.fileobj
             self.sel.unregister(sock)
@@ -139,12 +142,12 @@ class _Connector:
                 sel_key.fileobj.close()
                 yield key, Unreachable(f"connect to {host}:{port} timed out after {self.deadlines[key][1]:g}s")
 
-    def _wait_s(self) -> float:
+    def _wait_s(self, most_s: float) -> float:
         if self.lookups:
-            return _DNS_POLL_S
+            return min(_DNS_POLL_S, most_s)
         now = time.monotonic()
-        soonest = min((self.deadlines[k.data[0]][0] for k in self.sel.get_map().values()), default=now)
-        return max(0.0, min(soonest - now, 1.0))
+        soonest = min((self.deadlines[k.data[0]][0] for k in self.sel.get_map().values()), default=now + most_s)
+        return max(0.0, min(soonest - now, most_s))
 
     def _connect(self, key, address: str, port: int, shown: str) -> Unreachable | None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -170,16 +171,24 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     results: dict[str, Observation] = {}
     raise_fd_limit(len(nodes) + 256)
     fresh = {n.name for n in nodes if transports.for_target(n.target).needs_socket(n.target)}
+    waiting = _Waiting()
+
+    def probe_with(node: InventoryNode, sock) -> Observation:
+        if sock is not None:
+            waiting.taken()
+        return _probe_one(node, transports, budget, since.get(node.name, 0), started, sock, kill.get(node.name, ()))
 
     def probe(node: InventoryNode, sock) -> Future:
-        return pool.submit(_probe_one, node, transports, budget, since.get(node.name, 0), started, sock,
-                           kill.get(node.name, ()))
+        if sock is not None:
+            waiting.given()
+        return pool.submit(probe_with, node, sock)
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
         futures = [probe(n, None) for n in nodes if n.name not in fresh]
         try:
             for name, sock in connect_many(((n.name, n.target.host, n.target.port, n.target.connect_timeout)
-                                            for n in nodes if n.name in fresh), window=connect_window):
+                                            for n in nodes if n.name in fresh),
+                                           window=connect_window, held=waiting.count):
                 if isinstance(sock, Unreachable):
                     results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
                 else:
@@ -192,6 +201,26 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
             obs = fut.result()
             results[obs.node] = obs
     return results
+
+
+class _Waiting:
+    """Connected sockets handed to the worker pool that no worker has taken up yet. The endpoint holds each
+    one open (an unauthenticated session, LoginGraceTime running), so they count in the connect window."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def given(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def taken(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def count(self) -> int:
+        return self._count
 
 
 def _failed(name: str, contact: Contact, detail: str, started: float) -> Observation:

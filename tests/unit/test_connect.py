@@ -98,6 +98,23 @@ def test_connects_in_flight_never_exceed_the_window(dead):
     assert max(seen) == 3, seen
 
 
+def test_sockets_the_caller_still_holds_count_in_the_window(live):
+    # the server keeps a connection we have not used yet open for us: it takes a place in the window
+    baseline = _open_sockets()
+    held: list[socket.socket] = []
+    seen = []
+    for _, sock in connect_many([(f"n{i}", "127.0.0.1", live, 2.0) for i in range(8)], window=3,
+                                held=lambda: len(held)):
+        held.append(sock)
+        seen.append(_open_sockets() - baseline)
+        if len(held) == 3:
+            held.pop(0).close()
+    for sock in held:
+        sock.close()
+    assert len(seen) == 8
+    assert max(seen) <= 3, seen
+
+
 def test_connect_queued_behind_the_window_gets_its_full_timeout(dead, live):
     targets = [("dead1", "127.0.0.1", dead.port, 0.3), ("dead2", "127.0.0.1", dead.port, 0.3),
                ("live", "127.0.0.1", live, 0.3)]
