@@ -1,9 +1,12 @@
-"""TCP connecting: one socket with a timeout (connect_socket), or many at once (connect_many).
+"""TCP connecting: one socket with a timeout (connect_socket), or many SSH servers at once (connect_many).
 
 connect_many is called by reconcile/observe.sweep before SSH handshakes, so a dead node costs a file
 descriptor for connect_timeout instead of a worker thread. Connects in flight are bounded by a window:
-many nodes may share one SSH endpoint (a gateway with many ports, or one sshd for many addresses), and
-a flood of SYNs overflows its listen backlog, so healthy nodes' SYNs are dropped and their connects time out.
+many nodes may share one SSH endpoint (a gateway with many ports, or one sshd for many addresses). A
+connection the server has not accept()ed yet sits in its listen queue (OpenSSH's holds 128); when that
+queue is full the kernel drops further SYNs, and healthy nodes' connects time out. So a connection counts
+in the window until the server has answered it (an SSH server speaks first: its banner) and the caller
+has taken it up.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from typing import Callable, Hashable, Iterable, Iterator
 
 from .errors import Unreachable
 
-# far above one endpoint's burst of healthy answers, far below the SYN flood of a large fleet at once
-CONNECT_WINDOW = 256
+# OpenSSH's listen backlog (SSH_LISTEN_BACKLOG): one sshd can queue this many connections we wait on
+CONNECT_WINDOW = 128
 _DNS_POLL_S = 0.05
 _HELD_POLL_S = 0.02     # how soon a socket the caller takes up frees its place in the window
 
+_CONNECTING, _SPOKEN = "connecting", "spoken"     # what a socket in the selector waits for
 Result = tuple[Hashable, "socket.socket | Unreachable"]
 
 
@@ -53,15 +57,15 @@ def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
 
 def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW,
                  held: Callable[[], int] = lambda: 0) -> Iterator[Result]:
-    """Called by observe.sweep. For each (key, host, port, timeout) yield (key, connected blocking socket)
-    or (key, Unreachable) exactly once, as each completes.
+    """Called by observe.sweep. For each (key, host, port, timeout) yield (key, blocking socket the server
+    has spoken on, or closed) or (key, Unreachable) exactly once, as each completes.
 
-    At most `window` targets are in flight: a DNS lookup or SYN sent with no answer yet, or (as `held()`
-    counts them) connected sockets already yielded that the caller has not started to use: the server is
-    holding those open for us too. The rest wait their turn. A target's timeout starts when it enters
-    the window, not when the call starts, so one queued behind dead nodes still gets all of it. When every
-    target is dead the wall time is about ceil(len(targets) / window) timeouts. Closing the generator
-    early closes every socket not yet yielded.
+    At most `window` targets are in flight: a DNS lookup, a SYN sent, or a connection whose server has not
+    sent its first bytes yet, plus (as `held()` counts them) sockets already yielded that the caller has
+    not started to use. The rest wait their turn. A target's `timeout` runs from when it enters the window
+    (its SYN, not the call), and again from the TCP connect for the server's first bytes, so one queued
+    behind dead nodes still gets all of it. When every target is dead the wall time is about
+    ceil(len(targets) / window) timeouts. Closing the generator early closes every socket not yet yielded.
     """
     queue = deque(targets)
     connector = _Connector()
@@ -100,17 +104,23 @@ class _Connector:
         return None
 
     def step(self, most_s: float) -> Iterator[Result]:
-        """Wait up to most_s; yield what resolved badly, connected, was refused or ran out of time."""
+        """Wait up to most_s; yield what resolved badly, answered, was refused or ran out of time."""
         yield from self._resolved()
         for sel_key, _ in self.sel.select(timeout=self._wait_s(most_s)):
-            key, host, port = sel_key.data
+            key, host, port, phase = sel_key.data
             sock = sel_key.fileobj
-            self.sel.unregister(sock)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code == 0:
+            if phase == _SPOKEN:
+                self.sel.unregister(sock)
                 sock.setblocking(True)
                 yield key, sock
+                continue
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                # accepted by the kernel, maybe still in the server's listen queue: wait for its banner
+                self.deadlines[key] = (time.monotonic() + self.deadlines[key][1], self.deadlines[key][1])
+                self.sel.modify(sock, selectors.EVENT_READ, (key, host, port, _SPOKEN))
             else:
+                self.sel.unregister(sock)
                 sock.close()
                 yield key, _refusal(host, port, code)
         yield from self._expired()
@@ -136,11 +146,13 @@ class _Connector:
                 del self.lookups[key]
                 yield key, Unreachable(f"cannot resolve {host}: lookup timed out")
         for sel_key in list(self.sel.get_map().values()):
-            key, host, port = sel_key.data
+            key, host, port, phase = sel_key.data
             if now >= self.deadlines[key][0]:
                 self.sel.unregister(sel_key.fileobj)
                 sel_key.fileobj.close()
-                yield key, Unreachable(f"connect to {host}:{port} timed out after {self.deadlines[key][1]:g}s")
+                timeout = self.deadlines[key][1]
+                yield key, Unreachable(f"no SSH banner from {host}:{port} in {timeout:g}s" if phase == _SPOKEN
+                                       else f"connect to {host}:{port} timed out after {timeout:g}s")
 
     def _wait_s(self, most_s: float) -> float:
         if self.lookups:
@@ -161,7 +173,7 @@ class _Connector:
             sock.close()
             return _refusal(shown, port, code)
         try:
-            self.sel.register(sock, selectors.EVENT_WRITE, (key, shown, port))
+            self.sel.register(sock, selectors.EVENT_WRITE, (key, shown, port, _CONNECTING))
         except (OSError, ValueError) as e:
             sock.close()
             return Unreachable(f"connect to {shown}:{port}: cannot wait for it ({e})")

@@ -1,11 +1,13 @@
 """connect.connect_many against real sockets on 127.0.0.1: dead targets (a listener whose backlog is full
-drops every further SYN, no root needed), slow ones (answered on a SYN retransmit), refused ones, and the
-window of connects in flight."""
+drops every further SYN, no root needed), slow ones (answered on a SYN retransmit), silent ones (connected,
+no banner), refused ones, and the window of connects in flight."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -31,7 +33,9 @@ class DeadEndpoint:
             self.sock.settimeout(10)
             try:
                 while True:
-                    self._accepted.append(self.sock.accept()[0])
+                    conn = self.sock.accept()[0]
+                    conn.sendall(BANNER)
+                    self._accepted.append(conn)
             except OSError:
                 return
         threading.Timer(delay_s, accept).start()
@@ -48,13 +52,28 @@ def dead():
     endpoint.close()
 
 
+BANNER = b"SSH-2.0-OpenSSH_9.2\r\n"
+
+# a separate process, so its sockets are not counted among ours
+SSH_LIKE_SERVER = """
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(64)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    c = s.accept()[0]; c.sendall(%r); held.append(c)
+""" % BANNER
+
+
 @pytest.fixture
 def live():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    yield server.getsockname()[1]
-    server.close()
+    """A server that accepts at once and speaks first, as sshd does."""
+    proc = subprocess.Popen([sys.executable, "-c", SSH_LIKE_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _open_sockets() -> int:
@@ -83,6 +102,27 @@ def test_dead_target_is_unreachable_after_its_connect_timeout(dead):
     assert key == "n1"
     assert isinstance(got, Unreachable)
     assert str(got) == f"connect to 127.0.0.1:{dead.port} timed out after 0.3s"
+
+
+def test_connected_server_that_never_speaks_is_unreachable_after_the_timeout():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)          # the kernel completes the handshake; nobody accepts or sends a banner
+    port = silent.getsockname()[1]
+    try:
+        [(_, got)] = list(connect_many([("n1", "127.0.0.1", port, 0.3)]))
+    finally:
+        silent.close()
+    assert str(got) == f"no SSH banner from 127.0.0.1:{port} in 0.3s"
+
+
+def test_yielded_socket_has_the_banner_waiting(live):
+    [(_, sock)] = list(connect_many([("n1", "127.0.0.1", live, 2.0)]))
+    try:
+        sock.settimeout(0)
+        assert sock.recv(100) == BANNER
+    finally:
+        sock.close()
 
 
 def test_connects_in_flight_never_exceed_the_window(dead):
