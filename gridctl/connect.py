@@ -4,9 +4,10 @@ connect_many is called by reconcile/observe.sweep before SSH handshakes, so a de
 descriptor for connect_timeout instead of a worker thread. Connects in flight are bounded by a window:
 many nodes may share one SSH endpoint (a gateway with many ports, or one sshd for many addresses). A
 connection the server has not accept()ed yet sits in its listen queue (OpenSSH's holds 128); when that
-queue is full the kernel drops further SYNs, and healthy nodes' connects time out. So a connection counts
-in the window until the server has answered it (an SSH server speaks first: its banner) and the caller
-has taken it up.
+queue is full the kernel drops further SYNs, and healthy nodes' connects time out. So there are two
+bounds: all sockets in flight (`window`: dead nodes wait out their timeout here), and connections the
+server is working on for us (`answer_window`: a SYN younger than one retransmit timeout, a connection
+the server has not spoken on yet (an SSH server's banner), and sockets the caller is still using).
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from typing import Callable, Hashable, Iterable, Iterator
 
 from .errors import Unreachable
 
-# OpenSSH's listen backlog (SSH_LISTEN_BACKLOG): one sshd can queue this many connections we wait on
-CONNECT_WINDOW = 128
+CONNECT_WINDOW = 256    # sockets in flight, most of them dead nodes' SYNs waiting out their timeout
+# connections a server is answering for us (observe.sweep passes its concurrency, 64 by default): far
+# within OpenSSH's listen backlog of 128, as a plain thread pool of that size would be
+ANSWER_WINDOW = 64
+# Linux's initial retransmit timeout: a SYN unanswered this long was dropped or went to a dead node, so it
+# stops counting against the answer window (it still holds its place in the window)
+SYN_RTO_S = 1.0
 _DNS_POLL_S = 0.05
 _HELD_POLL_S = 0.02     # how soon a socket the caller takes up frees its place in the window
 
@@ -56,13 +62,14 @@ def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
 
 
 def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW,
-                 held: Callable[[], int] = lambda: 0) -> Iterator[Result]:
+                 held: Callable[[], int] = lambda: 0, answer_window: int = ANSWER_WINDOW) -> Iterator[Result]:
     """Called by observe.sweep. For each (key, host, port, timeout) yield (key, blocking socket the server
     has spoken on, or closed) or (key, Unreachable) exactly once, as each completes.
 
     At most `window` targets are in flight: a DNS lookup, a SYN sent, or a connection whose server has not
-    sent its first bytes yet, plus (as `held()` counts them) sockets already yielded that the caller has
-    not started to use. The rest wait their turn. A target's `timeout` runs from when it enters the window
+    sent its first bytes yet, plus (as `held()` counts them) sockets already yielded that the caller is
+    still using. Of those, at most `answer_window` are answering: held, connected, or a SYN sent less than
+    SYN_RTO_S ago. The rest wait their turn. A target's `timeout` runs from when it enters the window
     (its SYN, not the call), and again from the TCP connect for the server's first bytes, so one queued
     behind dead nodes still gets all of it. When every target is dead the wall time is about
     ceil(len(targets) / window) timeouts. Closing the generator early closes every socket not yet yielded.
@@ -71,7 +78,8 @@ def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: in
     connector = _Connector()
     try:
         while queue or connector.in_flight():
-            while queue and connector.in_flight() + held() < max(1, window):
+            while (queue and connector.in_flight() + held() < max(1, window)
+                   and connector.answering() + held() < max(1, answer_window)):
                 key, host, port, timeout = queue.popleft()
                 failed = connector.start(key, host, port, timeout)
                 if failed is not None:
@@ -89,9 +97,15 @@ class _Connector:
         self.resolver: ThreadPoolExecutor | None = None
         self.lookups: dict[Hashable, tuple[Future, str, int]] = {}
         self.deadlines: dict[Hashable, tuple[float, float]] = {}     # key -> (deadline, timeout)
+        self.syn_at: dict[Hashable, float] = {}
 
     def in_flight(self) -> int:
         return len(self.lookups) + len(self.sel.get_map())
+
+    def answering(self) -> int:
+        young = time.monotonic() - SYN_RTO_S
+        return sum(1 for k in self.sel.get_map().values()
+                   if k.data[3] == _SPOKEN or self.syn_at.get(k.data[0], 0.0) > young)
 
     def start(self, key, host: str, port: int, timeout: float) -> Unreachable | None:
         self.deadlines[key] = (time.monotonic() + timeout, timeout)
@@ -168,6 +182,7 @@ class _Connector:
         except OSError as e:
             return Unreachable(f"cannot open a socket: {e.strerror}")
         sock.setblocking(False)
+        self.syn_at[key] = time.monotonic()
         code = sock.connect_ex((address, port))
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             sock.close()

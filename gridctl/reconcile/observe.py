@@ -162,7 +162,8 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     """Called by reconcile_once and `gridctl probe`: probe every node once, concurrently; one Observation
     per node, always, whatever a node's connection raises. Dead nodes wait in the connector, not in worker
     threads, so wall time stays about one connect timeout plus one probe timeout (one more connect timeout
-    per `connect_window` dead nodes beyond the first window)."""
+    per `connect_window` dead nodes beyond the first window). An endpoint shared by many nodes sees at most
+    `concurrency` of our sessions starting or running at once, as with a plain thread pool."""
     since = since or {}
     kill = kill or {}
     budget = ProbeBudget(probe_timeout)
@@ -171,16 +172,19 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     results: dict[str, Observation] = {}
     raise_fd_limit(len(nodes) + 256)
     fresh = {n.name for n in nodes if transports.for_target(n.target).needs_socket(n.target)}
-    waiting = _Waiting()
+    in_use = _InUse()
 
     def probe_with(node: InventoryNode, sock) -> Observation:
-        if sock is not None:
-            waiting.taken()
-        return _probe_one(node, transports, budget, since.get(node.name, 0), started, sock, kill.get(node.name, ()))
+        try:
+            return _probe_one(node, transports, budget, since.get(node.name, 0), started, sock,
+                              kill.get(node.name, ()))
+        finally:
+            if sock is not None:
+                in_use.done()
 
     def probe(node: InventoryNode, sock) -> Future:
         if sock is not None:
-            waiting.given()
+            in_use.given()
         return pool.submit(probe_with, node, sock)
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
@@ -188,7 +192,7 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
         try:
             for name, sock in connect_many(((n.name, n.target.host, n.target.port, n.target.connect_timeout)
                                             for n in nodes if n.name in fresh),
-                                           window=connect_window, held=waiting.count):
+                                           window=connect_window, held=in_use.count, answer_window=concurrency):
                 if isinstance(sock, Unreachable):
                     results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
                 else:
@@ -203,9 +207,10 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     return results
 
 
-class _Waiting:
-    """Connected sockets handed to the worker pool that no worker has taken up yet. The endpoint holds each
-    one open (an unauthenticated session, LoginGraceTime running), so they count in the connect window."""
+class _InUse:
+    """Connected sockets handed to the worker pool whose probe has not finished: sessions the endpoint is
+    serving for us (waiting for a worker, in the SSH handshake, or running the probe). They count in the
+    connect window, so a shared endpoint sees no more of our sessions than a plain thread pool would give it."""
 
     def __init__(self) -> None:
         self._count = 0
@@ -215,7 +220,7 @@ class _Waiting:
         with self._lock:
             self._count += 1
 
-    def taken(self) -> None:
+    def done(self) -> None:
         with self._lock:
             self._count -= 1
 

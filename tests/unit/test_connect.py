@@ -155,6 +155,27 @@ def test_sockets_the_caller_still_holds_count_in_the_window(live):
     assert max(seen) <= 3, seen
 
 
+def test_live_connections_are_bounded_apart_from_dead_ones(dead, live):
+    # dead nodes fill the window with SYNs; the server sees at most answer_window of our connections
+    baseline = _open_sockets()
+    held: list[socket.socket] = []
+    seen, results = [], {}
+    targets = [(f"dead{i}", "127.0.0.1", dead.port, 2.0) for i in range(4)]
+    targets += [(f"live{i}", "127.0.0.1", live, 2.0) for i in range(6)]
+    for key, got in connect_many(targets, window=10, answer_window=2, held=lambda: len(held)):
+        results[key] = got
+        if isinstance(got, socket.socket):
+            held.append(got)
+            seen.append(_open_sockets() - baseline)
+            if len(held) == 2:
+                held.pop(0).close()
+    for sock in held:
+        sock.close()
+    assert sum(isinstance(r, Unreachable) for r in results.values()) == 4
+    assert len(seen) == 6
+    assert max(seen) <= 4 + 2, seen      # the dead nodes' SYNs, and two connections the server answers
+
+
 def test_connect_queued_behind_the_window_gets_its_full_timeout(dead, live):
     targets = [("dead1", "127.0.0.1", dead.port, 0.3), ("dead2", "127.0.0.1", dead.port, 0.3),
                ("live", "127.0.0.1", live, 0.3)]
