@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 GRIDCTL = [sys.executable, "-c", "from gridctl.cli import main; main()"]
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0         # --connect-timeout / --probe-timeout replace these two
 PROBE_TIMEOUT_S = 15.0
+FIRST_CONTACT = False            # --first-contact: empty known_hosts before every gridctl run
 CONCURRENCY = 64                 # gridctl's default health.concurrency; the baseline uses the same
 GPUS = 4
 BLACKHOLE_FRACTION = 0.05
@@ -353,6 +354,8 @@ def probe_config(fleet, fleet_path: Path, env: dict, n: int, repeat: int, expect
     for _ in range(repeat):
         # alternate, so slow drift of the machine hits both alike
         for label, fn in (("gridctl probe", gridctl_probe), ("paramiko baseline", baseline_probe)):
+            if FIRST_CONTACT:
+                fleet.known_hosts.write_text("")   # the baseline pins nothing (AutoAddPolicy, no file)
             left = wait_sshd_idle(fleet)
             if left:
                 print(f"  note: {left} sshd session processes still alive before {label}")
@@ -547,6 +550,8 @@ def setup_fleet(fleet, max_n: int):
     for i in range(max_n):
         fleet.add_node(f"n{i:04d}", fleet.next_ip(), gpus=GPUS)
     # pin the host key for every node up front: the steady state of a fleet gridctl has seen before
+    if FIRST_CONTACT:
+        return fleet
     host_pub = Path(str(fleet.host_key) + ".pub").read_text().split()
     with open(fleet.known_hosts, "a") as f:
         for node in fleet.nodes.values():
@@ -589,6 +594,7 @@ def _raise(signum, frame):
 
 
 def main() -> int:
+    global CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, FIRST_CONTACT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", help="fleet sizes, comma-separated (default 100,500; --quick: 20)")
     ap.add_argument("--repeat", type=int, help="runs per configuration (default 3; --quick: 1)")
@@ -598,12 +604,19 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,probe,blackhole,loop")
     ap.add_argument("--profile", action="store_true", help="also run one gridctl probe at the largest N under py-spy")
     ap.add_argument("--profile-raw", metavar="PATH", help="with --profile: keep py-spy's raw stacks here")
+    ap.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
+                    help=f"fleet ssh.connect_timeout in seconds (default {CONNECT_TIMEOUT_S:g})")
+    ap.add_argument("--probe-timeout", type=float, default=PROBE_TIMEOUT_S,
+                    help=f"fleet health.probe_timeout in seconds (default {PROBE_TIMEOUT_S:g})")
+    ap.add_argument("--first-contact", action="store_true",
+                    help="no host key pinned before each gridctl run (accept-new pins them during the run)")
     ap.add_argument("--baseline-worker", metavar="FLEET", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.baseline_worker:
         baseline_worker(args.baseline_worker)
         return 0
+    CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, FIRST_CONTACT = args.connect_timeout, args.probe_timeout, args.first_contact
 
     sizes = [int(s) for s in (args.sizes or ("20" if args.quick else "100,500")).split(",") if s.strip()]
     repeat = args.repeat or (1 if args.quick else 3)
@@ -640,6 +653,7 @@ def main() -> int:
               f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
         print(f"sizes {sizes}, repeat {repeat}, {GPUS} GPUs/node, concurrency {CONCURRENCY}, "
               f"connect_timeout {CONNECT_TIMEOUT_S:g}s, probe_timeout {PROBE_TIMEOUT_S:g}s, "
+              f"{'first contact (no key pinned)' if FIRST_CONTACT else 'host keys pinned'}, "
               f"open-files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
         print(f"before start: {background_load()}")
         if no_blackhole and "blackhole" not in skip:

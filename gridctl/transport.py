@@ -21,7 +21,8 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
+from .connect import connect_socket
+from .errors import AuthFailed, ProbeTimeout, TransportError, Unreachable
 from .hostkeys import HostKeyStore
 
 # paramiko logs its transport thread's failures with tracebacks; we classify them ourselves
@@ -66,6 +67,10 @@ class RunResult:
 
 class LocalTransport:
     """Runs commands as local subprocesses for `provider: local` simulated nodes."""
+
+    def needs_socket(self, target: Target) -> bool:
+        """See SshTransport.needs_socket: a simulated node is a subprocess, never a socket."""
+        return False
 
     def run(self, target: Target, command: str, stdin: bytes, timeout: float, sock=None) -> RunResult:
         assert target.local_dir is not None
@@ -137,14 +142,20 @@ class SshTransport:
 
     # -- public
 
-    def connected(self, target: Target) -> bool:
-        conn = self._conns.get(target.key)
-        return conn is not None and conn.transport.is_active()
+    def needs_socket(self, target: Target) -> bool:
+        """Called by observe.sweep before it connects many nodes at once (connect.connect_many): True when
+        run(target) would open a new direct TCP connection, so the caller may connect it and pass the socket
+        in. False when a kept connection will be reused or the node is reached through a proxy jump (its
+        socket is a channel of the jump host)."""
+        return target.proxy_jump is None and not self._kept(target)
 
     def run(self, target: Target, command: str, stdin: bytes, timeout: float,
             sock: socket.socket | None = None) -> RunResult:
-        """Exec command with stdin; the whole exec (not the connect) is bounded by timeout."""
-        reused = sock is None and self.connected(target)
+        """Exec command with stdin; the whole exec (not the connect) is bounded by timeout.
+
+        sock: a connected socket to the target, when needs_socket(target) said so; run owns it from then
+        on (uses it, or closes it when a kept connection came up meanwhile)."""
+        reused = sock is None and self._kept(target)
         conn = self._connection(target, sock)
         # a live sshd opens a channel in milliseconds: on a kept connection, waiting longer than a
         # connect timeout for it means the node (or the path to it) went silent
@@ -154,11 +165,11 @@ class SshTransport:
                 return self._exec(conn.transport, command, stdin, timeout, open_s)
             except _Silent as e:
                 self._drop(target)
-                raise Unreachable(f"no answer on the open connection in {open_s:g}s ({e})") from None
+                raise Unreachable(f"no answer on the open connection in {open_s:g}s ({e})") from e
             except _Broken as e:
                 self._drop(target)
                 if not reused:
-                    raise Unreachable(f"connection lost: {e}") from None
+                    raise Unreachable(f"connection lost: {e}") from e
             # a cached connection died between passes: reconnect once, transparently
             return self._exec(self._connection(target, None).transport, command, stdin, timeout,
                               min(CHANNEL_TIMEOUT, timeout))
@@ -172,7 +183,7 @@ class SshTransport:
         try:
             chan = conn.transport.open_session(timeout=CHANNEL_TIMEOUT)
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise Unreachable(f"cannot open a session: {_words(e)}") from None
+            raise Unreachable(f"cannot open a session: {_words(e)}") from e
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             chan.settimeout(1.0)
@@ -193,7 +204,7 @@ class SshTransport:
                 out.flush()
             return chan.recv_exit_status()
         finally:
-            chan.close()
+            _close_quietly(chan)
 
     def close(self) -> None:
         with self._lock:
@@ -202,6 +213,10 @@ class SshTransport:
             conn.transport.close()
 
     # -- connecting
+
+    def _kept(self, target: Target) -> bool:
+        conn = self._conns.get(target.key)
+        return conn is not None and conn.transport.is_active()
 
     def _connection(self, target: Target, sock: socket.socket | None) -> _Conn:
         with self._lock:
@@ -236,7 +251,7 @@ class SshTransport:
                 return jump.open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
                                          timeout=target.connect_timeout)
             except (paramiko.SSHException, OSError, EOFError) as e:
-                raise Unreachable(f"via {target.proxy_jump.host}: {_words(e)}") from None
+                raise Unreachable(f"via {target.proxy_jump.host}: {_words(e)}") from e
         return connect_socket(target.host, target.port, target.connect_timeout)
 
     def _handshake(self, target: Target, sock) -> paramiko.Transport:
@@ -255,17 +270,21 @@ class SshTransport:
             t.start_client(timeout=BANNER_TIMEOUT + target.connect_timeout)
             store.check(target.host, target.port, t.get_remote_server_key(), target.host_key_policy)
             self._authenticate(t, target)
-        except (HostKeyChanged, HostKeyUnknown, AuthFailed):
+        except TransportError:   # ours, already classified (host key, auth, closed during auth)
             t.close()
             raise
         except paramiko.AuthenticationException as e:
             t.close()
-            raise AuthFailed(f"{target.user}@{target.host}: {_words(e)}") from None
+            raise AuthFailed(f"{target.user}@{target.host}: {_words(e)}") from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             t.close()
             if isinstance(e, (EOFError, ConnectionResetError)) or isinstance(e.__context__, (EOFError, ConnectionResetError)):
-                raise _Dropped(f"connection closed by {target.host}:{target.port} before the SSH handshake") from None
-            raise Unreachable(_words(e)) from None
+                raise _Dropped(f"connection closed by {target.host}:{target.port} before the SSH handshake") from e
+            raise Unreachable(_words(e)) from e
+        except Exception as e:  # paramiko re-raises whatever killed its reader thread: UnicodeDecodeError, struct.error...
+            t.close()
+            raise Unreachable(f"SSH handshake with {target.host}:{target.port} failed: "
+                              f"{type(e).__name__}: {_words(e)}") from e
         t.set_keepalive(KEEPALIVE_S)
         # paramiko's reader thread wakes every 0.1 s by default; an idle cached connection need not
         t.sock.settimeout(1.0)
@@ -277,10 +296,10 @@ class SshTransport:
             try:
                 t.auth_publickey(target.user, pkey)
             except paramiko.BadAuthenticationType as e:
-                raise AuthFailed(f"{target.user}@{target.host}: server allows only {', '.join(e.allowed_types)}") from None
-            except paramiko.AuthenticationException:
+                raise AuthFailed(f"{target.user}@{target.host}: server allows only {', '.join(e.allowed_types)}") from e
+            except paramiko.AuthenticationException as e:
                 if not t.is_active():
-                    raise Unreachable(f"{target.host}:{target.port} closed the connection during authentication") from None
+                    raise Unreachable(f"{target.host}:{target.port} closed the connection during authentication") from e
                 tried.append(pkey.get_name())
                 continue
             if t.is_authenticated():
@@ -311,7 +330,7 @@ class SshTransport:
             except paramiko.PasswordRequiredException:
                 raise AuthFailed(f"key {path} is encrypted: add it to ssh-agent") from None
             except (paramiko.SSHException, OSError, ValueError) as e:
-                raise AuthFailed(f"cannot load key {path}: {_words(e)}") from None
+                raise AuthFailed(f"cannot load key {path}: {_words(e)}") from e
         return self._pkeys[path]
 
     def _store(self, path: Path) -> HostKeyStore:
@@ -331,8 +350,8 @@ class SshTransport:
             chan = t.open_session(timeout=min(open_s, timeout))
         except (paramiko.SSHException, OSError, EOFError) as e:
             if t.is_active() and "Timeout" in str(e):
-                raise _Silent(_words(e)) from None
-            raise _Broken(_words(e)) from None
+                raise _Silent(_words(e)) from e
+            raise _Broken(_words(e)) from e
         try:
             chan.settimeout(max(0.1, deadline - time.monotonic()))
             chan.exec_command(command)
@@ -349,10 +368,10 @@ class SshTransport:
             raise ProbeTimeout(f"no answer in {timeout:g}s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             if not t.is_active():
-                raise _Broken(_words(e)) from None
-            raise TransportError(f"exec failed: {_words(e)}") from None
+                raise _Broken(_words(e)) from e
+            raise TransportError(f"exec failed: {_words(e)}") from e
         finally:
-            chan.close()
+            _close_quietly(chan)
 
 
 class _Broken(Exception):
@@ -393,18 +412,13 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytearray, bytearra
             select.select([chan], [], [], min(remaining, 0.2))
 
 
-def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
-    """A plain TCP connect with a timeout, classified: refused, timed out, no route, DNS."""
+def _close_quietly(chan: paramiko.Channel) -> None:
+    """Close a channel whose connection may already be gone: the command's outcome is known by now, and a
+    failure to say goodbye must not replace it."""
     try:
-        return socket.create_connection((host, port), timeout=timeout)
-    except socket.gaierror as e:
-        raise Unreachable(f"cannot resolve {host}: {e.strerror}") from None
-    except (socket.timeout, TimeoutError):
-        raise Unreachable(f"connect to {host}:{port} timed out after {timeout:g}s") from None
-    except ConnectionRefusedError:
-        raise Unreachable(f"connection refused by {host}:{port}") from None
-    except OSError as e:
-        raise Unreachable(f"connect to {host}:{port}: {e.strerror or e}") from None
+        chan.close()
+    except (paramiko.SSHException, OSError, EOFError):
+        pass
 
 
 def _words(e: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -66,6 +67,58 @@ class NoBannerServer:
             c.close()
 
 
+def ssh_packet(payload: bytes) -> bytes:
+    """One unencrypted SSH binary packet (RFC 4253 section 6) around payload."""
+    pad = 8 - (len(payload) + 5) % 8
+    pad += 8 if pad < 4 else 0
+    return struct.pack(">IB", len(payload) + pad + 1, pad) + payload + bytes(pad)
+
+
+def kexinit_not_utf8() -> bytes:
+    """A KEXINIT packet whose first algorithm list is not UTF-8: a hostile or corrupted server."""
+    lists = [b"\xff\xfe"] + [b"none"] * 9
+    body = b"\x14" + bytes(16) + b"".join(struct.pack(">I", len(x)) + x for x in lists) + b"\x00" + bytes(4)
+    return ssh_packet(body)
+
+
+class BadHandshakeServer:
+    """Sends a valid SSH banner, then `after` (a malformed packet, or nothing), then closes the connection
+    once the client stops sending: a broken or hostile sshd."""
+
+    def __init__(self, after: bytes = b"", host: str = "127.0.0.1"):
+        self.after = after
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        # read what the client sends until it gives up, so the close is a FIN, not a reset
+        try:
+            conn.settimeout(10)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n" + self.after)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class SshFleet:
     """sshd + node directories + fault switches. Use as a context manager or call stop()."""
 
@@ -83,6 +136,7 @@ class SshFleet:
         self._rules: list[list[str]] = []
         self._proc: subprocess.Popen | None = None
         self._no_banner: dict[str, NoBannerServer] = {}
+        self._bad_handshake: list[BadHandshakeServer] = []
 
     # -- lifecycle
 
@@ -133,6 +187,8 @@ SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path}
         self._rules.clear()
         for server in self._no_banner.values():
             server.close()
+        for server in self._bad_handshake:
+            server.close()
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -173,6 +229,12 @@ SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path}
         if ip not in self._no_banner:
             self._no_banner[ip] = NoBannerServer(ip)
         return self._no_banner[ip].port
+
+    def bad_handshake_port(self, ip: str, after: bytes = b"") -> int:
+        """A port on ip where a server sends a valid banner, then `after`, then closes."""
+        server = BadHandshakeServer(after, ip)
+        self._bad_handshake.append(server)
+        return server.port
 
     def blackhole(self, ip: str, port: int | None = None) -> None:
         rule = ["INPUT", "-d", ip, "-p", "tcp", "--dport", str(port or self.port), "-j", "DROP"]

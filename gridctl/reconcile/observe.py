@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import providers
 from providers.base import Feature, Instance, InstanceState, ProviderError
 
-from ..connect import connect_many, raise_fd_limit
+from ..connect import CONNECT_WINDOW, connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
 from ..health import Expectation
 from ..models import Contact, Observation
@@ -27,6 +28,7 @@ from ..transport import LocalTransport, SshTransport, Target
 DEFAULT_KNOWN_HOSTS = Path("~/.config/gridctl/known_hosts")
 DEFAULT_WORK_DIR = "~/.gridctl"
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+MAX_JUMPS = 8          # hops in one chain, counting those ~/.ssh/config adds: stops a ProxyJump loop
 
 
 @dataclass(frozen=True)
@@ -142,23 +144,29 @@ def _ssh_target(name: str, host: str, *, port, user, key, proxy_jump, connect_ti
     keys += [Path(p) for p in DEFAULT_IDENTITIES if Path(p) not in keys]
     jump = proxy_jump or conf.get("proxyjump")
     jump_target = None
-    if jump and jump.lower() != "none" and depth < 4:
-        hop = jump.split(",")[-1].strip()   # the last hop connects to the node; earlier ones come from its config
+    if jump and jump.lower() != "none" and depth < MAX_JUMPS:
+        # OpenSSH: `ProxyJump a,b` reaches the node through b, and b through a; the first hop's own
+        # ProxyJump (from ~/.ssh/config) applies only to it
+        *earlier, hop = [h.strip() for h in jump.split(",")]
         juser, _, jhost = hop.rpartition("@")
         jhost, _, jport = jhost.partition(":")
-        jump_target = _ssh_target(f"{name}-jump", jhost, port=int(jport) if jport else None, user=juser or None,
-                                  key=key, proxy_jump=None, connect_timeout=connect_timeout, policy=policy,
-                                  known_hosts=known_hosts, ssh_config=ssh_config, depth=depth + 1)
+        jump_target = _ssh_target(f"{name}-jump{depth + 1}", jhost, port=int(jport) if jport else None,
+                                  user=juser or None, key=key, proxy_jump=",".join(earlier) or None,
+                                  connect_timeout=connect_timeout, policy=policy, known_hosts=known_hosts,
+                                  ssh_config=ssh_config, depth=depth + 1)
     return Target(name=name, host=conf.get("hostname", host), port=int(port or conf.get("port", 22)),
                   user=user or conf.get("user") or getpass.getuser(), keys=tuple(keys), proxy_jump=jump_target,
                   connect_timeout=float(connect_timeout), host_key_policy=policy, known_hosts=Path(known_hosts))
 
 
 def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: float, concurrency: int,
-          since: dict[str, int] | None = None, kill: dict[str, tuple[str, ...]] | None = None
-          ) -> dict[str, Observation]:
-    """Probe every node once, concurrently. Dead nodes wait in the connector, not in worker threads,
-    so wall time stays about one connect timeout plus one probe timeout."""
+          since: dict[str, int] | None = None, kill: dict[str, tuple[str, ...]] | None = None,
+          connect_window: int = CONNECT_WINDOW) -> dict[str, Observation]:
+    """Called by reconcile_once and `gridctl probe`: probe every node once, concurrently; one Observation
+    per node, always, whatever a node's connection raises. Dead nodes wait in the connector, not in worker
+    threads, so wall time stays about one connect timeout plus one probe timeout (one more connect timeout
+    per `connect_window` dead nodes beyond the first window). An endpoint shared by many nodes sees at most
+    `concurrency` of our sessions starting or running at once, as with a plain thread pool."""
     since = since or {}
     kill = kill or {}
     budget = ProbeBudget(probe_timeout)
@@ -166,25 +174,61 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     by_name = {n.name: n for n in nodes}
     results: dict[str, Observation] = {}
     raise_fd_limit(len(nodes) + 256)
-    ssh = transports.ssh
-    direct = [n for n in nodes if n.target.local_dir is not None or n.target.proxy_jump is not None
-              or ssh.connected(n.target)]
-    direct_names = {n.name for n in direct}
-    to_connect = [n for n in nodes if n.name not in direct_names]
+    fresh = {n.name for n in nodes if transports.for_target(n.target).needs_socket(n.target)}
+    in_use = _InUse()
+
+    def probe_with(node: InventoryNode, sock) -> Observation:
+        try:
+            return _probe_one(node, transports, budget, since.get(node.name, 0), started, sock,
+                              kill.get(node.name, ()))
+        finally:
+            if sock is not None:
+                in_use.done()
+
+    def probe(node: InventoryNode, sock) -> Future:
+        if sock is not None:
+            in_use.given()
+        return pool.submit(probe_with, node, sock)
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
-        futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None,
-                               kill.get(n.name, ())) for n in direct]
-        for name, sock in connect_many((n.name, n.target.host, n.target.port, n.target.connect_timeout)
-                                       for n in to_connect):
-            if isinstance(sock, Unreachable):
-                results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
-            else:
-                futures.append(pool.submit(_probe_one, by_name[name], transports, budget,
-                                           since.get(name, 0), started, sock, kill.get(name, ())))
+        futures = [probe(n, None) for n in nodes if n.name not in fresh]
+        try:
+            for name, sock in connect_many(((n.name, n.target.host, n.target.port, n.target.connect_timeout)
+                                            for n in nodes if n.name in fresh),
+                                           window=connect_window, held=in_use.count, answer_window=concurrency):
+                if isinstance(sock, Unreachable):
+                    results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
+                else:
+                    futures.append(probe(by_name[name], sock))
+        except Exception as e:  # the connector itself broke (no file descriptors left...): its nodes still get a row
+            for name in fresh - results.keys():
+                results[name] = _failed(name, Contact.UNREACHABLE, f"not connected: {type(e).__name__}: {e}",
+                                        started)
         for fut in futures:
             obs = fut.result()
             results[obs.node] = obs
     return results
+
+
+class _InUse:
+    """Connected sockets handed to the worker pool whose probe has not finished: sessions the endpoint is
+    serving for us (waiting for a worker, in the SSH handshake, or running the probe). They count in the
+    connect window, so a shared endpoint sees no more of our sessions than a plain thread pool would give it."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def given(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def count(self) -> int:
+        return self._count
 
 
 def _failed(name: str, contact: Contact, detail: str, started: float) -> Observation:
@@ -211,6 +255,9 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
         return _failed(node.name, Contact.HUNG, str(e), started)
     except TransportError as e:
         return _failed(node.name, Contact.UNREACHABLE, str(e), started)
+    except Exception as e:  # an error no layer classified is still this node's, never the sweep's
+        words = (str(e).strip().splitlines() or [""])[0][:200]
+        return _failed(node.name, Contact.UNREACHABLE, f"connection failed: {type(e).__name__}: {words}", started)
     obs = parse_probe(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0, since=since)
     problems = list(obs.parse_problems)
     if res.truncated:
