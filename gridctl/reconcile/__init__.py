@@ -83,7 +83,8 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     kill list until the node confirms it is gone."""
     started = time.time()
     stored = queries.load_nodes(conn)
-    since = {name: t - 5 for name, t in queries.last_node_times(conn).items() if t}
+    positions = queries.kernel_log_positions(conn)
+    key = queries.attempt_key(conn)
     prior = prior_partitions(conn)
     jobs = queries.load_jobs(conn, active_only=True)
     unreaped = queries.load_attempts(conn, unreaped=True)
@@ -95,8 +96,8 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
             kill.setdefault(a.node, []).append(a.id)
     inventory = take_inventory(fleet, state_dir)
     observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
-                         concurrency=fleet.health.concurrency, since=since,
-                         kill={k: tuple(v) for k, v in kill.items()})
+                         concurrency=fleet.health.concurrency, positions=positions,
+                         kill={k: tuple(v) for k, v in kill.items()}, key=key)
     now = time.time()
     plan = plan_pass(stored, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet), prior)
     views = _views(plan, inventory.nodes, observations, stored)
@@ -105,7 +106,7 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     reaped = [i for name, ids in kill.items() if _complete(observations.get(name)) for i in ids]
     apply_pass(conn, plan, now, jp, reaped)
     by_name = {n.name: n for n in inventory.nodes}
-    launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, fleet.health.concurrency)
+    launched, stopped = carry_out(transports, by_name, jp.launches, jp.stops, key, fleet.health.concurrency)
     done = time.time()
     events = apply_results(conn, jp, launched, stopped, done)
     events += _size_pools(fleet, conn, inventory, state_dir, done, _demand(jp))

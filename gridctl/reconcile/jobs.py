@@ -432,7 +432,8 @@ class _Pass:
         env = build_env(spec.env, job=job.name, attempt_id=attempt_id, replica=r, gpu_uuids=uuids,
                         restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir)
         self.plan.launches.append(Launch(a, got.node, view.work_dir,
-                                         LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir), then_stop))
+                                         LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir,
+                                                    spec.log_max_bytes, int(spec.retention)), then_stop))
         gpus = ",".join(str(g.index) for g in got.gpus) or "none"
         self.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus})"
                    + (f" [{why}]" if why else ""), job=job.name, node=got.node)

@@ -19,8 +19,8 @@ from providers.base import Instance, InstanceState, ProviderError
 from ..connect import connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
 from ..health import Expectation
-from ..models import Contact, Observation
-from ..probe import PROBE_SCRIPT, ProbeBudget, parse_probe, probe_command
+from ..models import Contact, LogPosition, Observation
+from ..probe import ProbeBudget, probe_request
 from ..spec import Fleet, SshSettings
 from ..transport import LocalTransport, SshTransport, Target
 
@@ -152,11 +152,12 @@ def _ssh_target(name: str, host: str, *, port, user, key, proxy_jump, connect_ti
 
 
 def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: float, concurrency: int,
-          since: dict[str, int] | None = None, kill: dict[str, tuple[str, ...]] | None = None
-          ) -> dict[str, Observation]:
+          positions: dict[str, LogPosition] | None = None, kill: dict[str, tuple[str, ...]] | None = None,
+          key: bytes | None = None) -> dict[str, Observation]:
     """Probe every node once, concurrently. Dead nodes wait in the connector, not in worker threads,
-    so wall time stays about one connect timeout plus one probe timeout."""
-    since = since or {}
+    so wall time stays about one connect timeout plus one probe timeout. `positions`: where each
+    node's kernel-log read starts; `key`: the store's attempt key (needed with kill lists)."""
+    positions = positions or {}
     kill = kill or {}
     budget = ProbeBudget(probe_timeout)
     started = time.time()
@@ -169,15 +170,15 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     direct_names = {n.name for n in direct}
     to_connect = [n for n in nodes if n.name not in direct_names]
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gridctl-probe") as pool:
-        futures = [pool.submit(_probe_one, n, transports, budget, since.get(n.name, 0), started, None,
-                               kill.get(n.name, ())) for n in direct]
+        futures = [pool.submit(_probe_one, n, transports, budget, positions.get(n.name), started, None,
+                               kill.get(n.name, ()), key) for n in direct]
         for name, sock in connect_many((n.name, n.target.host, n.target.port, n.target.connect_timeout)
                                        for n in to_connect):
             if isinstance(sock, Unreachable):
                 results[name] = _failed(name, Contact.UNREACHABLE, str(sock), started)
             else:
                 futures.append(pool.submit(_probe_one, by_name[name], transports, budget,
-                                           since.get(name, 0), started, sock, kill.get(name, ())))
+                                           positions.get(name), started, sock, kill.get(name, ()), key))
         for fut in futures:
             obs = fut.result()
             results[obs.node] = obs
@@ -189,12 +190,12 @@ def _failed(name: str, contact: Contact, detail: str, started: float) -> Observa
                        detail=detail)
 
 
-def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, since: int, started: float,
-               sock, kill: tuple[str, ...] = ()) -> Observation:
-    command = probe_command(budget, since, node.work_dir, kill, node.metadata)
+def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, position: LogPosition | None,
+               started: float, sock, kill: tuple[str, ...] = (), key: bytes | None = None) -> Observation:
+    probe = probe_request(budget, node.work_dir, kill=kill, key=key, position=position, metadata=node.metadata)
     t0 = time.monotonic()
     try:
-        res = transports.for_target(node.target).run(node.target, command, PROBE_SCRIPT.encode(), budget.total_s,
+        res = transports.for_target(node.target).run(node.target, probe.command, probe.stdin, budget.total_s,
                                                       sock=sock)
     except Unreachable as e:
         return _failed(node.name, Contact.UNREACHABLE, str(e), started)
@@ -208,7 +209,7 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
         return _failed(node.name, Contact.HUNG, str(e), started)
     except TransportError as e:
         return _failed(node.name, Contact.UNREACHABLE, str(e), started)
-    obs = parse_probe(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0, since=since)
+    obs = probe.parse(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0)
     problems = list(obs.parse_problems)
     if res.truncated:
         problems.append("probe output over 4 MiB: truncated")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.launcher import (LaunchSpec, build_env, launch_script, log_command, parse_launch, parse_stop,
-                              stop_script)
-from gridctl.probe import PROBE_SCRIPT, ProbeBudget, parse_probe, probe_command
+from gridctl.launcher import (LaunchSpec, attempt_token, build_env, launch_script, log_command, parse_launch,
+                              parse_stop, stop_script)
+from gridctl.probe import ProbeBudget, probe_request
 from providers.local import BIN_DIR, write_node
 
+KEY = bytes(range(32))          # the store's attempt key, as reconcile would read it
 NASTY = "a'b \"c\" $(echo INJECTED) `echo INJECTED` ; echo INJECTED & | > /dev/null \\ $HOME *\nline2\t\ttab"
 
 
@@ -55,18 +56,22 @@ def wait_for(cond, timeout: float = 5.0, step: float = 0.02) -> bool:
 
 
 class Work:
-    """A work dir on 'the node' and the attempts launched into it."""
+    """A work dir on 'the node' and the attempts launched into it. `env`: the environment of the
+    scripts (e.g. a simulated boot id file), the same for launches, stops and probes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, env: dict | None = None):
         self.root = root
+        self.env = env
         self.pgids: set[int] = set()
 
     def dir(self, attempt_id: str) -> Path:
         return self.root / "attempts" / attempt_id
 
-    def launch(self, attempt_id: str, command: str, env: dict | None = None, cwd: str | None = None):
-        out = run_sh(launch_script(str(self.root), LaunchSpec(attempt_id, command, env or {}, cwd)))
-        res = parse_launch(out)
+    def launch(self, attempt_id: str, command: str, env: dict | None = None, cwd: str | None = None, *,
+               key: bytes = KEY, **spec):
+        script = launch_script(str(self.root), LaunchSpec(attempt_id, command, env or {}, cwd, **spec),
+                               attempt_token(key, attempt_id))
+        res = parse_launch(run_sh(script, env=self.env))
         if res.pid:
             self.pgids.add(res.pid)
         return res
@@ -76,8 +81,9 @@ class Work:
         assert wait_for(path.exists, timeout), f"{path} never appeared"
         return path.read_text()
 
-    def stop(self, attempt_id: str, reason: str = "test", grace_s: float = 2.0) -> str:
-        return parse_stop(run_sh(stop_script(str(self.root), attempt_id, reason, grace_s)))
+    def stop(self, attempt_id: str, reason: str = "test", grace_s: float = 2.0, key: bytes = KEY) -> str:
+        script = stop_script(str(self.root), attempt_id, reason, attempt_token(key, attempt_id), grace_s)
+        return parse_stop(run_sh(script, env=self.env))
 
     def kill_all(self) -> None:
         for pid_file in self.root.glob("attempts/*/pid"):
@@ -139,7 +145,7 @@ def test_launching_a_finished_attempt_again_does_not_rerun_it(work):
 
 
 def _concurrent_launch(work: Work, attempt_id: str, command: str, env: dict, n: int = 6):
-    script = launch_script(str(work.root), LaunchSpec(attempt_id, command, env))
+    script = launch_script(str(work.root), LaunchSpec(attempt_id, command, env), attempt_token(KEY, attempt_id))
     procs = [subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) for _ in range(n)]
     for p in procs:
@@ -241,7 +247,7 @@ def test_a_tilde_work_dir_is_expanded_on_the_node(tmp_path):
     home.mkdir()
     w = Work(home / ".gridctl")
     try:
-        script = launch_script("~/.gridctl", LaunchSpec("job-t.1", "echo ok", {}))
+        script = launch_script("~/.gridctl", LaunchSpec("job-t.1", "echo ok", {}), attempt_token(KEY, "job-t.1"))
         res = parse_launch(run_sh(script, env={**os.environ, "HOME": str(home)}))
         assert res.ok
         w.pgids.add(res.pid)
@@ -292,10 +298,10 @@ def test_stop_of_a_finished_attempt_is_gone(work):
 @pytest.mark.parametrize("bad", ["../x.1", "a/b.1", "job", "job.x", "Job.1", ".job.1", "job.1;rm", "job\n.1", "",
                                  "j" * 64 + ".1"])
 @pytest.mark.parametrize("make", [
-    lambda a: launch_script("/w", LaunchSpec(a, "true", {})),
+    lambda a: launch_script("/w", LaunchSpec(a, "true", {}), "0" * 32),
     lambda a: log_command("/w", a, "stdout", False),
-    lambda a: probe_command(ProbeBudget(10), 0, "/w", (a,)),
-], ids=["launch_script", "log_command", "probe_command"])
+    lambda a: probe_request(ProbeBudget(10), "/w", kill=(a,), key=KEY),
+], ids=["launch_script", "log_command", "probe_request"])
 def test_invalid_attempt_ids_are_refused(make, bad):
     with pytest.raises(ValueError, match="invalid attempt id"):
         make(bad)
@@ -303,7 +309,7 @@ def test_invalid_attempt_ids_are_refused(make, bad):
 
 def test_stop_script_refuses_an_invalid_attempt_id():
     with pytest.raises(ValueError, match="invalid attempt id"):
-        stop_script("/w", "../..", "test")
+        stop_script("/w", "../..", "test", "0" * 32)
 
 
 # ---------------------------------------------------------------- the probe's @attempt and @fenced lines
@@ -315,15 +321,17 @@ def node(tmp_path):
     return node_dir
 
 
-def probe(work: Work, node_dir: Path, kill: tuple[str, ...] = ()):
-    command = probe_command(ProbeBudget(10), 0, str(work.root), kill)
-    env = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "GRIDCTL_SIM_NODE": str(node_dir), "GRIDCTL_BOOT_ID_FILE": str(node_dir / "boot_id")}
-    res = subprocess.run(["sh", "-c", command], input=PROBE_SCRIPT, capture_output=True, text=True, env=env,
+def probe(work: Work, node_dir: Path, kill: tuple[str, ...] = (), *, position=None, path_first: str = ""):
+    """One probe of the work dir, as reconcile runs it; `path_first`: a dir of fake tools before all others."""
+    req = probe_request(ProbeBudget(10), str(work.root), kill=kill, key=KEY, position=position)
+    env = {**os.environ, **(work.env or {}), "GRIDCTL_SIM_NODE": str(node_dir),
+           "PATH": f"{path_first}{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    res = subprocess.run(["sh", "-c", req.command], input=req.stdin, capture_output=True, env=env,
                          timeout=20, start_new_session=True)
-    obs = parse_probe("n0", res.stdout, started_at=time.time(), duration_s=0.1)
-    assert obs.complete, res.stdout + res.stderr
-    return obs, res.stdout
+    text = res.stdout.decode("utf-8", "replace")
+    obs = req.parse("n0", res.stdout, started_at=time.time(), duration_s=0.1)
+    assert obs.complete, text + res.stderr.decode()
+    return obs, text.replace(f"@{req.nonce} ", "@")
 
 
 def test_probe_reports_alive_and_exited_attempts(work, node):
@@ -383,4 +391,4 @@ def test_probe_of_a_node_without_attempts_reports_none(work, node):
 
 def test_an_attempt_id_with_a_trailing_newline_is_refused():
     with pytest.raises(ValueError, match="invalid attempt id"):
-        launch_script("/w", LaunchSpec("job.1\n", "true", {}))
+        launch_script("/w", LaunchSpec("job.1\n", "true", {}), "0" * 32)
