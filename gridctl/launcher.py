@@ -46,8 +46,11 @@ ALIVE_FN = ('alive() { ps -eo pgid=,stat= 2>/dev/null | awk -v g="$1" \'$1 == g 
 
 # What a script may trust on a node (shared by the launch, stop and probe scripts):
 # - owned DIR: a real dir (no link) of ours that no group or other user may write into;
-# - safe_wd DIR: DIR (a physical path) is owned, and every dir above it belongs to root or us and
-#   is closed to others (or sticky, like /tmp), so nobody else can swap what the path leads to;
+# - safe_above DIR: DIR (a physical path) and every dir above it belong to root or us and are
+#   closed to others, or sticky like /tmp, so nobody else can swap what a path below leads to;
+# - safe_wd DIR: every component of DIR as written belongs to root or us (a link a stranger made
+#   in a sticky dir is refused), its physical path R is owned and safe_above its parent;
+#   sets R, or WHY when it is not safe;
 # - mine DIR TOKEN: an owned attempt dir holding the controller's token for it;
 # - ours DIR ID PID: the process group PID is alive and the one this attempt's launch started:
 #   same boot as recorded at launch, and the leader's start time as recorded (or, the leader
@@ -59,16 +62,27 @@ owned() {
   set -- $(stat -c '%u %a' "$1" 2>/dev/null)
   [ "$1" = "$ME" ] && [ $(( 0${2:-777} & 022 )) -eq 0 ]
 }
-safe_wd() {
-  owned "$1" || { WHY="$1 is not a directory of uid $ME closed to group and others ($(stat -c 'uid %u mode %a' "$1" 2>/dev/null))"; return 1; }
+safe_above() {
   p=$1
-  while [ "$p" != / ]; do
-    p=${p%/*}; [ -n "$p" ] || p=/
+  while :; do
     set -- $(stat -c '%u %a' "$p" 2>/dev/null)
     case "$1" in 0|"$ME") ;; *) WHY="$p belongs to uid ${1:-?}"; return 1 ;; esac
     m=$(( 0${2:-777} ))
     [ $(( m & 022 )) -eq 0 ] || [ $(( m & 01000 )) -ne 0 ] || { WHY="$p is writable by others (mode ${2:-?})"; return 1; }
+    [ "$p" != / ] || return 0
+    p=${p%/*}; [ -n "$p" ] || p=/
   done
+}
+safe_wd() {
+  p=$1
+  while [ -n "$p" ] && [ "$p" != / ]; do
+    u=$(stat -c %u "$p" 2>/dev/null)
+    case "$u" in 0|"$ME") ;; *) WHY="$p belongs to uid ${u:-?}"; return 1 ;; esac
+    case "$p" in */*) p=${p%/*} ;; *) p= ;; esac
+  done
+  R=$(cd "$1" 2>/dev/null && pwd -P) || { WHY="$1 is not a directory"; return 1; }
+  owned "$R" || { WHY="$R is not a directory of uid $ME closed to group and others ($(stat -c 'uid %u mode %a' "$R" 2>/dev/null))"; return 1; }
+  p=${R%/*}; safe_above "${p:-/}"
 }
 mine() { owned "$1" && [ "$(head -c 64 "$1/token" 2>/dev/null)" = "$2" ]; }
 starttime() { awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null; }
@@ -132,8 +146,7 @@ def _append_file(path_var: str, name: str, content: str) -> str:
 
 def _enter_work_dir(answer: str) -> str:
     """sh: $WD becomes the physical work dir, or the script answers `@<answer> unsafe WHY` and ends."""
-    return ('R=$(cd "$WD" 2>/dev/null && pwd -P) || R=$WD\n'
-            f'safe_wd "$R" || {{ echo "@{answer} unsafe $WHY" | tr -d "\\r"; exit 0; }}\n'
+    return (f'safe_wd "$WD" || {{ printf "@{answer} unsafe %s\\n" "$(printf %s "$WHY" | tr "\\r\\n" "  ")"; exit 0; }}\n'
             'WD=$R\n')
 
 
@@ -171,8 +184,15 @@ def launch_script(work_dir: str, spec: LaunchSpec, token: str, wait_s: float = 3
     return (
         "UM=$(umask); umask 077\n"
         f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
-        'mkdir -p "$WD/attempts" 2>/dev/null\n'
+        # a work dir still to be made is made only below dirs no stranger can change
+        'if [ ! -d "$WD" ]; then\n'
+        '  p=$WD; while [ ! -e "$p" ]; do case "$p" in */*) p=${p%/*}; [ -n "$p" ] || p=/ ;; *) p=. ;; esac; done\n'
+        '  safe_above "$(cd "$p" 2>/dev/null && pwd -P)" || { echo "@launch unsafe $WHY"; exit 0; }\n'
+        '  mkdir -p "$WD" 2>/dev/null\n'
+        'fi\n'
         + _enter_work_dir("launch") +
+        'mkdir "$WD/attempts" 2>/dev/null\n'
+
         'owned "$WD/attempts" || { echo "@launch unsafe $WD/attempts is not a directory of uid $ME closed to others"; exit 0; }\n'
         f"D=\"$WD/attempts/\"{shlex.quote(spec.attempt_id)}\n"
         # creating the attempt dir is the claim: atomic, so two launches of one attempt write nothing twice
@@ -209,6 +229,8 @@ def stop_script(work_dir: str, attempt_id: str, reason: str, token: str, grace_s
         f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
         '[ -d "$WD" ] || { echo "@stop absent"; exit 0; }\n'
         + _enter_work_dir("stop") +
+        'owned "$WD/attempts" || { [ -e "$WD/attempts" ] && echo "@stop unsafe $WD/attempts is open to others" '
+        '|| echo "@stop absent"; exit 0; }\n'
         f"D=\"$WD/attempts/\"{shlex.quote(attempt_id)}; ID={shlex.quote(attempt_id)}\n"
         '[ -d "$D" ] || { echo "@stop absent"; exit 0; }\n'
         f'mine "$D" {token} || {{ echo "@stop not-ours"; exit 0; }}\n'

@@ -137,8 +137,7 @@ trim() {
   done
 }
 if [ -d "$WD" ]; then
-  R=$(cd "$WD" 2>/dev/null && pwd -P) || R=$WD
-  if ! safe_wd "$R"; then say unsafe "$(printf %s "$WHY" | tr '\r\n' '  ' | head -c 400)"
+  if ! safe_wd "$WD"; then say unsafe "$(printf %s "$WHY" | tr '\r\n' '  ' | head -c 400)"
   elif [ -e "$R/attempts" ] && ! owned "$R/attempts"; then say unsafe "$R/attempts is not a directory of uid $ME closed to group and others"
   elif [ -d "$R/attempts" ]; then
     WD=$R

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -609,3 +611,19 @@ def test_nothing_secret_travels_on_the_probe_command_line_and_each_probe_has_its
     assert token.encode() in a.stdin and a.nonce.encode() in a.stdin
     with pytest.raises(ValueError, match="needs the attempt key"):
         probe_request(ProbeBudget(10), "/w", kill=("job.1",))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="acts as the user nobody: needs root")
+def test_a_work_dir_path_through_a_link_another_user_made_is_unsafe(tmp_path):
+    scratch = Path(tempfile.mkdtemp(prefix="gridctl-scratch-", dir="/tmp"))
+    try:
+        scratch.chmod(0o1777)
+        target = tmp_path / "root-owned"
+        target.mkdir(mode=0o700)
+        subprocess.run(["runuser", "-u", "nobody", "--", "ln", "-s", str(target), str(scratch / "n1")], check=True)
+        w = Work(scratch / "n1")
+        res = w.launch("job-l.1", "true")
+        assert not res.ok and res.detail == f"work dir unsafe: {scratch / 'n1'} belongs to uid 65534"
+        assert not (target / "attempts").exists()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
