@@ -246,15 +246,19 @@ def stop_script(work_dir: str, attempt_id: str, reason: str, token: str, grace_s
 
 
 def log_command(work_dir: str, attempt_id: str, stream: str, follow: bool) -> str:
-    """A remote command printing an attempt's log; with follow, until its process ends."""
+    """A remote command printing an attempt's log; with follow, until its process ends. Exits 1
+    printing nothing when the log is absent, or is not a plain file in a dir no stranger can change."""
     attempt_dir(work_dir, attempt_id)   # validates the id
     if stream not in ("stdout", "stderr"):
         raise ValueError(f"unknown stream {stream!r}")
-    head = f"WD={shlex.quote(work_dir)}; " + EXPAND_WD.strip() + f"; D=\"$WD/attempts/\"{shlex.quote(attempt_id)}; "
+    head = (f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
+            'safe_wd "$WD" || { echo "gridctl: work dir unsafe: $WHY" >&2; exit 1; }\n'
+            f'D="$R/attempts/"{shlex.quote(attempt_id)}; F="$D/{stream}"\n'
+            'owned "$D" && [ -f "$F" ] && [ ! -L "$F" ] || exit 1\n')
     if not follow:
-        return head + f'cat "$D/{stream}"'
-    return head + (f'P=$(cat "$D/pid" 2>/dev/null); if [ -n "$P" ] && [ ! -f "$D/exit" ]; '
-                   f'then exec tail -c +1 --pid="$P" -f "$D/{stream}"; else cat "$D/{stream}"; fi')
+        return head + 'cat "$F"'
+    return head + ('P=$(head -c 20 "$D/pid" 2>/dev/null); if [ -n "$P" ] && [ ! -f "$D/exit" ]; '
+                   'then exec tail -c +1 --pid="$P" -f "$F"; else cat "$F"; fi')
 
 
 @dataclass(frozen=True)

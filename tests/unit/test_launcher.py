@@ -627,3 +627,17 @@ def test_a_work_dir_path_through_a_link_another_user_made_is_unsafe(tmp_path):
         assert not (target / "attempts").exists()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_are_read_only_from_a_trusted_attempt_dir(work, follow):
+    work.launch("job-o.1", "echo out-line")
+    assert work.read("job-o.1", "exit") == "0\n"
+    read = subprocess.run(["sh", "-c", log_command(str(work.root), "job-o.1", "stdout", follow)],
+                          capture_output=True, text=True, timeout=15)
+    assert (read.returncode, read.stdout) == (0, "out-line\n")
+    work.root.chmod(0o777)
+    read = subprocess.run(["sh", "-c", log_command(str(work.root), "job-o.1", "stdout", follow)],
+                          capture_output=True, text=True, timeout=15)
+    assert (read.returncode, read.stdout) == (1, "")
+    assert read.stderr.startswith(f"gridctl: work dir unsafe: {work.root} ")
