@@ -149,7 +149,9 @@ def _size_pools(fleet: Fleet, conn: sqlite3.Connection, inventory, state_dir: Pa
 
 
 def _complete(obs) -> bool:
-    return obs is not None and obs.contact is Contact.OK and obs.complete
+    """A whole answer about the node's attempts and GPUs. Under a work dir others can change the
+    probe read and killed nothing: no news about attempts (none vanished, none reaped), no new work."""
+    return obs is not None and obs.contact is Contact.OK and obs.complete and obs.work_dir_unsafe is None
 
 
 def _views(plan, inventory, observations, stored) -> dict[str, NodeView]:
