@@ -130,7 +130,8 @@ class Observation:
     complete: bool = False            # saw @end
     attempts: tuple["AttemptReport", ...] = ()   # job attempt dirs on the node (not yet reaped)
     spot_notice: str | None = None    # the cloud announced this spot instance's interruption (IMDS JSON)
-    uptime_s: float | None = None     # seconds since boot when the kernel log was read: the next read's position
+    uptime_s: float | None = None     # seconds since boot when the kernel log was read (a complete probe):
+                                      # where the next read starts
     work_dir_unsafe: str | None = None   # why the work dir is not trusted (another user could change it):
                                          # no attempt there was read or killed; finding `work-dir-unsafe`
     foreign_attempts: tuple[str, ...] = ()  # attempt dirs without their token: not ours, never reported or killed

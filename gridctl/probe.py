@@ -88,7 +88,6 @@ head -c __CAP__ "$TMP" | show
 # the kernel log since the last read: its position is seconds since boot (PB, PU), which no clock
 # change moves; turned into this node's wall time now, so a clock once ahead hides nothing
 UP=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)
-say uptime "${UP:--}"
 SINCE=0
 if [ -n "$PB" ] && [ "$PB" = "$BOOT" ] && [ -n "$UP" ]; then
   SINCE=$(awk -v n="$(date +%s)" -v u="$UP" -v p="$PU" 'BEGIN { s = n - (u - p) - 5; printf "%d", (s > 0 ? s : 0) }')
@@ -108,7 +107,7 @@ if [ "$SRC" != journalctl ]; then
   fi
   rm -f "$TMP.d"
 fi
-say xid source=$SRC since=$SINCE
+say xid source=$SRC since=$SINCE uptime=${UP:--}
 # a log cut at the cap starts mid-line: drop that line
 [ "$SRC" != none ] && { [ "$(wc -c <"$TMP")" -lt __LOGCAP__ ] && cat "$TMP" || tail -n +2 "$TMP"; } | grep -a 'NVRM' | tail -n 400 | show
 D=$WD
@@ -460,7 +459,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         smi_errors=smi_errors, gpus=gpus, xids=xids, xid_source=xid_source, disk_free_bytes=disk_free,
         disk_total_bytes=disk_total, stuck_smi=stuck, parse_problems=tuple(problems), complete=complete,
         attempts=reports, spot_notice=(scalar("spot") or None) if "spot" in sections else None,
-        uptime_s=_float(scalar("uptime")), work_dir_unsafe=(scalar("unsafe") or "unsafe")[:400]
+        uptime_s=_float(_kv(scalar("xid") or "").get("uptime")) if complete else None, work_dir_unsafe=(scalar("unsafe") or "unsafe")[:400]
         if "unsafe" in sections else None, foreign_attempts=foreign,
     )
 

@@ -489,10 +489,16 @@ def test_an_attempt_dir_without_its_token_is_not_an_attempt():
     assert obs.foreign_attempts == ("job.2", "job.3", "job.5")
 
 
-def test_unsafe_work_dir_and_uptime_are_read():
-    text = _framed("@gridctl-probe 2", "@uptime 1234.56", "@unsafe /scratch/gridctl/n1 belongs to uid 65534", "@end")
+def test_unsafe_work_dir_is_read():
+    text = _framed("@gridctl-probe 2", "@unsafe /scratch/gridctl/n1 belongs to uid 65534", "@end")
     obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE)
-    assert obs.uptime_s == 1234.56 and obs.work_dir_unsafe == "/scratch/gridctl/n1 belongs to uid 65534"
+    assert obs.work_dir_unsafe == "/scratch/gridctl/n1 belongs to uid 65534" and obs.complete
+
+
+def test_the_kernel_log_position_moves_only_with_a_complete_read():
+    lines = ("@gridctl-probe 2", "@xid source=journalctl since=0 uptime=1234.56", "|x")
+    assert parse_probe("n", _framed(*lines, "@end"), started_at=0, duration_s=0, nonce=NONCE).uptime_s == 1234.56
+    assert parse_probe("n", _framed(*lines), started_at=0, duration_s=0, nonce=NONCE).uptime_s is None
 
 
 def test_kernel_log_read_from_the_nodes_since_skips_lines_stamped_ahead_of_its_clock():
