@@ -50,7 +50,8 @@ def stop_one(transports: Transports, node: InventoryNode | None, stop: Stop, key
         return StopResult(stop, False, str(e))
     word = parse_stop(out)
     # pid-mismatch: the attempt's own process is gone (its pid now belongs to another); nothing was signalled
-    return StopResult(stop, word.split()[0] in ("killed", "terminated", "gone", "absent", "pid-mismatch"), word)
+    done = ("killed", "terminated", "gone", "absent", "pid-mismatch")
+    return StopResult(stop, (word.split() or [""])[0] in done, word)
 
 
 def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch], stops: list[Stop],
