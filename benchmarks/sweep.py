@@ -210,7 +210,7 @@ def baseline_worker(fleet_path: str) -> None:
     import paramiko
     import yaml
 
-    from gridctl.probe import PROBE_SCRIPT, ProbeBudget, probe_command
+    from gridctl.probe import ProbeBudget, probe_request
 
     spec = yaml.safe_load(Path(fleet_path).read_text())
     ssh = spec["ssh"]
@@ -219,8 +219,8 @@ def baseline_worker(fleet_path: str) -> None:
     probe_timeout = secs(spec["health"].get("probe_timeout", 15))
     concurrency = int(spec["health"].get("concurrency", CONCURRENCY))
     nodes = [n for pool in spec["pools"] for n in pool["nodes"]]
-    command = probe_command(ProbeBudget(probe_timeout), 0, "~/.gridctl")
-    script = PROBE_SCRIPT.encode()
+    probe = probe_request(ProbeBudget(probe_timeout), "~/.gridctl")
+    command, script = probe.command, probe.stdin
     banner_timeout = min(10.0, max(connect_timeout, 1.0))   # what gridctl's transport uses
 
     def one(node: dict) -> tuple[str, str, float]:
@@ -243,15 +243,17 @@ def baseline_worker(fleet_path: str) -> None:
         finally:
             client.close()
         # same sanity bar as a healthy gridctl row: complete output, nvidia-smi ok, every GPU row there
+        mark = f"@{probe.nonce} "
         lines = out.decode("utf-8", "replace").splitlines()
         try:
-            smi = lines.index(next(line for line in lines if line.startswith("@nvidia-smi ")))
+            smi = lines.index(next(line for line in lines if line.startswith(mark + "nvidia-smi ")))
             rows = 0
             for line in lines[smi + 1:]:
                 if line.startswith("@"):
                     break
                 rows += 1
-            ok = rc == 0 and "@end" in lines and "@nvidia-smi rc=0" in lines[smi] and rows == spec["pools"][0]["gpu"]["count"]
+            ok = (rc == 0 and mark + "end" in lines and mark + "nvidia-smi rc=0" in lines[smi]
+                  and rows == spec["pools"][0]["gpu"]["count"])
         except StopIteration:
             ok = False
         return node["name"], "ok" if ok else "bad-output", time.monotonic() - t0

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
+from .launcher import LOG_MAX_BYTES, RETENTION_S
 from .spec import Duration, Name, PositiveDuration, _describe, _Model, _line_key
 from .yamlsrc import format_loc, line_of, load_with_lines
 
@@ -87,6 +88,8 @@ class JobSpec(_Model):
     port: Union[Literal["auto"], int, None] = None        # service: GRIDCTL_PORT on its node; auto = a free one
     readiness: Optional[Readiness] = None
     recovery: Recovery = Recovery()
+    log_max_bytes: int = Field(LOG_MAX_BYTES, ge=65536)  # per stream and attempt; past it the newest half is kept
+    retention: PositiveDuration = float(RETENTION_S)      # an ended attempt's dir stays this long on the node
 
     model_config = _Model.model_config | {"populate_by_name": True}
 

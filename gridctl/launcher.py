@@ -2,26 +2,38 @@
 
 Called by reconcile/act.py (which runs them over the node's transport) and `gridctl logs`.
 Every value a script uses is quoted with shlex.quote; the scripts travel on stdin to `sh -s`, so
-no user-supplied text is ever part of the remote command line.
+no user-supplied text and no secret is ever part of the remote command line.
 
-An attempt lives in `<work_dir>/attempts/<job>.<n>/`:
-  cmd, env        what to run (written by the launch)
+An attempt lives in `<work_dir>/attempts/<job>.<n>/` (the dir 0700, its files 0600, whatever
+the umask):
+  token           written first by the launch: a secret only the controller can derive
+                  (attempt_token); no later action touches a dir whose token differs
+  boot_id         the node's boot id at launch: a pid from another boot is never signalled
+  cmd, env        what to run
+  log_max         the attempt's log cap in bytes (the probe keeps the tail of a longer log)
+  retention       seconds its dir is kept once reaped
   run.sh          the detached wrapper (setsid): claims the dir, records pid, runs, records exit
-  pid, started    written by the wrapper when it starts
+  pid_start, pid  the wrapper's start time (clock ticks after boot) and pid, written when it starts
   stdout, stderr  the process's output (growth counts as a heartbeat)
   heartbeat       the job may touch it ($GRIDCTL_HEARTBEAT)
   exit            the exit code, written when the process ends
   stopped         why gridctl stopped it; reaped: gridctl has recorded its end
-Launching the same attempt twice starts one process: the wrapper's `mkdir claim` is atomic.
+Launching the same attempt twice starts one process: creating the attempt dir is atomic.
+Nothing is read, started or killed under a work dir another user could change (TRUST_FN).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import shlex
 from dataclasses import dataclass
 
 ATTEMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}\Z")
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}\Z")
+LOG_MAX_BYTES = 100 * 1024 * 1024        # default per stream and attempt
+RETENTION_S = 7 * 86400                  # default: how long a reaped attempt's dir is kept
 
 # expand a leading ~ in $WD the way a login shell would (the value itself arrives quoted)
 EXPAND_WD = 'case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\\~/}" ;; esac\n'
@@ -32,13 +44,75 @@ ALIVE_FN = ('alive() { ps -eo pgid=,stat= 2>/dev/null | awk -v g="$1" \'$1 == g 
             'END { exit !f }\' && return 0; kill -0 "$1" 2>/dev/null || return 1; '
             'case "$(ps -o stat= -p "$1" 2>/dev/null)" in Z*) return 1 ;; esac; return 0; }\n')
 
+# What a script may trust on a node (shared by the launch, stop and probe scripts):
+# - owned DIR: a real dir (no link) of ours that no group or other user may write into;
+# - safe_above DIR: DIR (a physical path) and every dir above it belong to root or us and are
+#   closed to others, or sticky like /tmp, so nobody else can swap what a path below leads to;
+# - safe_wd DIR: every component of DIR as written belongs to root or us (a link a stranger made
+#   in a sticky dir is refused), its physical path R is owned and safe_above its parent;
+#   sets R, or WHY when it is not safe;
+# - mine DIR TOKEN: an owned attempt dir holding the controller's token for it;
+# - ours DIR ID PID: the process group PID is alive and the one this attempt's launch started:
+#   same boot as recorded at launch, and the leader's start time as recorded (or, the leader
+#   gone, a member whose environment names the attempt). MISMATCH=1: something else holds PID.
+TRUST_FN = r"""ME=$(id -u)
+BOOT=$(head -c 64 "${GRIDCTL_BOOT_ID_FILE:-/proc/sys/kernel/random/boot_id}" 2>/dev/null)
+owned() {
+  [ -d "$1" ] && [ ! -L "$1" ] || return 1
+  set -- $(stat -c '%u %a' "$1" 2>/dev/null)
+  [ "$1" = "$ME" ] && [ $(( 0${2:-777} & 022 )) -eq 0 ]
+}
+safe_above() {
+  p=$1
+  while :; do
+    set -- $(stat -c '%u %a' "$p" 2>/dev/null)
+    case "$1" in 0|"$ME") ;; *) WHY="$p belongs to uid ${1:-?}"; return 1 ;; esac
+    m=$(( 0${2:-777} ))
+    [ $(( m & 022 )) -eq 0 ] || [ $(( m & 01000 )) -ne 0 ] || { WHY="$p is writable by others (mode ${2:-?})"; return 1; }
+    [ "$p" != / ] || return 0
+    p=${p%/*}; [ -n "$p" ] || p=/
+  done
+}
+safe_wd() {
+  p=$1
+  while [ -n "$p" ] && [ "$p" != / ]; do
+    u=$(stat -c %u "$p" 2>/dev/null)
+    case "$u" in 0|"$ME") ;; *) WHY="$p belongs to uid ${u:-?}"; return 1 ;; esac
+    case "$p" in */*) p=${p%/*} ;; *) p= ;; esac
+  done
+  R=$(cd "$1" 2>/dev/null && pwd -P) || { WHY="$1 is not a directory"; return 1; }
+  owned "$R" || { WHY="$R is not a directory of uid $ME closed to group and others ($(stat -c 'uid %u mode %a' "$R" 2>/dev/null))"; return 1; }
+  p=${R%/*}; safe_above "${p:-/}"
+}
+mine() { owned "$1" && [ "$(head -c 64 "$1/token" 2>/dev/null)" = "$2" ]; }
+starttime() { awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null; }
+env_has() {
+  for m in $(ps -eo pid=,pgid= 2>/dev/null | awk -v g="$1" '$2 == g { print $1 }'); do
+    tr '\0' '\n' <"/proc/$m/environ" 2>/dev/null | grep -qx "GRIDCTL_ATTEMPT=$2" && return 0
+  done
+  return 1
+}
+ours() {
+  MISMATCH=0
+  [ "$(head -c 64 "$1/boot_id" 2>/dev/null)" = "$BOOT" ] || return 1
+  [ -n "$3" ] && alive "$3" || return 1
+  s=$(starttime "$3")
+  if [ -n "$s" ]; then [ "$s" = "$(head -c 24 "$1/pid_start" 2>/dev/null)" ] && return 0
+  elif env_has "$3" "$2"; then return 0
+  fi
+  MISMATCH=1; return 1
+}
+""" + ALIVE_FN
+
 _WRAPPER = r"""D=$1
 mkdir "$D/claim" 2>/dev/null || exit 0
+starttime() { awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null; }
+starttime $$ >"$D/pid_start"
 echo $$ >"$D/pid.tmp" && mv "$D/pid.tmp" "$D/pid"
 date +%s >"$D/started"
 . "$D/env"
-cd "${GRIDCTL_CWD:-$D}" 2>/dev/null || cd "$D"
-sh "$D/cmd" >>"$D/stdout" 2>>"$D/stderr" </dev/null
+# the job itself gets the umask of the session that launched it; its files here stay 0600
+( umask "$2"; cd "${GRIDCTL_CWD:-$D}" 2>/dev/null || cd "$D"; exec sh "$D/cmd" ) >>"$D/stdout" 2>>"$D/stderr" </dev/null
 echo $? >"$D/exit.tmp" && mv "$D/exit.tmp" "$D/exit"
 """
 
@@ -47,6 +121,18 @@ def attempt_dir(work_dir: str, attempt_id: str) -> str:
     if not ATTEMPT_ID_RE.match(attempt_id):
         raise ValueError(f"invalid attempt id {attempt_id!r}")
     return f"{work_dir.rstrip('/')}/attempts/{attempt_id}"
+
+
+def attempt_token(key: bytes, attempt_id: str) -> str:
+    """The secret written into an attempt's dir at launch; called by reconcile for launches, stops
+    and kill lists, and by the probe parser. Derived from the store's key, so it is never stored."""
+    return hmac.new(key, b"gridctl-attempt\0" + attempt_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _token(token: str) -> str:
+    if not TOKEN_RE.match(token):
+        raise ValueError("invalid attempt token")
+    return token
 
 
 def _write_file(path_var: str, name: str, content: str) -> str:
@@ -58,12 +144,20 @@ def _append_file(path_var: str, name: str, content: str) -> str:
     return f'printf %s {shlex.quote(content)} >>"${path_var}/{name}"\n'
 
 
+def _enter_work_dir(answer: str) -> str:
+    """sh: $WD becomes the physical work dir, or the script answers `@<answer> unsafe WHY` and ends."""
+    return (f'safe_wd "$WD" || {{ printf "@{answer} unsafe %s\\n" "$(printf %s "$WHY" | tr "\\r\\n" "  ")"; exit 0; }}\n'
+            'WD=$R\n')
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     attempt_id: str
     command: str                      # one sh command string
     env: dict[str, str]               # user env plus gridctl's own variables (built by build_env)
     cwd: str | None = None
+    log_max_bytes: int = LOG_MAX_BYTES    # per stream; the probe keeps the newest half of a longer log
+    retention_s: int = RETENTION_S        # how long the dir stays once gridctl has reaped the attempt
 
 
 def build_env(user_env: dict[str, str], *, job: str, attempt_id: str, replica: int, gpu_uuids: tuple[str, ...],
@@ -80,64 +174,95 @@ def build_env(user_env: dict[str, str], *, job: str, attempt_id: str, replica: i
     return env
 
 
-def launch_script(work_dir: str, spec: LaunchSpec, wait_s: float = 3.0) -> str:
-    """Idempotent start: an attempt whose dir is claimed already is reported, not started again."""
+def launch_script(work_dir: str, spec: LaunchSpec, token: str, wait_s: float = 3.0) -> str:
+    """Idempotent start: an attempt whose dir holds this token already is reported, not started
+    again; a dir that exists without it was not made by this gridctl and is never adopted."""
     attempt_dir(work_dir, spec.attempt_id)   # validates the id
+    _token(token)
     env_lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.env.items()))
     env_lines += 'export GRIDCTL_HEARTBEAT="$D/heartbeat"\n'
     if spec.cwd:
         env_lines += f"GRIDCTL_CWD={shlex.quote(spec.cwd)}\n"
     ticks = max(1, int(wait_s * 10))
+    wait_pid = f'i=0; while [ ! -f "$D/pid" ] && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
     return (
-        f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD +
+        "UM=$(umask); umask 077\n"
+        f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
+        # a work dir still to be made is made only below dirs no stranger can change
+        'if [ ! -d "$WD" ]; then\n'
+        '  p=$WD; while [ ! -e "$p" ]; do case "$p" in */*) p=${p%/*}; [ -n "$p" ] || p=/ ;; *) p=. ;; esac; done\n'
+        '  safe_above "$(cd "$p" 2>/dev/null && pwd -P)" || { echo "@launch unsafe $WHY"; exit 0; }\n'
+        '  mkdir -p "$WD" 2>/dev/null\n'
+        'fi\n'
+        + _enter_work_dir("launch") +
+        'mkdir "$WD/attempts" 2>/dev/null\n'
+
+        'owned "$WD/attempts" || { echo "@launch unsafe $WD/attempts is not a directory of uid $ME closed to others"; exit 0; }\n'
         f"D=\"$WD/attempts/\"{shlex.quote(spec.attempt_id)}\n"
-        'mkdir -p "$WD/attempts" || { echo "@launch error cannot create $WD/attempts"; exit 0; }\n'
         # creating the attempt dir is the claim: atomic, so two launches of one attempt write nothing twice
         'if ! mkdir "$D" 2>/dev/null; then\n'
-        f'  i=0; while [ ! -f "$D/pid" ] && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
-        '  echo "@launch exists pid=$(cat "$D/pid" 2>/dev/null || echo -)"; exit 0\n'
+        f'  {wait_pid}'
+        f'  mine "$D" {token} || {{ echo "@launch error $D exists and was not created by this gridctl"; exit 0; }}\n'
+        '  echo "@launch exists pid=$(head -c 20 "$D/pid" 2>/dev/null || echo -)"; exit 0\n'
         'fi\n'
-        'R=$(cd "$D" && pwd) && D=$R\n'
+        + _write_file("D", "token", token)
+        + 'printf "%s\\n" "$BOOT" >"$D/boot_id"\n'
         + _write_file("D", "cmd", spec.command + "\n")
         + _write_file("D", "env", env_lines)
+        + _write_file("D", "log_max", f"{int(spec.log_max_bytes)}\n")
+        + _write_file("D", "retention", f"{int(spec.retention_s)}\n")
         + _write_file("D", "run.sh", _WRAPPER)
-        + ': >"$D/heartbeat"\n'
+        + ': >"$D/heartbeat"; : >"$D/stdout"; : >"$D/stderr"\n'
         'command -v setsid >/dev/null 2>&1 && S=setsid || S=\n'
-        '$S sh "$D/run.sh" "$D" </dev/null >/dev/null 2>&1 &\n'
-        f'i=0; while [ ! -f "$D/pid" ] && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
+        # the wrapper's own environment names the attempt: what a later stop checks before a kill
+        f'GRIDCTL_ATTEMPT={shlex.quote(spec.attempt_id)} $S sh "$D/run.sh" "$D" "$UM" </dev/null >/dev/null 2>&1 &\n'
+        + wait_pid +
         'if [ -f "$D/pid" ]; then echo "@launch started pid=$(cat "$D/pid")"; '
         'else echo "@launch error the process did not start within the wait"; fi\n'
     )
 
 
-def stop_script(work_dir: str, attempt_id: str, reason: str, grace_s: float = 5.0) -> str:
-    """SIGTERM the attempt's process group, SIGKILL after grace_s; idempotent."""
+def stop_script(work_dir: str, attempt_id: str, reason: str, token: str, grace_s: float = 5.0) -> str:
+    """SIGTERM the attempt's process group, SIGKILL after grace_s; idempotent. Signals only a
+    process proven to be the attempt's (`pid-mismatch` otherwise), in a dir holding its token."""
     attempt_dir(work_dir, attempt_id)   # validates the id
+    _token(token)
     ticks = max(1, int(grace_s * 10))
     return (
-        f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD +
-        f"D=\"$WD/attempts/\"{shlex.quote(attempt_id)}\n"
+        "umask 077\n"
+        f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
+        '[ -d "$WD" ] || { echo "@stop absent"; exit 0; }\n'
+        + _enter_work_dir("stop") +
+        'owned "$WD/attempts" || { [ -e "$WD/attempts" ] && echo "@stop unsafe $WD/attempts is open to others" '
+        '|| echo "@stop absent"; exit 0; }\n'
+        f"D=\"$WD/attempts/\"{shlex.quote(attempt_id)}; ID={shlex.quote(attempt_id)}\n"
         '[ -d "$D" ] || { echo "@stop absent"; exit 0; }\n'
+        f'mine "$D" {token} || {{ echo "@stop not-ours"; exit 0; }}\n'
         + _write_file("D", "stopped", reason + "\n") +
-        'P=$(cat "$D/pid" 2>/dev/null)\n' + ALIVE_FN +
-        '[ -n "$P" ] && alive "$P" || { echo "@stop gone"; exit 0; }\n'
+        'P=$(head -c 20 "$D/pid" 2>/dev/null)\n'
+        'if ! ours "$D" "$ID" "$P"; then [ "$MISMATCH" = 1 ] && echo "@stop pid-mismatch pid=$P" || echo "@stop gone"; exit 0; fi\n'
         'kill -s TERM -- "-$P" 2>/dev/null || kill -TERM "$P" 2>/dev/null\n'
         f'i=0; while alive "$P" && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i + 1)); done\n'
-        'if alive "$P"; then kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; '
+        # proven again: the group may have ended during the grace and its pid been reused
+        'if ours "$D" "$ID" "$P"; then kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; '
         'echo "@stop killed"; else echo "@stop terminated"; fi\n'
     )
 
 
 def log_command(work_dir: str, attempt_id: str, stream: str, follow: bool) -> str:
-    """A remote command printing an attempt's log; with follow, until its process ends."""
+    """A remote command printing an attempt's log; with follow, until its process ends. Exits 1
+    printing nothing when the log is absent, or is not a plain file in a dir no stranger can change."""
     attempt_dir(work_dir, attempt_id)   # validates the id
     if stream not in ("stdout", "stderr"):
         raise ValueError(f"unknown stream {stream!r}")
-    head = f"WD={shlex.quote(work_dir)}; " + EXPAND_WD.strip() + f"; D=\"$WD/attempts/\"{shlex.quote(attempt_id)}; "
+    head = (f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
+            'safe_wd "$WD" || { echo "gridctl: work dir unsafe: $WHY" >&2; exit 1; }\n'
+            f'D="$R/attempts/"{shlex.quote(attempt_id)}; F="$D/{stream}"\n'
+            'owned "$D" && [ -f "$F" ] && [ ! -L "$F" ] || exit 1\n')
     if not follow:
-        return head + f'cat "$D/{stream}"'
-    return head + (f'P=$(cat "$D/pid" 2>/dev/null); if [ -n "$P" ] && [ ! -f "$D/exit" ]; '
-                   f'then exec tail -c +1 --pid="$P" -f "$D/{stream}"; else cat "$D/{stream}"; fi')
+        return head + 'cat "$F"'
+    return head + ('P=$(head -c 20 "$D/pid" 2>/dev/null); if [ -n "$P" ] && [ ! -f "$D/exit" ]; '
+                   'then exec tail -c +1 --pid="$P" -f "$F"; else cat "$F"; fi')
 
 
 @dataclass(frozen=True)
@@ -155,12 +280,17 @@ def parse_launch(output: str) -> LaunchResult:
             if rest.startswith(("started", "exists")):
                 m = re.search(r"pid=(\d+)", rest)
                 return LaunchResult(True, int(m.group(1)) if m else None, rest.split()[0])
-            return LaunchResult(False, None, rest.removeprefix("error ").strip())
+            if rest.startswith("unsafe "):
+                return LaunchResult(False, None, "work dir unsafe: " + rest[len("unsafe "):].strip()[:300])
+            return LaunchResult(False, None, rest.removeprefix("error ").strip()[:300])
     return LaunchResult(False, None, "no answer from the launch script")
 
 
 def parse_stop(output: str) -> str:
+    """The stop script's answer: killed | terminated | gone | absent (done), `pid-mismatch pid=P`
+    (the pid belongs to another process now: the attempt's own is gone; nothing was signalled),
+    `not-ours` (the dir lacks the attempt's token) or `unsafe WHY` (the work dir is not trusted)."""
     for line in output.splitlines():
         if line.startswith("@stop "):
-            return line[len("@stop "):].strip()
+            return line[len("@stop "):].strip()[:300]
     return "no answer from the stop script"

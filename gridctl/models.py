@@ -130,6 +130,20 @@ class Observation:
     complete: bool = False            # saw @end
     attempts: tuple["AttemptReport", ...] = ()   # job attempt dirs on the node (not yet reaped)
     spot_notice: str | None = None    # the cloud announced this spot instance's interruption (IMDS JSON)
+    uptime_s: float | None = None     # seconds since boot when the kernel log was read (a complete probe):
+                                      # where the next read starts
+    work_dir_unsafe: str | None = None   # why the work dir is not trusted (another user could change it):
+                                         # no attempt there was read or killed; finding `work-dir-unsafe`
+    foreign_attempts: tuple[str, ...] = ()  # attempt dirs without their token: not ours, never reported or killed
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """Where the last kernel-log read of a node stood: its boot, and seconds since that boot.
+    The store keeps it from each observation (boot_id, uptime_s); no clock change can move it."""
+
+    boot_id: str
+    uptime_s: float
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,8 @@ class AttemptReport:
     fenced: bool = False              # the probe killed it because it was on the kill list
     node_now: int | None = None       # the node's clock when it looked
     reaped: bool = False              # on the kill list: marked done by this probe
+    pid_mismatch: bool = False        # its pid is held by another process (reused): the attempt's own is
+                                      # gone, nothing was signalled; finding `pid-mismatch`
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,31 @@
 """The probe: a POSIX sh script sent to a node on stdin, and its pure parser -> Observation.
 
-Called by reconcile/observe.py (via a transport) and by tests with saved outputs. The script is
-read-only and installs nothing; every slow command on the node is bounded by `timeout -k`.
+Called by reconcile/observe.py (via a transport, through probe_request) and by tests with saved
+outputs. The script installs nothing; every slow command on the node is bounded by `timeout -k`
+and every output it reads is capped as it is read. What it changes on the node is limited to
+attempt dirs it has proven are gridctl's (launcher.TRUST_FN): fencing, log trimming, retention.
+Everything a node prints is untrusted: each line of ours starts with `@<nonce> ` (a per-probe
+secret) and each line of tool output with `|`, so no tool output can pose as a section.
 The parser never raises: garbage in gives an Observation with parse problems.
 """
 
 from __future__ import annotations
 
 import csv
+import hmac
 import re
+import secrets
 import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
-from .launcher import ALIVE_FN, ATTEMPT_ID_RE
-from .models import AttemptReport, Contact, GpuReading, Observation, XidEvent
+from .launcher import ATTEMPT_ID_RE, LOG_MAX_BYTES, RETENTION_S, TRUST_FN, attempt_token
+from .models import AttemptReport, Contact, GpuReading, LogPosition, Observation, XidEvent
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024      # client-side cap on what one probe may return
 SMI_OUTPUT_CAP = 262144                 # node-side cap on nvidia-smi output
+KERNEL_LOG_CAP = 8 * 1024 * 1024        # node-side cap on the kernel log read (its newest part is kept)
 
 # column name -> GpuReading field; order is the order asked of nvidia-smi
 CORE_FIELDS = (
@@ -56,76 +63,121 @@ def query(fields: tuple) -> str:
 
 
 _SCRIPT = r"""
-T=$1; TLOG=$2; SINCE=$3; WD=$4; KILL=$5; MD=$6
+T=$1; TLOG=$2; WD=$3; MD=$4
+umask 077
 case "$WD" in "~") WD=$HOME ;; "~/"*) WD="$HOME/${WD#\~/}" ;; esac
-echo "@gridctl-probe __VERSION__"
-echo "@time $(date +%s)"
-BOOT=$(cat "${GRIDCTL_BOOT_ID_FILE:-/proc/sys/kernel/random/boot_id}" 2>/dev/null)
-echo "@boot_id ${BOOT:-unknown}"
+# every line we print starts with this probe's nonce; every line of tool output starts with "|"
+say() { printf '@%s %s\n' "$N" "$*"; }
+show() { awk 'NR <= 1024 { print "|" $0 }'; }
+say gridctl-probe __VERSION__
+say time "$(date +%s)"
+__TRUST__
+say boot_id "${BOOT:-unknown}"
 # nvidia-smi in uninterruptible sleep for over a minute: the driver is wedged (a brief D is normal I/O)
 STUCK=$(ps -eo stat=,etimes=,comm= 2>/dev/null | awk '$1 ~ /^D/ && $2 > 60 && $2 < 31536000 && $3 == "nvidia-smi"' | wc -l)
-echo "@stuck nvidia-smi=$STUCK"
+say stuck nvidia-smi=$STUCK
 TMP=$(mktemp 2>/dev/null) || TMP=/tmp/gridctl-probe.$$
-trap 'rm -f "$TMP"' EXIT
-smi() { timeout -k 2 "$T" nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits >"$TMP" 2>&1; }
-Q=__FULL__; smi "$Q"; RC=$?
-if [ "$RC" -eq 2 ]; then Q=__CORE__; smi "$Q"; RC=$?; fi
-echo "@nvidia-smi rc=$RC query=$Q"
-head -c __CAP__ "$TMP" | awk 'NR <= 1024 { print }'
-[ "$(wc -c <"$TMP")" -gt __CAP__ ] && echo "@truncated nvidia-smi"
-SRC=none
+trap 'rm -f "$TMP" "$TMP.rc" "$TMP.d"' EXIT
+# output is capped as it is read, never written in full first: an endless tool stops at the cap
+smi() { { timeout -k 2 "$T" nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits 2>&1; echo $? >"$TMP.rc"; } | head -c __CAP1__ >"$TMP"; RC=$(head -c 8 "$TMP.rc" 2>/dev/null); RC=${RC:-255}; }
+Q=__FULL__; smi "$Q"
+if [ "$RC" -eq 2 ]; then Q=__CORE__; smi "$Q"; fi
+say nvidia-smi rc=$RC query=$Q
+head -c __CAP__ "$TMP" | show
+[ "$(wc -c <"$TMP")" -gt __CAP__ ] && say truncated nvidia-smi
+# the kernel log since the last read: its position is seconds since boot (PB, PU), which no clock
+# change moves; turned into this node's wall time now, so a clock once ahead hides nothing
+UP=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)
+SINCE=0
+if [ -n "$PB" ] && [ "$PB" = "$BOOT" ] && [ -n "$UP" ]; then
+  SINCE=$(awk -v n="$(date +%s)" -v u="$UP" -v p="$PU" 'BEGIN { s = n - (u - p) - 5; printf "%d", (s > 0 ? s : 0) }')
+fi
 if [ "$SINCE" -gt 0 ] 2>/dev/null; then JSINCE="--since=@$SINCE"; else JSINCE=; fi
+klog() { { timeout -k 2 "$TLOG" "$@" 2>/dev/null; echo $? >"$TMP.rc"; } | tail -c __LOGCAP__; [ "$(head -c 8 "$TMP.rc" 2>/dev/null)" = 0 ]; }
+SRC=none
 # journalctl first; when it has no entries at all (no journal in containers), try dmesg
-if command -v journalctl >/dev/null 2>&1 && timeout -k 2 "$TLOG" journalctl -k --no-pager -o short-iso $JSINCE >"$TMP" 2>/dev/null; then
+if command -v journalctl >/dev/null 2>&1 && klog journalctl -k --no-pager -o short-iso $JSINCE >"$TMP"; then
   SRC=journalctl
   grep -qv '^-- No entries --$' "$TMP" || SRC=journalctl-empty
 fi
 if [ "$SRC" != journalctl ]; then
-  if timeout -k 2 "$TLOG" dmesg --time-format iso >"$TMP.d" 2>/dev/null || timeout -k 2 "$TLOG" dmesg >"$TMP.d" 2>/dev/null; then
+  if klog dmesg --time-format iso >"$TMP.d" || klog dmesg >"$TMP.d"; then
     SRC=dmesg; mv "$TMP.d" "$TMP"
   elif [ "$SRC" = journalctl-empty ]; then SRC=journalctl
   fi
   rm -f "$TMP.d"
 fi
-echo "@xid source=$SRC"
-[ "$SRC" != none ] && grep -a 'NVRM' "$TMP" | tail -n 400
+say xid source=$SRC since=$SINCE uptime=${UP:--}
+# a log cut at the cap starts mid-line: drop that line
+[ "$SRC" != none ] && { [ "$(wc -c <"$TMP")" -lt __LOGCAP__ ] && cat "$TMP" || tail -n +2 "$TMP"; } | grep -a 'NVRM' | tail -n 400 | show
 D=$WD
 while [ -n "$D" ] && [ "$D" != / ] && [ ! -d "$D" ]; do D=$(dirname "$D"); done
-timeout -k 2 "$TLOG" df -Pk "${D:-/}" 2>/dev/null | awk -v d="${D:-/}" 'NR == 2 { printf "@disk %s %.0f %.0f\n", d, $4 * 1024, $2 * 1024 }'
+timeout -k 2 "$TLOG" df -Pk "${D:-/}" 2>/dev/null | awk -v d="${D:-/}" 'NR == 2 { printf "%s %.0f %.0f\n", d, $4 * 1024, $2 * 1024 }' | tr -d '\r' | head -c 4096 | { read -r L && say disk "$L"; }
 # spot instances: an interruption notice from the instance metadata service (IMDSv2), 1 s bounds
 # (GCE: "gce:" before the endpoint; its metadata says instance/preempted TRUE about 30 s ahead)
 if [ -n "$MD" ] && command -v curl >/dev/null 2>&1; then
   case "$MD" in
-    gce:*) R=$(curl -s -m 1 -H "Metadata-Flavor: Google" "${MD#gce:}/computeMetadata/v1/instance/preempted" 2>/dev/null)
-           [ "$R" = TRUE ] && echo "@spot gce instance/preempted TRUE" ;;
-    *) TOK=$(curl -s -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$MD/latest/api/token" 2>/dev/null)
-       R=$(curl -s -m 1 -H "X-aws-ec2-metadata-token: $TOK" -w ' %{http_code}' "$MD/latest/meta-data/spot/instance-action" 2>/dev/null)
-       case "$R" in *" 200") echo "@spot $(printf %s "${R% 200}" | tr -d '\n' | head -c 400)" ;; esac ;;
+    gce:*) R=$(curl -s -m 1 -H "Metadata-Flavor: Google" "${MD#gce:}/computeMetadata/v1/instance/preempted" 2>/dev/null | head -c 64)
+           [ "$R" = TRUE ] && say spot gce instance/preempted TRUE ;;
+    *) TOK=$(curl -s -m 1 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$MD/latest/api/token" 2>/dev/null | head -c 256)
+       R=$(curl -s -m 1 -H "X-aws-ec2-metadata-token: $TOK" -w ' %{http_code}' "$MD/latest/meta-data/spot/instance-action" 2>/dev/null | head -c 4096)
+       case "$R" in *" 200") say spot "$(printf %s "${R% 200}" | tr -d '\r\n' | head -c 400)" ;; esac ;;
   esac
 fi
-# attempts of jobs: fence (kill) the ones gridctl has ended, then report every unreaped one
-if [ -d "$WD/attempts" ]; then
-  __ALIVE__
-  for id in $(echo "$KILL" | tr ',' ' '); do
-    A="$WD/attempts/$id"; [ -d "$A" ] || continue
-    P=$(cat "$A/pid" 2>/dev/null)
-    if [ -n "$P" ] && alive "$P"; then kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; echo "@fenced $id pid=$P"; fi
-    : >"$A/reaped"
+# attempts of jobs, only under a work dir no other user can change, only in dirs holding their
+# token: fence (kill) the ones gridctl has ended, then report every unreaped one, trim logs over
+# their cap to the newest half, and remove reaped dirs older than their retention
+trim() {
+  M=$(head -c 20 "$1/log_max" 2>/dev/null); case $M in ''|*[!0-9]*) M=__LOGMAX__ ;; esac
+  for f in "$1/stdout" "$1/stderr"; do
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    [ "$(wc -c <"$f")" -gt "$M" ] || continue
+    tail -c $((M / 2)) "$f" >"$f.tail" && cat "$f.tail" >"$f"; rm -f "$f.tail"
   done
-  NOW=$(date +%s)
-  for A in "$WD"/attempts/*; do
-    [ -d "$A" ] && [ ! -e "$A/reaped" ] || continue
-    P=$(cat "$A/pid" 2>/dev/null); L=0
-    [ -n "$P" ] && alive "$P" && L=1
-    HB=$(stat -c %Y "$A/heartbeat" "$A/stdout" "$A/stderr" 2>/dev/null | sort -n | tail -n 1)
-    echo "@attempt ${A##*/} pid=${P:--} alive=$L exit=$(cat "$A/exit" 2>/dev/null || echo -) hb=${HB:--} started=$(cat "$A/started" 2>/dev/null || echo -) now=$NOW"
-  done
+}
+if [ -d "$WD" ]; then
+  if ! safe_wd "$WD"; then say unsafe "$(printf %s "$WHY" | tr '\r\n' '  ' | head -c 400)"
+  elif [ -e "$R/attempts" ] && ! owned "$R/attempts"; then say unsafe "$R/attempts is not a directory of uid $ME closed to group and others"
+  elif [ -d "$R/attempts" ]; then
+    WD=$R
+    printf '%s\n' "$KILL" | while read -r id tok; do
+      A="$WD/attempts/$id"; [ -n "$id" ] && [ -d "$A" ] || continue
+      mine "$A" "$tok" || { say foreign "$id"; continue; }
+      P=$(head -c 20 "$A/pid" 2>/dev/null)
+      if ours "$A" "$id" "$P"; then
+        kill -s KILL -- "-$P" 2>/dev/null || kill -KILL "$P" 2>/dev/null; say fenced "$id" "pid=$P"
+      elif [ "$MISMATCH" = 1 ]; then say mismatch "$id" "pid=$P"
+      fi
+      : >"$A/reaped"
+    done
+    NOW=$(date +%s)
+    for A in "$WD"/attempts/*; do
+      owned "$A" || continue
+      id=${A##*/}
+      if [ -e "$A/reaped" ]; then
+        K=$(head -c 20 "$A/retention" 2>/dev/null); case $K in ''|*[!0-9]*) K=__RETENTION__ ;; esac
+        RT=$(stat -c %Y "$A/reaped" 2>/dev/null)
+        [ -n "$RT" ] && [ $((NOW - RT)) -gt "$K" ] && rm -rf "$A"
+        continue
+      fi
+      P=$(head -c 20 "$A/pid" 2>/dev/null); L=0
+      ours "$A" "$id" "$P" && L=1
+      trim "$A"
+      HB=$(stat -c %Y "$A/heartbeat" "$A/stdout" "$A/stderr" 2>/dev/null | sort -n | tail -n 1)
+      say attempt "$id" "pid=${P:--}" "alive=$L" "exit=$(head -c 12 "$A/exit" 2>/dev/null || echo -)" "hb=${HB:--}" \
+        "started=$(head -c 12 "$A/started" 2>/dev/null || echo -)" "now=$NOW" "mismatch=$MISMATCH" \
+        "tok=$(head -c 64 "$A/token" 2>/dev/null)"
+    done
+  fi
 fi
-echo "@end"
+say end
 """
 
-PROBE_SCRIPT = (_SCRIPT.replace("__VERSION__", str(PROBE_VERSION)).replace("  __ALIVE__\n", "  " + ALIVE_FN).replace("__FULL__", shlex.quote(query(FULL_FIELDS)))
-                .replace("__CORE__", shlex.quote(query(CORE_FIELDS))).replace("__CAP__", str(SMI_OUTPUT_CAP)))
+SCRIPT = (_SCRIPT.replace("__VERSION__", str(PROBE_VERSION)).replace("__TRUST__\n", TRUST_FN)
+          .replace("__FULL__", shlex.quote(query(FULL_FIELDS))).replace("__CORE__", shlex.quote(query(CORE_FIELDS)))
+          .replace("__CAP1__", str(SMI_OUTPUT_CAP + 1)).replace("__CAP__", str(SMI_OUTPUT_CAP))
+          .replace("__LOGCAP__", str(KERNEL_LOG_CAP)).replace("__LOGMAX__", str(LOG_MAX_BYTES))
+          .replace("__RETENTION__", str(RETENTION_S)))
 
 
 @dataclass(frozen=True)
@@ -143,15 +195,43 @@ class ProbeBudget:
         return max(1, int(self.total_s * 0.15))
 
 
-def probe_command(budget: ProbeBudget, since: int, work_dir: str, kill: tuple[str, ...] = (),
-                  metadata: str | None = None) -> str:
-    """The remote command line; the script itself goes on stdin. Every argument is quoted.
-    `kill`: attempt ids gridctl has ended on this node: killed if still alive, then marked reaped."""
+@dataclass(frozen=True)
+class ProbeRequest:
+    """One probe of one node: the command line (nothing secret on it), what goes on stdin (this
+    probe's nonce, the kill list with the attempts' tokens, the log position, then the script),
+    and how to read its answer. Built by probe_request; called by reconcile/observe."""
+
+    command: str
+    stdin: bytes
+    nonce: str
+    key: bytes | None
+
+    def parse(self, node: str, output: bytes | str, *, started_at: float, duration_s: float) -> Observation:
+        return parse_probe(node, output, started_at=started_at, duration_s=duration_s, nonce=self.nonce, key=self.key)
+
+
+_BOOT_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
+
+
+def probe_request(budget: ProbeBudget, work_dir: str, *, kill: tuple[str, ...] = (), key: bytes | None = None,
+                  position: LogPosition | None = None, metadata: str | None = None) -> ProbeRequest:
+    """The probe of one node. `kill`: attempt ids gridctl has ended on this node, fenced (killed
+    if still alive and provably theirs) and marked reaped; `key`: the store's attempt key, which
+    proves attempt dirs are ours (needed with a kill list; without it reports are not checked);
+    `position`: where the last kernel-log read stood (None: read the whole current boot)."""
     bad = [a for a in kill if not ATTEMPT_ID_RE.match(a)]
     if bad:
         raise ValueError(f"invalid attempt ids {bad}")
-    args = [str(budget.smi_s), str(budget.log_s), str(int(since)), work_dir, ",".join(kill), metadata or ""]
-    return "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+    if kill and key is None:
+        raise ValueError("a kill list needs the attempt key")
+    nonce = secrets.token_hex(16)
+    orders = "".join(f"{a} {attempt_token(key, a)}\n" for a in kill) if key is not None else ""
+    pb, pu = "", "0"
+    if position is not None and _BOOT_ID_RE.match(position.boot_id):
+        pb, pu = position.boot_id, f"{float(position.uptime_s):.3f}"
+    head = f"N={nonce}\nKILL={shlex.quote(orders)}\nPB={shlex.quote(pb)}\nPU={pu}\n"
+    args = [str(budget.smi_s), str(budget.log_s), work_dir, metadata or ""]
+    return ProbeRequest("sh -s -- " + " ".join(shlex.quote(a) for a in args), (head + SCRIPT).encode(), nonce, key)
 
 
 # ---------------------------------------------------------------- parsing
@@ -187,13 +267,14 @@ def _line_time(line: str) -> float | None:
         return None
 
 
-def parse_xids(lines: list[str], since: float = 0) -> tuple[XidEvent, ...]:
-    """Kernel log lines -> Xid events, newest per (xid, GPU) last. Lines older than `since` are skipped."""
+def parse_xids(lines: list[str], since: float = 0, until: float | None = None) -> tuple[XidEvent, ...]:
+    """Kernel log lines -> Xid events, newest per (xid, GPU) last. Lines older than `since` are
+    skipped, and lines stamped after `until` (written while the node's clock ran ahead: read then)."""
     found: dict[tuple[int, str], XidEvent] = {}
     last_gpu_at = ""
     for line in lines:
         when = _line_time(line)
-        if since and when is not None and when < since:
+        if when is not None and (since and when < since or until is not None and when > until):
             continue
         stamp = _ISO_RE.match(line).group(1) if when is not None else None
         m = _XID_RE.search(line)
@@ -284,29 +365,52 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
+def _frame(text: str, nonce: str | None):
+    """(section lines as (name, rest), content lines by section, unframed count) in output order.
+    With a nonce, a section line starts `@<nonce> ` and a content line `|`; without one (saved
+    outputs of probe version 1) any `@` line is a section and any other line content."""
+    marker = f"@{nonce} " if nonce else "@"
+    for line in text.splitlines():
+        if line.startswith(marker):
+            name, _, rest = line[len(marker):].partition(" ")
+            yield "section", name, rest.strip()
+        elif nonce is None:
+            yield "content", line, ""
+        elif line.startswith("|"):
+            yield "content", line[1:], ""
+        else:
+            yield "unframed", line, ""
+
+
 def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s: float,
-                since: float = 0) -> Observation:
-    """Probe output -> Observation. Pure; never raises; missing @end means incomplete output."""
+                since: float = 0, nonce: str | None = None, key: bytes | None = None) -> Observation:
+    """Probe output -> Observation. Pure; never raises; missing @end means incomplete output.
+    `nonce`: this probe's (ProbeRequest.parse passes it; None only for saved version-1 output);
+    `key`: the store's attempt key: attempt dirs without their token are not reported as attempts."""
     text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
     text = text[:MAX_OUTPUT_BYTES]
     sections: dict[str, tuple[str, list[str]]] = {}
     current: list[str] | None = None
     problems: list[str] = []
-    repeated: dict[str, list[str]] = {"attempt": [], "fenced": []}
-    for line in text.splitlines():
-        if line.startswith("@"):
-            name, _, rest = line[1:].partition(" ")
-            if name in repeated:
-                if len(repeated[name]) < 10000:
-                    repeated[name].append(rest.strip())
+    unframed = 0
+    repeated: dict[str, list[str]] = {"attempt": [], "fenced": [], "mismatch": [], "foreign": []}
+    for kind, line, rest in _frame(text, nonce):
+        if kind == "section":
+            if line in repeated:
+                if len(repeated[line]) < 10000:
+                    repeated[line].append(rest)
                 continue
             current = []
-            sections[name] = (rest.strip(), current)
-        elif current is not None:
-            if len(current) < 5000:
-                current.append(line)
-        elif line.strip():
-            problems.append("unexpected output before the probe header")
+            sections[line] = (rest, current)
+        elif current is None:
+            if line.strip():
+                problems.append("unexpected output before the probe header")
+        elif kind == "unframed":
+            unframed += 1
+        elif len(current) < 5000:
+            current.append(line)
+    if unframed:
+        problems.append(f"{unframed} output lines without this probe's framing ignored")
     header = sections.get("gridctl-probe")
     if header is None:
         first = text.strip().splitlines()[0][:120] if text.strip() else "(nothing)"
@@ -333,43 +437,69 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
             problems.append("nvidia-smi printed more than 256 KiB; output truncated")
     xid_source, xids = None, ()
     if "xid" in sections:
-        source = _kv(sections["xid"][0]).get("source", "none")
+        kv = _kv(sections["xid"][0])
+        source = kv.get("source", "none")
         xid_source = None if source == "none" else source
-        xids = parse_xids(sections["xid"][1], since)
+        # the node says from when it read (its clock now, less the boot-relative time since the last read)
+        node_since = _int(kv.get("since"))
+        xids = parse_xids(sections["xid"][1], node_since if node_since is not None else since,
+                          until=node_time + 60 if node_since and node_time else None)
     disk_free = disk_total = None
     if "disk" in sections:
         parts = sections["disk"][0].rsplit(" ", 2)
         if len(parts) == 3:
             disk_free, disk_total = _int(parts[1]), _int(parts[2])
     stuck = _int(_kv(scalar("stuck") or "").get("nvidia-smi")) or 0
+    reports, foreign = parse_attempts(repeated["attempt"], repeated["fenced"], repeated["mismatch"], key=key)
+    foreign = tuple(sorted(set(foreign) | {f.split()[0] for f in repeated["foreign"]
+                                            if f.split() and ATTEMPT_ID_RE.match(f.split()[0])}))[:100]
     return Observation(
         node=node, contact=Contact.OK, started_at=started_at, duration_s=duration_s, node_time=node_time,
         boot_id=boot if boot and boot != "unknown" else None, smi_rc=rc, smi_fields=tuple(columns),
         smi_errors=smi_errors, gpus=gpus, xids=xids, xid_source=xid_source, disk_free_bytes=disk_free,
         disk_total_bytes=disk_total, stuck_smi=stuck, parse_problems=tuple(problems), complete=complete,
-        attempts=parse_attempts(repeated["attempt"], repeated["fenced"]),
-        spot_notice=(scalar("spot") or None) if "spot" in sections else None,
+        attempts=reports, spot_notice=(scalar("spot") or None) if "spot" in sections else None,
+        uptime_s=_float(_kv(scalar("xid") or "").get("uptime")) if complete else None, work_dir_unsafe=(scalar("unsafe") or "unsafe")[:400]
+        if "unsafe" in sections else None, foreign_attempts=foreign,
     )
 
 
-def parse_attempts(lines: list[str], fenced: list[str]) -> tuple[AttemptReport, ...]:
-    """`@attempt ID pid=P alive=0|1 exit=N hb=T started=T now=T` lines -> reports (bad lines skipped)."""
+def parse_attempts(lines: list[str], fenced: list[str], mismatched: list[str] = (), *,
+                   key: bytes | None = None) -> tuple[tuple[AttemptReport, ...], tuple[str, ...]]:
+    """`@attempt ID pid=P alive=0|1 exit=N hb=T started=T now=T mismatch=0|1 tok=T` lines -> (reports,
+    ids of dirs whose token is not the attempt's). With a key, only dirs holding their token are
+    reports; bad lines are skipped. `fenced` / `mismatched`: kill-list attempts the probe killed /
+    found their pid held by another process (nothing killed); both are reaped."""
     killed = {f.split()[0] for f in fenced if f.split()}
-    out = []
+    wrong_pid = {f.split()[0] for f in mismatched if f.split()}
+    out, foreign = [], []
     for line in lines:
         ident, _, rest = line.partition(" ")
         if not ATTEMPT_ID_RE.match(ident):
             continue
         kv = _kv(rest)
+        if key is not None and not hmac.compare_digest(kv.get("tok", ""), attempt_token(key, ident)):
+            foreign.append(ident)
+            continue
         now = _int(kv.get("now"))
         out.append(AttemptReport(id=ident, pid=_int(kv.get("pid")), alive=kv.get("alive") == "1",
                                  exit_code=_int(kv.get("exit")), heartbeat_at=_int(kv.get("hb")),
-                                 started_at=_int(kv.get("started")), fenced=ident in killed, node_now=now))
-    for ident in sorted(killed - {r.id for r in out}):
+                                 started_at=_int(kv.get("started")), fenced=ident in killed, node_now=now,
+                                 pid_mismatch=kv.get("mismatch") == "1"))
+    for ident in sorted((killed | wrong_pid) - {r.id for r in out}):
         if ATTEMPT_ID_RE.match(ident):
             out.append(AttemptReport(id=ident, pid=None, alive=False, exit_code=None, heartbeat_at=None,
-                                     started_at=None, fenced=True, reaped=True))
-    return tuple(out)
+                                     started_at=None, fenced=ident in killed, reaped=True,
+                                     pid_mismatch=ident in wrong_pid))
+    return tuple(out), tuple(foreign)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < 1e12 else None
 
 
 def _int(text: str | None) -> int | None:

@@ -94,7 +94,8 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridctl-ready") as beside:
         checking = beside.submit(check_all, facts.ready_targets())
         observations = sweep(inventory.nodes, transports, probe_timeout=fleet.health.probe_timeout,
-                             concurrency=fleet.health.concurrency, since=facts.log_since(), kill=facts.kill_lists())
+                             concurrency=fleet.health.concurrency, positions=facts.positions,
+                             kill=facts.kill_lists(), key=facts.key)
         checks = checking.result()
     decided = plan(fleet, facts, inventory, observations, time.time(), checks)
     apply(conn, decided)
@@ -105,7 +106,7 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
             record_intent(conn, pool, request_id, count, time.time())
 
     results = act(fleet, transports, {n.name: n for n in inventory.nodes}, decided.jobs.launches,
-                  decided.jobs.stops, decided.pools.calls, state_dir, intent)
+                  decided.jobs.stops, decided.pools.calls, state_dir, intent, facts.key)
     done = time.time()
     answers = after_actions(facts, decided, results, done)
     record(conn, answers, done, done - started)

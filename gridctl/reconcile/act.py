@@ -19,7 +19,7 @@ from providers.base import (CapacityError, LaunchRequest, ProviderError, QuotaEr
                             new_request_id)
 
 from ..errors import GridctlError
-from ..launcher import LaunchResult, launch_script, parse_launch, parse_stop, stop_script
+from ..launcher import LaunchResult, attempt_token, launch_script, parse_launch, parse_stop, stop_script
 from ..spec import Fleet
 from .actions import CloudLaunch, CloudResult, CloudRetire, Launch, Results, Stop, StopResult
 from .observe import InventoryNode, Transports
@@ -32,28 +32,31 @@ def _run(transports: Transports, node: InventoryNode, script: str, timeout: floa
     return res.stdout.decode("utf-8", "replace")
 
 
-def launch_one(transports: Transports, node: InventoryNode, launch: Launch) -> LaunchResult:
+def launch_one(transports: Transports, node: InventoryNode, launch: Launch, key: bytes) -> LaunchResult:
+    script = launch_script(launch.work_dir, launch.spec, attempt_token(key, launch.spec.attempt_id))
     try:
-        out = _run(transports, node, launch_script(launch.work_dir, launch.spec), LAUNCH_TIMEOUT_S)
+        out = _run(transports, node, script, LAUNCH_TIMEOUT_S)
     except GridctlError as e:
         return LaunchResult(False, None, f"{type(e).__name__}: {e}", uncertain=True)
     return parse_launch(out)
 
 
-def stop_one(transports: Transports, node: InventoryNode | None, stop: Stop) -> StopResult:
+def stop_one(transports: Transports, node: InventoryNode | None, stop: Stop, key: bytes) -> StopResult:
     if node is None:
         return StopResult(stop, False, "node not in the inventory")
+    script = stop_script(stop.work_dir, stop.attempt_id, stop.reason, attempt_token(key, stop.attempt_id), stop.grace_s)
     try:
-        out = _run(transports, node, stop_script(stop.work_dir, stop.attempt_id, stop.reason, stop.grace_s),
-                   stop.grace_s + 15.0)
+        out = _run(transports, node, script, stop.grace_s + 15.0)
     except GridctlError as e:
         return StopResult(stop, False, str(e))
     word = parse_stop(out)
-    return StopResult(stop, word in ("killed", "terminated", "gone", "absent"), word)
+    # pid-mismatch: the attempt's own process is gone (its pid now belongs to another); nothing was signalled
+    done = ("killed", "terminated", "gone", "absent", "pid-mismatch")
+    return StopResult(stop, (word.split() or [""])[0] in done, word)
 
 
 def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch], stops: list[Stop],
-              concurrency: int = 32) -> tuple[list[tuple[Launch, LaunchResult]], list[StopResult]]:
+              key: bytes, concurrency: int = 32) -> tuple[list[tuple[Launch, LaunchResult]], list[StopResult]]:
     """Stops and launches at once, but one at a time per node: a one-shot transport (keep=False)
     closes a node's connection when its command ends, which would cut off a second command on
     that node mid-way. A launch's `then_stop` runs only after that launch succeeded."""
@@ -64,11 +67,11 @@ def carry_out(transports: Transports, nodes: dict[str, InventoryNode], launches:
 
     def stop(s: Stop) -> StopResult:
         with locks[s.node]:
-            return stop_one(transports, nodes.get(s.node), s)
+            return stop_one(transports, nodes.get(s.node), s, key)
 
     def launch(ln: Launch) -> LaunchResult:
         with locks[ln.node]:
-            return launch_one(transports, nodes[ln.node], ln)
+            return launch_one(transports, nodes[ln.node], ln, key)
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(launches) + len(stops))),
                             thread_name_prefix="gridctl-act") as pool:
@@ -136,11 +139,11 @@ def call_clouds(fleet: Fleet, calls: list[CloudLaunch | CloudRetire], state_dir:
 
 def act(fleet: Fleet, transports: Transports, nodes: dict[str, InventoryNode], launches: list[Launch],
         stops: list[Stop], calls: list[CloudLaunch | CloudRetire], state_dir: Path,
-        record_intent: Callable[[str, str, int], None]) -> Results:
-    """Node actions and cloud calls at the same time."""
+        record_intent: Callable[[str, str, int], None], key: bytes) -> Results:
+    """Node actions and cloud calls at the same time. `key`: the store's attempt key (tokens)."""
     if not calls:
-        return Results(*carry_out(transports, nodes, launches, stops, fleet.health.concurrency))
+        return Results(*carry_out(transports, nodes, launches, stops, key, fleet.health.concurrency))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridctl-clouds") as ex:
         clouds = ex.submit(call_clouds, fleet, calls, state_dir, record_intent)
-        launched, stopped = carry_out(transports, nodes, launches, stops, fleet.health.concurrency)
+        launched, stopped = carry_out(transports, nodes, launches, stops, key, fleet.health.concurrency)
         return Results(launched, stopped, clouds.result())

@@ -11,13 +11,12 @@ import sqlite3
 from dataclasses import dataclass
 
 from ..jobspec import JobSpec
-from ..models import Attempt, AttemptState, JobRecord, NodeRecord, ReadyTarget, service_host
+from ..models import Attempt, AttemptState, JobRecord, LogPosition, NodeRecord, ReadyTarget, service_host
 from ..store import queries, read_tx
 from .jobs import parse_specs
 
 PARTITION_KEY = "partitions"
 BACKOFF_PREFIX = "backoff:"
-LOG_OVERLAP_S = 5     # re-read this much of each node's kernel log: its clock and ours may disagree
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,8 @@ class Facts:
     attempts: tuple[Attempt, ...]                 # every attempt of the active jobs
     unreaped: tuple[Attempt, ...]                 # attempts whose directory on the node is not marked done
     history: tuple[Attempt, ...]                  # attempts of any job that ended within the lemon window
-    node_times: dict[str, int]                    # each node's clock at its latest answered probe
+    positions: dict[str, LogPosition]             # where each node's next kernel-log read starts (per boot)
+    key: bytes                                    # the store's secret behind every attempt token
     partitions: frozenset[str]                    # scopes the previous pass saw partitioned
     open_launches: dict[str, tuple[str, int, float]]   # pool -> (request id, count, since): unconfirmed
     backoff: dict[str, float]                     # pool -> rests until
@@ -56,10 +56,6 @@ class Facts:
             out.append(ReadyTarget(a.id, service_host(node.host if node else None), a.port, r.http, r.timeout))
         return out
 
-    def log_since(self) -> dict[str, int]:
-        """Where each node's kernel-log read starts."""
-        return {name: t - LOG_OVERLAP_S for name, t in self.node_times.items() if t}
-
 
 def read_facts(conn: sqlite3.Connection, *, lemon_window_s: float, now: float) -> Facts:
     with read_tx(conn):
@@ -73,7 +69,8 @@ def read_facts(conn: sqlite3.Connection, *, lemon_window_s: float, now: float) -
             attempts=tuple(queries.load_attempts(conn, jobs=list(jobs))),
             unreaped=tuple(queries.load_attempts(conn, unreaped=True)),
             history=tuple(queries.load_attempts(conn, jobs=[], since=now - lemon_window_s)),
-            node_times=queries.last_node_times(conn),
+            positions=queries.kernel_log_positions(conn),
+            key=queries.attempt_key(conn),
             partitions=frozenset(partitions.split(",")) if partitions else frozenset(),
             open_launches=queries.open_launches(conn),
             backoff={k[len(BACKOFF_PREFIX):]: float(v) for k, v in queries.meta_with_prefix(conn, BACKOFF_PREFIX).items()},

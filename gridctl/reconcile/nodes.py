@@ -93,8 +93,10 @@ def _partition_events(now_scopes: frozenset[str], before: frozenset[str], invent
 
 
 def complete(obs: Observation | None) -> bool:
-    """The probe answered and ran to its end: its attempt reports are the whole truth."""
-    return obs is not None and obs.contact is Contact.OK and obs.complete
+    """The probe answered and ran to its end: its attempt reports are the whole truth. Under a
+    work dir others can change, the probe read and killed nothing: no news about attempts (none
+    vanished, none reaped), and no new work."""
+    return obs is not None and obs.contact is Contact.OK and obs.complete and obs.work_dir_unsafe is None
 
 
 def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dict[str, Observation],

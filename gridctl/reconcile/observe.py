@@ -20,8 +20,8 @@ from providers.base import Feature, Instance, InstanceState, ProviderError
 from ..connect import CONNECT_WINDOW, connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
 from ..health import Expectation
-from ..models import Contact, Observation
-from ..probe import PROBE_SCRIPT, ProbeBudget, parse_probe, probe_command
+from ..models import Contact, LogPosition, Observation
+from ..probe import ProbeBudget, probe_request
 from ..spec import Fleet, SshSettings
 from ..transport import LocalTransport, SshTransport, Target
 
@@ -160,14 +160,15 @@ def _ssh_target(name: str, host: str, *, port, user, key, proxy_jump, connect_ti
 
 
 def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: float, concurrency: int,
-          since: dict[str, int] | None = None, kill: dict[str, tuple[str, ...]] | None = None,
-          connect_window: int = CONNECT_WINDOW) -> dict[str, Observation]:
+          positions: dict[str, LogPosition] | None = None, kill: dict[str, tuple[str, ...]] | None = None,
+          key: bytes | None = None, connect_window: int = CONNECT_WINDOW) -> dict[str, Observation]:
     """Called by reconcile_once and `gridctl probe`: probe every node once, concurrently; one Observation
     per node, always, whatever a node's connection raises. Dead nodes wait in the connector, not in worker
     threads, so wall time stays about one connect timeout plus one probe timeout (one more connect timeout
     per `connect_window` dead nodes beyond the first window). An endpoint shared by many nodes sees at most
-    `concurrency` of our sessions starting or running at once, as with a plain thread pool."""
-    since = since or {}
+    `concurrency` of our sessions starting or running at once, as with a plain thread pool. `positions`:
+    where each node's kernel-log read starts; `key`: the store's attempt key (needed with kill lists)."""
+    positions = positions or {}
     kill = kill or {}
     budget = ProbeBudget(probe_timeout)
     started = time.time()
@@ -179,8 +180,8 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
 
     def probe_with(node: InventoryNode, sock) -> Observation:
         try:
-            return _probe_one(node, transports, budget, since.get(node.name, 0), started, sock,
-                              kill.get(node.name, ()))
+            return _probe_one(node, transports, budget, positions.get(node.name), started, sock,
+                              kill.get(node.name, ()), key)
         finally:
             if sock is not None:
                 in_use.done()
@@ -236,12 +237,12 @@ def _failed(name: str, contact: Contact, detail: str, started: float) -> Observa
                        detail=detail)
 
 
-def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, since: int, started: float,
-               sock, kill: tuple[str, ...] = ()) -> Observation:
-    command = probe_command(budget, since, node.work_dir, kill, node.metadata)
+def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, position: LogPosition | None,
+               started: float, sock, kill: tuple[str, ...] = (), key: bytes | None = None) -> Observation:
+    probe = probe_request(budget, node.work_dir, kill=kill, key=key, position=position, metadata=node.metadata)
     t0 = time.monotonic()
     try:
-        res = transports.for_target(node.target).run(node.target, command, PROBE_SCRIPT.encode(), budget.total_s,
+        res = transports.for_target(node.target).run(node.target, probe.command, probe.stdin, budget.total_s,
                                                       sock=sock)
     except Unreachable as e:
         return _failed(node.name, Contact.UNREACHABLE, str(e), started)
@@ -258,7 +259,7 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
     except Exception as e:  # an error no layer classified is still this node's, never the sweep's
         words = (str(e).strip().splitlines() or [""])[0][:200]
         return _failed(node.name, Contact.UNREACHABLE, f"connection failed: {type(e).__name__}: {words}", started)
-    obs = parse_probe(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0, since=since)
+    obs = probe.parse(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0)
     problems = list(obs.parse_problems)
     if res.truncated:
         problems.append("probe output over 4 MiB: truncated")

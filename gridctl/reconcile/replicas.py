@@ -257,7 +257,8 @@ def _start(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str,
                     restart_count=job.restarts + job.failures, checkpoint_dir=spec.checkpoint_dir, port=port,
                     host=service_host(view.record.host))
     jp.plan.launches.append(Launch(a, got.node, view.work_dir,
-                                     LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir), then_stop))
+                                   LaunchSpec(attempt_id, spec.shell_command, env, spec.work_dir,
+                                              spec.log_max_bytes, int(spec.retention)), then_stop))
     gpus = ",".join(str(g.index) for g in got.gpus) or "none"
     jp.event("attempt-starting", f"attempt {attempt_id} placed on {got.node} (GPUs {gpus}"
              + (f", port {port})" if port is not None else ")") + (f" [{why}]" if why else ""),

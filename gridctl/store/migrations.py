@@ -5,6 +5,7 @@ Called by db.connect. Append new migrations; never edit one that has shipped.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -144,8 +145,16 @@ def _v6_job_cancel_by(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN cancel_by TEXT NOT NULL DEFAULT 'user'")
 
 
+def _v7_attempt_key_log_position(conn: sqlite3.Connection) -> None:
+    """The secret attempt tokens are derived from (launcher.attempt_token), made once per store,
+    and each observation's boot-relative time: where the next kernel-log read starts."""
+    conn.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO secrets (name, value) VALUES ('attempt_key', ?)", (secrets.token_hex(32),))
+    conn.execute("ALTER TABLE observations ADD COLUMN uptime_s REAL")
+
+
 MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
-              _v6_job_cancel_by]
+              _v6_job_cancel_by, _v7_attempt_key_log_position]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

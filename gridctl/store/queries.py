@@ -11,8 +11,8 @@ import sqlite3
 from dataclasses import asdict, fields, replace
 from typing import Iterable
 
-from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, NodeRecord,
-                      NodeState, Observation, Severity, Verdict, service_host)
+from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, LogPosition,
+                      NodeRecord, NodeState, Observation, Severity, Verdict, service_host)
 
 OBSERVATIONS_KEPT = 50
 
@@ -85,10 +85,10 @@ def record_observation(conn: sqlite3.Connection, obs: Observation, verdict: Verd
     temps = [g.temperature_c for g in obs.gpus if g.temperature_c is not None]
     conn.execute(
         "INSERT INTO observations (node, time, contact, health, reason, findings, gpus, max_temp_c, duration_s,"
-        " boot_id, node_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " boot_id, node_time, uptime_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (obs.node, obs.started_at, obs.contact.value, verdict.health.value, verdict.reason,
          _findings_json(verdict.findings), json.dumps([asdict(g) for g in obs.gpus]),
-         max(temps) if temps else None, obs.duration_s, obs.boot_id, obs.node_time),
+         max(temps) if temps else None, obs.duration_s, obs.boot_id, obs.node_time, obs.uptime_s),
     )
     conn.execute(
         "DELETE FROM observations WHERE node = ? AND id <= (SELECT id FROM observations WHERE node = ?"
@@ -178,10 +178,19 @@ def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str,
     return node
 
 
-def last_node_times(conn: sqlite3.Connection) -> dict[str, int]:
-    """The node's own clock at its latest answered probe: where the next kernel-log read starts."""
-    rows = conn.execute("SELECT node, MAX(node_time) AS t FROM observations WHERE node_time IS NOT NULL GROUP BY node")
-    return {r["node"]: r["t"] for r in rows}
+def kernel_log_positions(conn: sqlite3.Connection) -> dict[str, LogPosition]:
+    """Where each node's next kernel-log read starts: the boot and boot-relative time of its
+    latest observation that had them (never the largest node clock seen: a clock once ahead
+    would hide every later line)."""
+    rows = conn.execute(
+        "SELECT o.node, o.boot_id, o.uptime_s FROM observations o JOIN (SELECT node, MAX(id) AS id FROM observations"
+        " WHERE uptime_s IS NOT NULL AND boot_id IS NOT NULL GROUP BY node) l ON o.id = l.id")
+    return {r["node"]: LogPosition(r["boot_id"], r["uptime_s"]) for r in rows}
+
+
+def attempt_key(conn: sqlite3.Connection) -> bytes:
+    """The store's secret from which every attempt's token is derived (launcher.attempt_token)."""
+    return bytes.fromhex(conn.execute("SELECT value FROM secrets WHERE name = 'attempt_key'").fetchone()[0])
 
 
 # ---------------------------------------------------------------- jobs and attempts

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from gridctl.launcher import (LaunchSpec, build_env, launch_script, log_command, parse_launch, parse_stop,
-                              stop_script)
-from gridctl.probe import PROBE_SCRIPT, ProbeBudget, parse_probe, probe_command
+from gridctl.launcher import (LaunchSpec, attempt_token, build_env, launch_script, log_command, parse_launch,
+                              parse_stop, stop_script)
+from gridctl.probe import ProbeBudget, probe_request
 from providers.local import BIN_DIR, write_node
 
+KEY = bytes(range(32))          # the store's attempt key, as reconcile would read it
 NASTY = "a'b \"c\" $(echo INJECTED) `echo INJECTED` ; echo INJECTED & | > /dev/null \\ $HOME *\nline2\t\ttab"
 
 
@@ -55,18 +60,22 @@ def wait_for(cond, timeout: float = 5.0, step: float = 0.02) -> bool:
 
 
 class Work:
-    """A work dir on 'the node' and the attempts launched into it."""
+    """A work dir on 'the node' and the attempts launched into it. `env`: the environment of the
+    scripts (e.g. a simulated boot id file), the same for launches, stops and probes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, env: dict | None = None):
         self.root = root
+        self.env = env
         self.pgids: set[int] = set()
 
     def dir(self, attempt_id: str) -> Path:
         return self.root / "attempts" / attempt_id
 
-    def launch(self, attempt_id: str, command: str, env: dict | None = None, cwd: str | None = None):
-        out = run_sh(launch_script(str(self.root), LaunchSpec(attempt_id, command, env or {}, cwd)))
-        res = parse_launch(out)
+    def launch(self, attempt_id: str, command: str, env: dict | None = None, cwd: str | None = None, *,
+               key: bytes = KEY, **spec):
+        script = launch_script(str(self.root), LaunchSpec(attempt_id, command, env or {}, cwd, **spec),
+                               attempt_token(key, attempt_id))
+        res = parse_launch(run_sh(script, env=self.env))
         if res.pid:
             self.pgids.add(res.pid)
         return res
@@ -76,8 +85,9 @@ class Work:
         assert wait_for(path.exists, timeout), f"{path} never appeared"
         return path.read_text()
 
-    def stop(self, attempt_id: str, reason: str = "test", grace_s: float = 2.0) -> str:
-        return parse_stop(run_sh(stop_script(str(self.root), attempt_id, reason, grace_s)))
+    def stop(self, attempt_id: str, reason: str = "test", grace_s: float = 2.0, key: bytes = KEY) -> str:
+        script = stop_script(str(self.root), attempt_id, reason, attempt_token(key, attempt_id), grace_s)
+        return parse_stop(run_sh(script, env=self.env))
 
     def kill_all(self) -> None:
         for pid_file in self.root.glob("attempts/*/pid"):
@@ -139,7 +149,7 @@ def test_launching_a_finished_attempt_again_does_not_rerun_it(work):
 
 
 def _concurrent_launch(work: Work, attempt_id: str, command: str, env: dict, n: int = 6):
-    script = launch_script(str(work.root), LaunchSpec(attempt_id, command, env))
+    script = launch_script(str(work.root), LaunchSpec(attempt_id, command, env), attempt_token(KEY, attempt_id))
     procs = [subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) for _ in range(n)]
     for p in procs:
@@ -242,7 +252,7 @@ def test_a_tilde_work_dir_is_expanded_on_the_node(tmp_path):
     home.mkdir()
     w = Work(home / ".gridctl")
     try:
-        script = launch_script("~/.gridctl", LaunchSpec("job-t.1", "echo ok", {}))
+        script = launch_script("~/.gridctl", LaunchSpec("job-t.1", "echo ok", {}), attempt_token(KEY, "job-t.1"))
         res = parse_launch(run_sh(script, env={**os.environ, "HOME": str(home)}))
         assert res.ok
         w.pgids.add(res.pid)
@@ -293,10 +303,10 @@ def test_stop_of_a_finished_attempt_is_gone(work):
 @pytest.mark.parametrize("bad", ["../x.1", "a/b.1", "job", "job.x", "Job.1", ".job.1", "job.1;rm", "job\n.1", "",
                                  "j" * 64 + ".1"])
 @pytest.mark.parametrize("make", [
-    lambda a: launch_script("/w", LaunchSpec(a, "true", {})),
+    lambda a: launch_script("/w", LaunchSpec(a, "true", {}), "0" * 32),
     lambda a: log_command("/w", a, "stdout", False),
-    lambda a: probe_command(ProbeBudget(10), 0, "/w", (a,)),
-], ids=["launch_script", "log_command", "probe_command"])
+    lambda a: probe_request(ProbeBudget(10), "/w", kill=(a,), key=KEY),
+], ids=["launch_script", "log_command", "probe_request"])
 def test_invalid_attempt_ids_are_refused(make, bad):
     with pytest.raises(ValueError, match="invalid attempt id"):
         make(bad)
@@ -304,7 +314,7 @@ def test_invalid_attempt_ids_are_refused(make, bad):
 
 def test_stop_script_refuses_an_invalid_attempt_id():
     with pytest.raises(ValueError, match="invalid attempt id"):
-        stop_script("/w", "../..", "test")
+        stop_script("/w", "../..", "test", "0" * 32)
 
 
 # ---------------------------------------------------------------- the probe's @attempt and @fenced lines
@@ -316,15 +326,17 @@ def node(tmp_path):
     return node_dir
 
 
-def probe(work: Work, node_dir: Path, kill: tuple[str, ...] = ()):
-    command = probe_command(ProbeBudget(10), 0, str(work.root), kill)
-    env = {**os.environ, "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "GRIDCTL_SIM_NODE": str(node_dir), "GRIDCTL_BOOT_ID_FILE": str(node_dir / "boot_id")}
-    res = subprocess.run(["sh", "-c", command], input=PROBE_SCRIPT, capture_output=True, text=True, env=env,
+def probe(work: Work, node_dir: Path, kill: tuple[str, ...] = (), *, position=None, path_first: str = ""):
+    """One probe of the work dir, as reconcile runs it; `path_first`: a dir of fake tools before all others."""
+    req = probe_request(ProbeBudget(10), str(work.root), kill=kill, key=KEY, position=position)
+    env = {**os.environ, **(work.env or {}), "GRIDCTL_SIM_NODE": str(node_dir),
+           "PATH": f"{path_first}{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    res = subprocess.run(["sh", "-c", req.command], input=req.stdin, capture_output=True, env=env,
                          timeout=20, start_new_session=True)
-    obs = parse_probe("n0", res.stdout, started_at=time.time(), duration_s=0.1)
-    assert obs.complete, res.stdout + res.stderr
-    return obs, res.stdout
+    text = res.stdout.decode("utf-8", "replace")
+    obs = req.parse("n0", res.stdout, started_at=time.time(), duration_s=0.1)
+    assert obs.complete, text + res.stderr.decode()
+    return obs, text.replace(f"@{req.nonce} ", "@")
 
 
 def test_probe_reports_alive_and_exited_attempts(work, node):
@@ -384,4 +396,249 @@ def test_probe_of_a_node_without_attempts_reports_none(work, node):
 
 def test_an_attempt_id_with_a_trailing_newline_is_refused():
     with pytest.raises(ValueError, match="invalid attempt id"):
-        launch_script("/w", LaunchSpec("job.1\n", "true", {}))
+        launch_script("/w", LaunchSpec("job.1\n", "true", {}), "0" * 32)
+
+
+# ---------------------------------------------------------------- issue 11: kill only what gridctl started
+
+@pytest.fixture
+def bystander():
+    """A process gridctl did not start, in its own process group: nothing may signal it."""
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        procs.append(subprocess.Popen(["sleep", "300"], start_new_session=True))
+        assert wait_for(lambda: alive(procs[-1].pid))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _end(work: Work, attempt_id: str) -> int:
+    """The attempt's processes end (as a crash or a reboot would end them); returns its pid."""
+    pid = int(work.read(attempt_id, "pid"))
+    os.killpg(pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(pid), 3.0)
+    return pid
+
+
+def test_an_attempt_dir_this_gridctl_did_not_create_is_not_adopted_stopped_fenced_or_reported(work, node):
+    other = work.launch("job-f.1", "sleep 300", key=b"another store's key")   # e.g. a store made afresh
+    assert other.ok and alive(other.pid)
+    again = work.launch("job-f.1", "sleep 300")
+    assert not again.ok and "was not created by this gridctl" in again.detail
+    assert work.stop("job-f.1") == "not-ours"
+    obs, text = probe(work, node, kill=("job-f.1",))
+    assert "@fenced" not in text and alive(other.pid)
+    assert obs.attempts == () and obs.foreign_attempts == ("job-f.1",)
+    assert not (work.dir("job-f.1") / "reaped").exists() and not (work.dir("job-f.1") / "stopped").exists()
+
+
+def test_a_work_dir_other_users_can_write_is_not_used_read_or_fenced(work, node, bystander):
+    victim = bystander()
+    planted = work.dir("job-p.1")
+    planted.mkdir(parents=True)
+    (planted / "pid").write_text(f"{victim.pid}\n")
+    (planted / "token").write_text(attempt_token(KEY, "job-p.1"))    # even a token that would match
+    work.root.chmod(0o777)
+    res = work.launch("job-n.1", "sleep 300")
+    assert not res.ok and res.detail.startswith(f"work dir unsafe: {work.root} ")
+    assert not work.dir("job-n.1").exists()
+    assert work.stop("job-p.1").startswith(f"unsafe {work.root} ")
+    obs, text = probe(work, node, kill=("job-p.1",))
+    assert obs.work_dir_unsafe is not None and obs.work_dir_unsafe.startswith(str(work.root))
+    assert obs.attempts == () and "@fenced" not in text and alive(victim.pid)
+    assert sorted(p.name for p in planted.iterdir()) == ["pid", "token"]
+
+
+def test_a_parent_others_can_write_without_the_sticky_bit_makes_the_work_dir_unsafe(tmp_path, node):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)                 # anyone could rename the work dir away and put another there
+    w = Work(shared / "work")
+    try:
+        res = w.launch("job-s.1", "true")
+        assert not res.ok and res.detail.startswith(f"work dir unsafe: {shared} is writable by others")
+        shared.chmod(0o1777)            # sticky, like /tmp: only the owner may rename its entries
+        assert w.launch("job-s.1", "true").ok
+    finally:
+        w.kill_all()
+
+
+def test_after_a_reboot_nothing_holding_the_old_pid_is_stopped_or_fenced(tmp_path, node, bystander):
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-1111-1111-1111-111111111111\n")
+    w = Work(tmp_path / "work", env={**os.environ, "GRIDCTL_BOOT_ID_FILE": str(boot)})
+    w.root.mkdir()
+    try:
+        w.launch("job-b.1", "sleep 300")
+        _end(w, "job-b.1")
+        boot.write_text("22222222-2222-2222-2222-222222222222\n")
+        # after the reboot an unrelated process holds the old pid number, even with the same start tick
+        other = bystander()
+        (w.dir("job-b.1") / "pid").write_text(f"{other.pid}\n")
+        (w.dir("job-b.1") / "pid_start").write_text(_start_time(other.pid) + "\n")
+        obs, _ = probe(w, node)
+        (r,) = obs.attempts
+        assert (r.id, r.alive, r.pid_mismatch) == ("job-b.1", False, False)
+        assert w.stop("job-b.1") == "gone"
+        obs, text = probe(w, node, kill=("job-b.1",))
+        assert "@fenced" not in text and alive(other.pid)
+        assert (w.dir("job-b.1") / "reaped").exists()
+    finally:
+        w.kill_all()
+
+
+def test_a_pid_that_now_names_another_process_is_reported_and_never_signalled(work, node, bystander):
+    work.launch("job-m.1", "sleep 300")
+    _end(work, "job-m.1")
+    other = bystander()
+    (work.dir("job-m.1") / "pid").write_text(f"{other.pid}\n")
+    obs, _ = probe(work, node)
+    (r,) = obs.attempts
+    assert (r.alive, r.pid_mismatch, r.pid) == (False, True, other.pid)
+    assert work.stop("job-m.1") == f"pid-mismatch pid={other.pid}"
+    obs, text = probe(work, node, kill=("job-m.1",))
+    assert f"@mismatch job-m.1 pid={other.pid}" in text and "@fenced" not in text
+    assert alive(other.pid)
+    (r,) = obs.attempts
+    assert (r.id, r.pid_mismatch, r.reaped, r.fenced) == ("job-m.1", True, True, False)
+
+
+def test_an_attempt_whose_wrapper_died_is_still_known_by_its_group_and_stopped(work, node):
+    kid_file = work.root / "kid"
+    res = work.launch("job-w.1", f"sleep 300 & echo $! > {shlex.quote(str(kid_file))}; sleep 300")
+    assert wait_for(lambda: kid_file.exists() and kid_file.read_text().strip().isdigit())
+    kid = int(kid_file.read_text())
+    os.kill(res.pid, signal.SIGKILL)            # the wrapper (group leader) only
+    assert wait_for(lambda: not alive(res.pid), 3.0) and alive(kid)
+    obs, _ = probe(work, node)
+    (r,) = obs.attempts
+    assert (r.alive, r.pid_mismatch) == (True, False)
+    assert work.stop("job-w.1", grace_s=1.0) in ("terminated", "killed")
+    assert wait_for(lambda: not alive(kid), 3.0)
+
+
+def test_job_files_are_private_whatever_the_umask_and_the_job_keeps_its_own(work):
+    script = launch_script(str(work.root), LaunchSpec("job-u.1", "umask; : > made-by-job", {}),
+                           attempt_token(KEY, "job-u.1"))
+    res = parse_launch(run_sh("umask 000\n" + script))
+    work.pgids.add(res.pid)
+    assert work.read("job-u.1", "exit") == "0\n"
+    d = work.dir("job-u.1")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert stat.S_IMODE((work.root / "attempts").stat().st_mode) == 0o700
+    for f in ("token", "boot_id", "cmd", "env", "run.sh", "log_max", "retention", "pid", "pid_start", "started",
+              "heartbeat", "stdout", "stderr", "exit"):
+        assert stat.S_IMODE((d / f).stat().st_mode) == 0o600, f
+    assert (d / "stdout").read_text() == "0000\n"
+    assert stat.S_IMODE((d / "made-by-job").stat().st_mode) == 0o666
+
+
+def test_probe_caps_endless_tool_output_on_the_node(work, node, tmp_path):
+    fake = tmp_path / "endless"
+    fake.mkdir()
+    for tool, line in (("nvidia-smi", "0, GPU-endless"), ("journalctl", "2026-01-01T00:00:00+0000 h kernel: NVRM: x")):
+        (fake / tool).write_text(f"#!/bin/sh\nexec yes {shlex.quote(line)}\n")
+        (fake / tool).chmod(0o755)
+    tmp = tmp_path / "node-tmp"
+    tmp.mkdir()
+    work.env = {**os.environ, "TMPDIR": str(tmp)}
+    peak = [0]
+    done = [False]
+
+    def watch() -> None:
+        """The most the probe ever held in its temp files: never the tools' whole output."""
+        while not done[0]:
+            try:
+                peak[0] = max(peak[0], sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()))
+            except OSError:
+                pass
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        obs, _ = probe(work, node, path_first=f"{fake}:")
+    finally:
+        done[0] = True
+        watcher.join()
+    assert "nvidia-smi printed more than 256 KiB; output truncated" in obs.parse_problems
+    assert obs.xid_source == "dmesg"            # a journalctl that never finishes is not read
+    assert 0 < peak[0] <= 256 * 1024 + 1 + 8 * 1024 * 1024, peak[0]
+
+
+def test_logs_over_their_cap_keep_their_newest_half(work, node):
+    cap = 65536
+    work.launch("job-l.1", 'i=0; while [ $i -lt 20000 ]; do echo "line-$i"; i=$((i + 1)); done; echo last; '
+                           "echo err >&2; sleep 300", log_max_bytes=cap)
+    out = work.dir("job-l.1") / "stdout"
+    assert wait_for(lambda: out.read_text().endswith("last\n"), 10.0)
+    assert out.stat().st_size > cap
+    probe(work, node)
+    text = out.read_text()
+    assert cap // 2 - 16 <= len(text) <= cap // 2 and text.endswith("line-19999\nlast\n")
+    assert (work.dir("job-l.1") / "stderr").read_text() == "err\n"
+
+
+def test_reaped_attempt_dirs_go_after_their_retention_and_no_other_dir_does(work, node):
+    for a in ("job-r.1", "job-y.1", "job-u.1"):
+        work.launch(a, "true", retention_s=3600)
+        work.read(a, "exit")
+    probe(work, node, kill=("job-r.1", "job-y.1"))
+    old = time.time() - 7200
+    os.utime(work.dir("job-r.1") / "reaped", (old, old))
+    for f in work.dir("job-u.1").iterdir():         # ended long ago, but gridctl has not reaped it
+        os.utime(f, (old, old))
+    obs, _ = probe(work, node)
+    assert not work.dir("job-r.1").exists()
+    assert work.dir("job-y.1").is_dir() and work.dir("job-u.1").is_dir()
+    assert [r.id for r in obs.attempts] == ["job-u.1"]
+
+
+def test_nothing_secret_travels_on_the_probe_command_line_and_each_probe_has_its_own_nonce():
+    a = probe_request(ProbeBudget(10), "/w", kill=("job.1",), key=KEY)
+    b = probe_request(ProbeBudget(10), "/w", kill=("job.1",), key=KEY)
+    assert a.nonce != b.nonce and len(a.nonce) == 32
+    token = attempt_token(KEY, "job.1")
+    assert token not in a.command and a.nonce not in a.command and "job.1" not in a.command
+    assert token.encode() in a.stdin and a.nonce.encode() in a.stdin
+    with pytest.raises(ValueError, match="needs the attempt key"):
+        probe_request(ProbeBudget(10), "/w", kill=("job.1",))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="acts as the user nobody: needs root")
+def test_a_work_dir_path_through_a_link_another_user_made_is_unsafe(tmp_path):
+    scratch = Path(tempfile.mkdtemp(prefix="gridctl-scratch-", dir="/tmp"))
+    try:
+        scratch.chmod(0o1777)
+        target = tmp_path / "root-owned"
+        target.mkdir(mode=0o700)
+        subprocess.run(["runuser", "-u", "nobody", "--", "ln", "-s", str(target), str(scratch / "n1")], check=True)
+        w = Work(scratch / "n1")
+        res = w.launch("job-l.1", "true")
+        assert not res.ok and res.detail == f"work dir unsafe: {scratch / 'n1'} belongs to uid 65534"
+        assert not (target / "attempts").exists()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_are_read_only_from_a_trusted_attempt_dir(work, follow):
+    work.launch("job-o.1", "echo out-line")
+    assert work.read("job-o.1", "exit") == "0\n"
+    read = subprocess.run(["sh", "-c", log_command(str(work.root), "job-o.1", "stdout", follow)],
+                          capture_output=True, text=True, timeout=15)
+    assert (read.returncode, read.stdout) == (0, "out-line\n")
+    work.root.chmod(0o777)
+    read = subprocess.run(["sh", "-c", log_command(str(work.root), "job-o.1", "stdout", follow)],
+                          capture_output=True, text=True, timeout=15)
+    assert (read.returncode, read.stdout) == (1, "")
+    assert read.stderr.startswith(f"gridctl: work dir unsafe: {work.root} ")

@@ -91,7 +91,7 @@ def facts(nodes: list[NodeRecord], jobs: list[JobRecord] = (), attempts: list[At
     from gridctl.reconcile.jobs import parse_specs
     base = dict(read_at=NOW, nodes={n.name: n for n in nodes}, jobs=by_name, specs=parse_specs(by_name),
                 attempts=tuple(attempts), unreaped=tuple(attempts if unreaped is None else unreaped), history=(),
-                node_times={}, partitions=frozenset(), open_launches={}, backoff={}, last_work={})
+                positions={}, key=b"k" * 32, partitions=frozenset(), open_launches={}, backoff={}, last_work={})
     base.update(kw)
     return Facts(**base)
 

@@ -438,3 +438,75 @@ def test_long_nvidia_smi_line_under_the_client_cap_does_not_raise():
     text = "@gridctl-probe 1\n@nvidia-smi rc=0 query=index,uuid\n" + "y" * 200_000 + "\n@end\n"
     obs = parse_probe("n", text, started_at=0, duration_s=0)
     assert obs.complete and obs.gpus == () and len(obs.smi_errors) == 1
+
+
+# ---------------------------------------------------------------- framing: node output cannot forge sections
+
+NONCE = "5ec7e7a1b2c3d4e5f60718293a4b5c6d"
+ROW = "0, GPU-aa, NVIDIA H100 80GB HBM3, 00000000:18:00.0, 40, 70, 81559, 1, 0, 0"
+BOOT_ID = "6f1c2d3e-0000-4000-8000-00000000beef"
+
+
+def _framed(*lines: str) -> str:
+    """Probe version 2 output: `@<nonce> ` before our lines; a `|` before every line of tool output;
+    a line starting `!` goes out as it is (without the `!`)."""
+    return "".join(f"@{NONCE} {ln[1:]}\n" if ln.startswith("@") else f"{ln.removeprefix('!')}\n" for ln in lines)
+
+
+def test_tool_output_lines_that_look_like_sections_stay_tool_output():
+    text = _framed("@gridctl-probe 2", "@time 1764180000", f"@boot_id {BOOT_ID}",
+                   "@nvidia-smi rc=0 query=index,uuid,name,pci.bus_id",
+                   "|0, GPU-aa, NVIDIA H100 80GB HBM3, 00000000:18:00.0",
+                   "|@boot_id 00000000-0000-0000-0000-000000000000", f"|@{NONCE} boot_id 00000000-forged", "|@end",
+                   "@end")
+    obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE)
+    assert obs.complete and obs.boot_id == BOOT_ID and len(obs.gpus) == 1
+    assert obs.smi_errors == ("@boot_id 00000000-0000-0000-0000-000000000000", f"@{NONCE} boot_id 00000000-forged",
+                              "@end")
+
+
+def test_unframed_lines_and_another_nonce_are_ignored_and_said():
+    text = _framed("@gridctl-probe 2", f"@boot_id {BOOT_ID}", "@nvidia-smi rc=0 query=index",
+                   "!@boot_id 00000000-0000-0000-0000-000000000000",
+                   "!@0123456789abcdef0123456789abcdef boot_id 00000000-other-nonce", "|0", "@end")
+    obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE)
+    assert obs.complete and obs.boot_id == BOOT_ID and [g.index for g in obs.gpus] == [0]
+    assert "2 output lines without this probe's framing ignored" in obs.parse_problems
+
+
+def test_an_attempt_dir_without_its_token_is_not_an_attempt():
+    from gridctl.launcher import attempt_token
+    key = b"k" * 32
+    good = attempt_token(key, "job.1")
+    text = _framed("@gridctl-probe 2",
+                   f"@attempt job.1 pid=10 alive=1 exit=- hb=1 started=1 now=2 mismatch=0 tok={good}",
+                   f"@attempt job.2 pid=11 alive=1 exit=- hb=1 started=1 now=2 mismatch=0 tok={good}",
+                   "@attempt job.3 pid=12 alive=1 exit=- hb=1 started=1 now=2 mismatch=0 tok=",
+                   "@attempt job.4 pid=13 alive=0 exit=- hb=1 started=1 now=2 mismatch=1 tok=" + attempt_token(key, "job.4"),
+                   "@foreign job.5", "@end")
+    obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE, key=key)
+    assert [(r.id, r.alive, r.pid_mismatch) for r in obs.attempts] == [("job.1", True, False), ("job.4", False, True)]
+    assert obs.foreign_attempts == ("job.2", "job.3", "job.5")
+
+
+def test_unsafe_work_dir_is_read():
+    text = _framed("@gridctl-probe 2", "@unsafe /scratch/gridctl/n1 belongs to uid 65534", "@end")
+    obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE)
+    assert obs.work_dir_unsafe == "/scratch/gridctl/n1 belongs to uid 65534" and obs.complete
+
+
+def test_the_kernel_log_position_moves_only_with_a_complete_read():
+    lines = ("@gridctl-probe 2", "@xid source=journalctl since=0 uptime=1234.56", "|x")
+    assert parse_probe("n", _framed(*lines, "@end"), started_at=0, duration_s=0, nonce=NONCE).uptime_s == 1234.56
+    assert parse_probe("n", _framed(*lines), started_at=0, duration_s=0, nonce=NONCE).uptime_s is None
+
+
+def test_kernel_log_read_from_the_nodes_since_skips_lines_stamped_ahead_of_its_clock():
+    now = _epoch("2026-11-26T10:00:00+00:00")
+    text = _framed("@gridctl-probe 2", f"@time {now:.0f}", f"@xid source=journalctl since={now - 60:.0f}",
+                   "|2026-11-26T09:00:00+00:00 h kernel: NVRM: Xid (PCI:0000:18:00): 48, old, read before",
+                   "|2026-11-26T09:59:30+00:00 h kernel: NVRM: Xid (PCI:0000:18:00): 79, new",
+                   "|2027-11-26T09:00:00+00:00 h kernel: NVRM: Xid (PCI:0000:18:00): 94, logged while the clock ran "
+                   "ahead, read then", "@end")
+    obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE, since=now + 10 ** 8)
+    assert [x.xid for x in obs.xids] == [79]

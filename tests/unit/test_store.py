@@ -182,7 +182,6 @@ def test_record_observation_keeps_only_the_newest(db):
     assert latest["max_temp_c"] == float(queries.OBSERVATIONS_KEPT + 14)
     assert latest["gpus"][0]["bus_id"] == "0000:18:00.0" and latest["contact"] == "ok"
     assert queries.latest_max_temps(db) == {"n1": float(queries.OBSERVATIONS_KEPT + 14), "n2": 41.0}
-    assert queries.last_node_times(db) == {"n1": 1000 + queries.OBSERVATIONS_KEPT + 14, "n2": 5}
 
 
 def test_observation_for_an_unknown_node_violates_the_foreign_key(db):
@@ -368,7 +367,7 @@ def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, 
         assert (obs["time"], obs["contact"], obs["boot_id"], obs["node_time"], obs["max_temp_c"]) == \
             (100.5, "ok", "boot-1", 100, 71.5)
         assert obs["findings"] == [XID]
-        assert queries.last_node_times(conn) == {"gpu-a": 100}
+        assert queries.kernel_log_positions(conn) == {}     # older observations have no boot-relative time
         assert queries.get_meta(conn, "partitions") == "pool:onprem"
         events = [(e.kind, e.node, e.job, e.message) for e in queries.list_events(conn)]
         assert events[0] == ("node-state", "gpu-a", None, "ready -> quarantined: xid 79 on GPU 3")
