@@ -135,6 +135,14 @@ def _output_findings(obs: Observation, exp: Expectation) -> list[Finding]:
     if obs.spot_notice:
         # degraded, not fatal: the node still works; its jobs leave by the drain path (services first)
         out.append(Finding("spot-interruption", D, f"spot interruption notice: {obs.spot_notice[:160]}; draining"))
+    if obs.work_dir_unsafe:
+        # no new work, running jobs left alone; clears when the dir is fixed (no reset needed)
+        out.append(Finding("work-dir-unsafe", D, f"work dir unsafe: {obs.work_dir_unsafe[:160]}: nothing there is "
+                           "read or killed, no new work", alert=True))
+    if obs.foreign_attempts:
+        shown = ", ".join(obs.foreign_attempts[:5])
+        out.append(Finding("foreign-attempt-dir", I, f"attempt dir(s) gridctl did not create (no token): {shown}: "
+                           "left alone", alert=True))
     if obs.stuck_smi > 0:
         out.append(Finding("smi-stuck", F, f"{obs.stuck_smi} nvidia-smi process(es) stuck in D state for over a minute: driver wedged",
                            needs_reset=True))

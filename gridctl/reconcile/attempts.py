@@ -59,6 +59,19 @@ def _answered(jp: JobPass, a: Attempt, view: NodeView) -> None:
                  node=a.node)
     r = view.reports.get(a.id)
     p = jp.policies[a.job]
+    if a.id in view.foreign:
+        # its dir was swapped for one without our token: nothing there is ours to trust or kill
+        jp.end(a, S.LOST, Outcome.NODE, f"its directory on {a.node} no longer holds its token (swapped?): "
+               "left alone, not signalled")
+        jp.event("alert", f"attempt {a.id} on {a.node}: its directory no longer holds its token", job=a.job,
+                 node=a.node, severity="alert")
+        return
+    if r is not None and r.pid_mismatch:
+        jp.end(a, S.EXITED, Outcome.EXIT, f"its pid {r.pid} now names another process on {a.node}: its own "
+               "process is gone; nothing was signalled")
+        jp.event("alert", f"attempt {a.id} on {a.node}: pid {r.pid} is held by a process gridctl did not start",
+                 job=a.job, node=a.node, severity="alert")
+        return
     if r is None:
         if a.state is S.STARTING:
             jp.end(a, S.FAILED_TO_START, Outcome.START,

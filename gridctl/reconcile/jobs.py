@@ -49,6 +49,7 @@ class NodeView:
     partitioned: bool = False                # silent while our side looks partitioned
     rebooted: bool = False
     condemned: bool = False                  # its probe is evidence its attempts are gone (health.condemns_attempts)
+    foreign: frozenset[str] = frozenset()    # attempt dirs there without their token (not ours, or swapped)
     reports: dict[str, AttemptReport] = field(default_factory=dict)
     gpus: tuple[Gpu, ...] = ()
     work_dir: str = "~/.gridctl"

@@ -120,6 +120,7 @@ def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dic
             rec = replace(rec, draining=True)   # the planner moves its jobs (services first); the flag is not stored
         views[inv.name] = NodeView(rec, answered, full, partitioned=cut and not answered, rebooted=was_rebooted,
                                    condemned=answered and condemns_attempts(rec, th),
+                                   foreign=frozenset(obs.foreign_attempts) if full else frozenset(),
                                    reports={r.id: r for r in obs.attempts} if full else {},
                                    gpus=gpus, work_dir=inv.work_dir)
     return views

@@ -265,3 +265,37 @@ def test_a_confirmed_hang_condemns_the_attempts():
              {"n1": slow, "n2": answered("n2")}, NOW)
     assert {n.name: n.state for n in p.node_rows}["n1"] is NodeState.QUARANTINED
     assert p.jobs.attempts["j.1"].state is S.LOST and [ln.node for ln in p.jobs.launches] == ["n2"]
+
+
+# ---------------------------------------------------------------- what the node can no longer be trusted with
+
+def test_an_unsafe_work_dir_gets_no_work_loses_nothing_and_alerts_once():
+    a = att("j", 1, "n1")
+    unsafe = answered("n1", work_dir_unsafe="/scratch/gridctl/n1 is writable by group")   # no attempt reports
+    pending = replace(job("new", "batch"), state=JobState.PENDING, attempts_made=0)
+    p = plan(fleet(), facts([rec("n1")], [job("j", "batch"), pending], [a]), inventory("n1"), {"n1": unsafe}, NOW)
+    node = {n.name: n for n in p.node_rows}["n1"]
+    assert node.state is NodeState.SUSPECT and "work dir unsafe" in node.reason
+    assert "j.1" not in p.jobs.attempts and p.jobs.launches == []      # no news about j.1, no new work
+    assert [e.message for e in p.events if e.kind == "alert"] == [
+        "work dir unsafe: /scratch/gridctl/n1 is writable by group: nothing there is read or killed, no new work"]
+
+
+def test_an_attempt_whose_dir_lost_its_token_is_lost_untouched_with_an_alert():
+    a = att("j", 1, "n1")
+    p = plan(fleet(), facts([rec("n1"), rec("n2")], [job("j", "batch")], [a]), inventory("n1", "n2"),
+             {"n1": answered("n1", foreign_attempts=("j.1",)), "n2": answered("n2")}, NOW)
+    lost = p.jobs.attempts["j.1"]
+    assert lost.state is S.LOST and "no longer holds its token" in lost.reason
+    assert p.jobs.stops == []                                   # never signalled
+    assert any(e.kind == "alert" and e.job == "j" for e in p.events)
+
+
+def test_a_pid_held_by_another_process_ends_the_attempt_without_a_signal():
+    a = att("j", 1, "n1")
+    mismatch = replace(alive(a), alive=False, pid_mismatch=True)
+    p = plan(fleet(), facts([rec("n1")], [job("j", "batch")], [a]), inventory("n1"),
+             {"n1": answered("n1", mismatch)}, NOW)
+    ended = p.jobs.attempts["j.1"]
+    assert ended.state is S.EXITED and "now names another process" in ended.reason
+    assert p.jobs.stops == [] and any(e.kind == "alert" for e in p.events)
