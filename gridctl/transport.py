@@ -264,8 +264,11 @@ class SshTransport:
         t.handshake_timeout = BANNER_TIMEOUT + target.connect_timeout
         pinned = store.key_types(target.host, target.port)
         if pinned:
+            # ask for a pinned type first, but accept any: a server that now offers only another type
+            # presents it, and store.check calls that what it is, a changed host key (not silence)
             options = t.get_security_options()
-            options.key_types = [k for k in options.key_types if k in pinned] or options.key_types
+            ours = set(pinned) | ({"rsa-sha2-256", "rsa-sha2-512"} if "ssh-rsa" in pinned else set())
+            options.key_types = sorted(options.key_types, key=lambda k: k not in ours)
         try:
             t.start_client(timeout=BANNER_TIMEOUT + target.connect_timeout)
             store.check(target.host, target.port, t.get_remote_server_key(), target.host_key_policy)

@@ -114,9 +114,30 @@ class SshSettings(StrictModel):
     @field_validator("user")
     @classmethod
     def _user_ok(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$", v):
-            raise ValueError(f"invalid user name {v!r}")
-        return v
+        return check_user(v)
+
+    @field_validator("proxy_jump")
+    @classmethod
+    def _jump_ok(cls, v: Optional[str]) -> Optional[str]:
+        return check_jump(v)
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}\Z")
+JUMP_RE = re.compile(r"^[A-Za-z0-9_.@:\[\]-]+(,[A-Za-z0-9_.@:\[\]-]+)*\Z")
+
+
+def check_user(v: Optional[str]) -> Optional[str]:
+    """A login name: letters, digits, . _ - (no spaces or newlines: it reaches messages and ssh)."""
+    if v is not None and not USER_RE.match(v):
+        raise ValueError(f"invalid user name {v[:40]!r}: use letters, digits, '.', '_' and '-' (at most 32)")
+    return v
+
+
+def check_jump(v: Optional[str]) -> Optional[str]:
+    """A ProxyJump chain: [user@]host[:port] hops separated by commas."""
+    if v is not None and v.lower() != "none" and not JUMP_RE.match(v):
+        raise ValueError(f"invalid proxy_jump {v[:60]!r}: expected [user@]host[:port] hops separated by commas")
+    return v
 
 
 class GpuSpec(StrictModel):

@@ -9,7 +9,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from .base import Instance, InstanceState, Provider
-from .schema import Name, PoolSpec, StrictModel, existing_key_file
+from .schema import Name, PoolSpec, StrictModel, check_jump, check_user, existing_key_file
 
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}\Z")
 
@@ -30,6 +30,8 @@ class StaticNode(StrictModel):
         return v
 
     _key_exists = field_validator("key", mode="before")(existing_key_file)
+    _user_ok = field_validator("user")(check_user)
+    _jump_ok = field_validator("proxy_jump")(check_jump)
 
 
 class SshPool(PoolSpec):

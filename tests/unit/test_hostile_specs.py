@@ -71,3 +71,17 @@ def test_an_infinite_backoff_in_a_job_is_a_file_line_field_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_job(path)
     assert f"{path}:4 recovery.backoff" in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["fleet", "node"])
+@pytest.mark.parametrize("field, value, words", [("user", "root\\nfake: line", "invalid user name"),
+                                                 ("proxy_jump", "bastion.example\\n-oProxyCommand=x", "invalid proxy_jump")])
+def test_ssh_user_and_jump_with_a_newline_are_refused_at_fleet_and_node_level(tmp_path, where, field, value, words):
+    node = f'{{name: a, host: a.example{", " + field + ": " + chr(34) + value + chr(34) if where == "node" else ""}}}'
+    ssh = f'ssh: {{{field}: "{value}"}}\n' if where == "fleet" else ""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"fleet: f\n{ssh}pools:\n  - {{name: p, provider: ssh, gpu: {{type: H100, count: 1}}, "
+                    f"nodes: [{node}]}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_fleet(path)
+    assert words in str(e.value) and "\n" not in str(e.value).strip(), str(e.value)
