@@ -123,6 +123,45 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+STREAM_SILENCE_S = 10.0     # a followed stream's node that answers no keepalive this long is silent
+
+
+class _Liveness:
+    """While a followed command prints nothing, ask the server for a keepalive reply now and then:
+    a node gone dark answers none, and TCP alone would wait many minutes to say so."""
+
+    def __init__(self, transport: paramiko.Transport, silent_after_s: float, every_s: float = 3.0) -> None:
+        self.transport = transport
+        self.silent_after_s = silent_after_s
+        self.every_s = every_s
+        self.last = time.monotonic()
+        self._asked: float | None = None
+        self._answered = threading.Event()
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self, host: str) -> None:
+        now = time.monotonic()
+        if self._answered.is_set():
+            self._answered.clear()
+            self._asked = None
+            self.last = now
+        if self._asked is None and now - self.last >= self.every_s:
+            self._asked = now
+            threading.Thread(target=self._ask, name="gridctl-keepalive", daemon=True).start()
+        if self._asked is not None and now - self._asked > self.silent_after_s:
+            raise Unreachable(f"{host} silent: no answer to keepalives for {now - self._asked:.0f}s")
+
+    def _ask(self) -> None:
+        try:
+            # any answer counts (OpenSSH refuses this request, and that refusal is an answer)
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # a broken transport is seen by the caller's next is_active()
+            return
+        self._answered.set()
+
+
 @dataclass
 class _Conn:
     transport: paramiko.Transport
@@ -185,6 +224,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise Unreachable(f"cannot open a session: {_words(e)}") from e
         deadline = None if timeout is None else time.monotonic() + timeout
+        alive = _Liveness(conn.transport, silent_after_s=max(2 * target.connect_timeout, STREAM_SILENCE_S))
         try:
             chan.settimeout(1.0)
             chan.exec_command(command)
@@ -197,9 +237,11 @@ class SshTransport:
                         raise Unreachable("connection lost") from None
                     if deadline is not None and time.monotonic() > deadline:
                         raise ProbeTimeout(f"no end in {timeout:g}s") from None
+                    alive.check(target.host)
                     continue
                 if not data:
                     break
+                alive.heard()
                 out.write(data)
                 out.flush()
             return chan.recv_exit_status()
