@@ -113,11 +113,11 @@ def test_replica_gone_dark_fails_no_request_is_benched_and_probed_back_in(via, s
                             at={100: lambda: subprocess.run(["iptables", "-I", *rule], check=True)})
         assert failures(outcomes) == []
         assert {o.replica for o in outcomes[-50:]} == {a_id}
-        assert f"benched {b_id}" in router.stderr()
+        wait_until("b to be benched", lambda: f"benched {b_id}" in router.stderr())   # haproxy: its checks
     finally:
         subprocess.run(["iptables", "-D", *rule], capture_output=True)
     wait_until("the router to send to b again", lambda: served_by(router, b_id))
-    assert f"back in {b_id}" in router.stderr()
+    wait_until("b to be said back in", lambda: f"back in {b_id}" in router.stderr())
 
 
 def test_streamed_response_arrives_chunk_by_chunk(via, serving, routers):
