@@ -168,9 +168,12 @@ class Proxy:
                                        headers=_forwarded_headers(request), data=body, allow_redirects=False,
                                        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
         try:
-            if idempotent:
-                return await asyncio.wait_for(sending, self.s.try_timeout_s)
-            return await sending
+            if not idempotent:
+                return await sending
+            if hasattr(asyncio, "timeout"):       # 3.11+: no extra task per request, unlike wait_for
+                async with asyncio.timeout(self.s.try_timeout_s):
+                    return await sending
+            return await asyncio.wait_for(sending, self.s.try_timeout_s)
         except aiohttp.ClientConnectorError as err:
             why = os.strerror(err.errno).lower() if err.errno else str(err.os_error)
             raise TryFailed(f"cannot connect ({why})", True) from None
@@ -215,10 +218,14 @@ def _forwarded_headers(request: web.Request) -> dict:
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, attempt: str) -> web.StreamResponse:
     """Stream the replica's answer to the client as it comes. A replica that breaks off mid-answer
     cannot be retried (bytes went out): the client's connection is cut so it sees the truncation."""
+    if upstream.content.is_eof() and request.method != "HEAD":
+        # the whole answer came with its head: one write instead of head, body and end
+        resp = web.Response(status=upstream.status, reason=upstream.reason, body=await upstream.content.read())
+        _copy_headers(upstream, resp, keep_length=False)
+        resp.headers[REPLICA_HEADER] = attempt
+        return resp
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for k, v in upstream.headers.items():
-        if k.lower() not in HOP_BY_HOP or k.lower() == "content-length":
-            resp.headers.add(k, v)
+    _copy_headers(upstream, resp, keep_length=True)
     resp.headers[REPLICA_HEADER] = attempt
     await resp.prepare(request)
     try:
@@ -231,6 +238,13 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, attempt
         return resp
     await resp.write_eof()
     return resp
+
+
+def _copy_headers(upstream: aiohttp.ClientResponse, resp: web.StreamResponse, keep_length: bool) -> None:
+    for k, v in upstream.headers.items():
+        lower = k.lower()
+        if lower not in HOP_BY_HOP or (keep_length and lower == "content-length"):
+            resp.headers.add(k, v)
 
 
 def _host(host: str) -> str:
