@@ -147,7 +147,9 @@ class Proxy:
                 if not (e.resend and replayable):
                     break
         if not errors:
-            return web.Response(status=503, text=NO_READY.format(job=self.s.job), headers={"Retry-After": "1"})
+            text = NO_READY.format(job=self.s.job) if not len(self.balancer) else \
+                f"no replica of job {self.s.job} answers just now ({len(self.balancer)} ready in the store, all benched)\n"
+            return web.Response(status=503, text=text, headers={"Retry-After": "1"})
         return web.Response(status=502, text=f"every replica tried failed: {'; '.join(errors)}\n")
 
     async def _forward(self, request: web.Request, lease: Lease, body) -> web.StreamResponse:

@@ -171,7 +171,8 @@ class Haproxy:
         Path(self.map_path).write_text("".join(f"r{n} -\n" for n in range(1, SLOTS + 1)))
         self.proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-db", "-f", str(config)],
                                      env={**os.environ, ENV_DIR: str(self.dir)}, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_die_with_parent)
         threading.Thread(target=self._echo, daemon=True).start()
         deadline = time.monotonic() + 10
         while not (self.dir / SOCKET_FILE).exists():
@@ -208,6 +209,15 @@ class Haproxy:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a route process killed with SIGKILL takes its haproxy along (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def run(s: Settings) -> int:

@@ -189,3 +189,25 @@ def test_sigterm_stops_the_router_and_its_port(via, serving, routers):
     router = routers(store, via)
     assert router.stop() == 0
     assert get_once(router.url + "/work").status == 0
+
+
+def test_post_body_is_sent_again_to_another_replica_after_a_refused_connection(via, serving, routers):
+    store, replica = serving
+    gone, a = replica("127.0.40.1", "gone"), replica("127.0.40.2", "a")
+    gone_id = store.add(gone, 0, ready=True)       # the store still says ready: the pass has not seen it die
+    a_id = store.add(a, 1, ready=True)
+    gone.kill()
+    router = routers(store, via)
+    wait_until("the router to take the ready set", lambda: router.stderr().count("ready: ") == 2)  # no request yet
+
+    async def post() -> list[tuple[int, str]]:
+        async with aiohttp.ClientSession() as session:
+            answers = []
+            for _ in range(20):
+                async with session.post(router.url + "/work", data=b"p" * 100) as r:
+                    answers.append((r.status, (await r.text()).split("\n")[0]))
+            return answers
+
+    assert asyncio.run(post()) == [(200, "a 100")] * 20
+    wait_until("the dead replica to be benched", lambda: f"benched {gone_id}" in router.stderr())
+    assert f"benched {a_id}" not in router.stderr()
