@@ -211,3 +211,27 @@ def test_post_body_is_sent_again_to_another_replica_after_a_refused_connection(v
     assert asyncio.run(post()) == [(200, "a 100")] * 20
     wait_until("the dead replica to be benched", lambda: f"benched {gone_id}" in router.stderr())
     assert f"benched {a_id}" not in router.stderr()
+
+
+def test_replica_dying_mid_stream_leaves_the_client_a_truncated_answer_not_a_clean_end(via, serving, routers):
+    store, replica = serving
+    a = replica("127.0.43.1", "a")
+    store.add(a, 0, ready=True)
+    router = routers(store, via)
+    wait_until("the router to serve", lambda: get_once(router.url + "/work").status == 200)
+
+    async def read() -> str:
+        got = b""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.get(router.url + "/stream?n=1000&gate=never") as resp:
+                while b"data: 499\n\n" not in got:
+                    got += await resp.content.readany()
+                await asyncio.to_thread(a.kill)
+                try:
+                    async for chunk in resp.content.iter_any():
+                        got += chunk
+                except aiohttp.ClientPayloadError:
+                    return "truncated"
+        return "clean end"
+
+    assert asyncio.run(read()) == "truncated"
