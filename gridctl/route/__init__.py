@@ -17,6 +17,7 @@ stderr.
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,15 @@ def service_readiness(db_path: Path, job: str) -> str | None:
         raise ConfigError(f"job {job} is a {record.job_class} job: only service jobs take requests")
     readiness = record.spec.get("readiness")
     path = readiness.get("http") if isinstance(readiness, dict) else None
-    return path if isinstance(path, str) and path.startswith("/") else None
+    if path is None:
+        return None
+    if not isinstance(path, str) or not _URL_PATH.match(path):
+        # it goes into HAProxy's configuration and request lines: no spaces, quotes or line breaks
+        raise ConfigError(f"job {job}: readiness.http {path!r} is not a URL path like /health")
+    return path
+
+
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*\Z")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -145,10 +145,8 @@ class Haproxy:
 
     slots = SLOTS
 
-    def __init__(self, *, job: str, host: str, port: int, http_check: str | None, connect_timeout_s: float,
-                 try_timeout_s: float):
-        self.settings = Settings(job=job, db_path=Path("-"), host=host, port=port, http_check=http_check,
-                                 connect_timeout_s=connect_timeout_s, try_timeout_s=try_timeout_s)
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self.dir = Path(tempfile.mkdtemp(prefix="gridctl-route-"))
         self.map_path = str(self.dir / MAP_FILE)
         self.proc: subprocess.Popen | None = None
@@ -226,8 +224,7 @@ def run(s: Settings) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     readyset = ReadySet(s.db_path, s.job)
     try:
-        with Haproxy(job=s.job, host=s.host, port=s.port, http_check=s.http_check,
-                     connect_timeout_s=s.connect_timeout_s, try_timeout_s=s.try_timeout_s) as hx:
+        with Haproxy(s) as hx:
             say(f"routing {s.host}:{s.port} to the ready replicas of {s.job} (haproxy pid {hx.proc.pid})")
             return _keep_in_step(hx, readyset, stop)
     finally:

@@ -9,7 +9,10 @@ import urllib.request
 
 import pytest
 
+from pathlib import Path
+
 from gridctl.models import Endpoint
+from gridctl.route import Settings
 from gridctl.route.haproxy import BACKEND, Haproxy, plan_slots, runtime_commands, servers_state
 from routesim import Replica, free_port, wait_until
 
@@ -38,8 +41,7 @@ def test_disabled_slot_enters_service_and_leaves_it_through_the_runtime_api(repl
     port = free_port()
     ep = Endpoint(job="web", replica=0, attempt="web.1", node="n", host=replica.host, port=replica.port,
                   ready=True, ready_since=1.0, draining=False)
-    with Haproxy(job="web", host="127.0.0.1", port=port, http_check=None, connect_timeout_s=1.0,
-                 try_timeout_s=2.0) as hx:
+    with Haproxy(Settings(job="web", db_path=Path("unused.db"), host="127.0.0.1", port=port)) as hx:
         before = servers_state(hx.ask("show servers state " + BACKEND))
         assert before["r1"].admin_state & FORCED_MAINT and before["r1"].op_state != RUNNING
 

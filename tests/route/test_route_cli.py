@@ -46,6 +46,12 @@ def test_route_for_a_batch_job_is_one_line_exit_2(store):
     assert line == "error: job etl is a batch job: only service jobs take requests"
 
 
+def test_readiness_path_that_could_break_the_haproxy_config_is_refused(store):
+    store.add_job("odd", {"name": "odd", "class": "service", "readiness": {"http": "/h\n    server evil 10.0.0.1:80"}})
+    line = one_error_line(route(store, "odd", "--listen", "127.0.0.1:8080", "--via", "haproxy", "--print-config"))
+    assert line.startswith("error: job odd: readiness.http '/h\\n    server evil 10.0.0.1:80' is not a URL path")
+
+
 @pytest.mark.parametrize("listen", ["8080", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000", ":8080"])
 def test_malformed_listen_address_is_one_line_exit_2(store, listen):
     line = one_error_line(route(store, "web", "--listen", listen))
