@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .models import (Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
+from .models import (Contact, Event, Expectation, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
                      Severity, Verdict, XidEvent)
 from .probe import ProbeBudget
 
@@ -58,16 +58,6 @@ SMI_TIMEOUT_RC = (124, 137)   # `timeout` on the node: TERM after the budget, KI
 HANG = "probe-hung"           # finding code: nvidia-smi, or the whole probe, did not answer in time
 _HANDLE_RE = re.compile(r"Unable to determine the device handle for GPU (?P<bdf>[0-9A-Fa-f:.]+): (?P<why>.*)")
 _RECOVERY_RE = re.compile(r"to 0x[0-9a-fA-F]+ \((?P<action>[^)]*)\)")
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """What the spec says a node should look like, and the limits to judge it by."""
-
-    gpus: int = 0
-    max_gpu_temp_c: float = 90.0
-    min_disk_free_pct: float = 5.0
-    probe_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True)

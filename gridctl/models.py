@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from providers.base import Feature, Instance
 
 
 class Health(str, enum.Enum):
@@ -363,3 +368,58 @@ class Endpoint:
     ready: bool
     ready_since: float | None
     draining: bool                    # its node is draining or its replacement is taking over
+
+
+# ---------------------------------------------------------------- the fleet as a pass sees it
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to reach one node. Built by reconcile/observe from the spec and ~/.ssh/config."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    keys: tuple[Path, ...] = ()
+    proxy_jump: "Target | None" = None
+    connect_timeout: float = 5.0
+    host_key_policy: str = "accept-new"
+    known_hosts: Path = Path("~/.config/gridctl/known_hosts")
+    local_dir: Path | None = None            # set for simulated nodes: run locally, no SSH
+    local_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        return (self.user, self.host, self.port, self.proxy_jump.key if self.proxy_jump else None)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the spec says a node should look like, and the limits to judge it by."""
+
+    gpus: int = 0
+    max_gpu_temp_c: float = 90.0
+    min_disk_free_pct: float = 5.0
+    probe_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class InventoryNode:
+    """One node the fleet has now, with how to reach it and what it should look like."""
+
+    name: str
+    pool: str
+    provider: str
+    target: Target
+    expect: Expectation
+    work_dir: str
+    cloud: tuple[tuple[str, str], ...] = ()    # instance facts worth showing (type, zone, spot, launched)
+    metadata: str | None = None                # instance metadata endpoint to ask for spot notices
+
+
+@dataclass(frozen=True)
+class Inventory:
+    nodes: list[InventoryNode]
+    failed_pools: dict[str, str]     # pool -> why its listing failed (its nodes are left alone)
+    instances: dict[str, dict[str, Instance]] | None = None   # pool -> every listed instance, any state
+    features: dict[str, frozenset[Feature]] = field(default_factory=dict)   # pool -> what its provider can do

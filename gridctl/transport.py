@@ -1,4 +1,4 @@
-"""Run a command on a node: over SSH (paramiko) or as a local subprocess (simulated nodes).
+"""Run a command on a node over SSH (paramiko); simulated nodes run locally (localtransport.py).
 
 Called by reconcile/observe.py. Every exec has a client-side monotonic deadline (paramiko's
 recv_exit_status ignores channel timeouts, so we poll). SSH connections are cached per target and
@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import paramiko
 from .connect import connect_socket
 from .errors import AuthFailed, ProbeTimeout, TransportError, Unreachable
 from .hostkeys import HostKeyStore
+from .models import Target
 
 # paramiko logs its transport thread's failures with tracebacks; we classify them ourselves
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -36,91 +35,12 @@ KEEPALIVE_S = 15
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where and how to reach one node. Built by reconcile/observe from the spec and ~/.ssh/config."""
-
-    name: str
-    host: str
-    port: int = 22
-    user: str = "root"
-    keys: tuple[Path, ...] = ()
-    proxy_jump: "Target | None" = None
-    connect_timeout: float = 5.0
-    host_key_policy: str = "accept-new"
-    known_hosts: Path = Path("~/.config/gridctl/known_hosts")
-    local_dir: Path | None = None            # set for simulated nodes: run locally, no SSH
-    local_env: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> tuple:
-        return (self.user, self.host, self.port, self.proxy_jump.key if self.proxy_jump else None)
-
-
-@dataclass(frozen=True)
 class RunResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
     duration_s: float
     truncated: bool = False
-
-
-class LocalTransport:
-    """Runs commands as local subprocesses for `provider: local` simulated nodes."""
-
-    def needs_socket(self, target: Target) -> bool:
-        """See SshTransport.needs_socket: a simulated node is a subprocess, never a socket."""
-        return False
-
-    def run(self, target: Target, command: str, stdin: bytes, timeout: float, sock=None) -> RunResult:
-        assert target.local_dir is not None
-        if (target.local_dir / "down").exists():
-            raise Unreachable("simulated node is down (connection timed out)")
-        start = time.monotonic()
-        env = {**os.environ, **dict(target.local_env)}
-        proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
-        try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise ProbeTimeout(f"no answer in {timeout:g}s") from None
-        return RunResult(out[:MAX_OUTPUT], err[:65536], proc.returncode, time.monotonic() - start,
-                         len(out) > MAX_OUTPUT)
-
-    def stream(self, target: Target, command: str, out, timeout: float | None) -> int | None:
-        """Run command, copying its stdout to `out` as it comes; returns the exit code."""
-        assert target.local_dir is not None
-        if (target.local_dir / "down").exists():
-            raise Unreachable("simulated node is down (connection timed out)")
-        env = {**os.environ, **dict(target.local_env)}
-        proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                chunk = proc.stdout.read1(65536)
-                if not chunk:
-                    break
-                out.write(chunk)
-                out.flush()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ProbeTimeout(f"no end in {timeout:g}s")
-        finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-        return proc.wait()
-
-    def close(self) -> None:
-        pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 STREAM_SILENCE_S = 10.0     # a followed stream's node that answers no keepalive this long is silent

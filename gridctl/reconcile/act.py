@@ -22,7 +22,8 @@ from ..errors import GridctlError
 from ..launcher import LaunchResult, attempt_token, launch_script, parse_launch, parse_stop, stop_script
 from ..spec import Fleet
 from .actions import CloudLaunch, CloudResult, CloudRetire, Launch, Results, Stop, StopResult
-from .observe import InventoryNode, Transports
+from ..models import InventoryNode
+from .observe import Transports
 
 LAUNCH_TIMEOUT_S = 20.0
 

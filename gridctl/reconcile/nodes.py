@@ -10,10 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ..health import Thresholds, classify, condemns_attempts, next_node, rebooted
-from ..models import Contact, Event, NodeRecord, NodeState, Observation, Verdict
+from ..models import Contact, Event, InventoryNode, NodeRecord, NodeState, Observation, Verdict
 from ..placement import Gpu
 from .jobs import NodeView
-from .observe import InventoryNode
 
 FLEET = "fleet"
 

@@ -19,38 +19,16 @@ from providers.base import Feature, Instance, InstanceState, ProviderError
 
 from ..connect import CONNECT_WINDOW, connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
-from ..health import Expectation
-from ..models import Contact, LogPosition, Observation
+from ..models import Contact, Expectation, Inventory, InventoryNode, LogPosition, Observation, Target
 from ..probe import ProbeBudget, probe_request
 from ..spec import Fleet, SshSettings
-from ..transport import LocalTransport, SshTransport, Target
+from ..localtransport import LocalTransport
+from ..transport import SshTransport
 
 DEFAULT_KNOWN_HOSTS = Path("~/.config/gridctl/known_hosts")
 DEFAULT_WORK_DIR = "~/.gridctl"
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 MAX_JUMPS = 8          # hops in one chain, counting those ~/.ssh/config adds: stops a ProxyJump loop
-
-
-@dataclass(frozen=True)
-class InventoryNode:
-    """One node the fleet has now, with how to reach it and what it should look like."""
-
-    name: str
-    pool: str
-    provider: str
-    target: Target
-    expect: Expectation
-    work_dir: str
-    cloud: tuple[tuple[str, str], ...] = ()    # instance facts worth showing (type, zone, spot, launched)
-    metadata: str | None = None                # instance metadata endpoint to ask for spot notices
-
-
-@dataclass(frozen=True)
-class Inventory:
-    nodes: list[InventoryNode]
-    failed_pools: dict[str, str]     # pool -> why its listing failed (its nodes are left alone)
-    instances: dict[str, dict[str, Instance]] | None = None   # pool -> every listed instance, any state
-    features: dict[str, frozenset[Feature]] = field(default_factory=dict)   # pool -> what its provider can do
 
 
 class Transports:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..health import Thresholds
-from ..models import Attempt, Event, JobRecord, NodeRecord, Observation, ReadyCheck
+from ..models import Attempt, Event, Inventory, JobRecord, NodeRecord, Observation, ReadyCheck
 from ..spec import Fleet
 from .actions import Results
 from .facts import Facts
 from .jobs import JobPlan, LemonRule, after_launch, handover, plan_jobs
 from .nodes import NodePlan, complete, node_views, plan_nodes
-from .observe import Inventory
 from .pools import Demand, PoolAnswers, PoolPlan, after_calls, plan_pools
 
 

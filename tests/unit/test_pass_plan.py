@@ -22,7 +22,7 @@ from gridctl.models import (Attempt, AttemptReport, AttemptState, Contact, GpuRe
                             NodeRecord, NodeState, Observation, Outcome, XidEvent)
 from gridctl.reconcile.actions import CloudLaunch, CloudResult, Results, StopResult
 from gridctl.reconcile.facts import Facts
-from gridctl.reconcile.observe import Inventory, InventoryNode
+from gridctl.models import Inventory, InventoryNode
 from gridctl.reconcile.plan import after_actions, plan
 from gridctl.spec import Fleet
 from gridctl.transport import Target

@@ -10,7 +10,7 @@ import pytest
 
 from gridctl.health import Expectation, Thresholds
 from gridctl.models import Contact, GpuReading, Health, NodeRecord, NodeState, Observation
-from gridctl.reconcile.observe import InventoryNode
+from gridctl.models import InventoryNode
 from gridctl.reconcile.nodes import FLEET, partitioned_scopes, plan_nodes as plan_pass
 from gridctl.transport import Target
 

@@ -1,0 +1,72 @@
+"""Run a command for a simulated (`provider: local`) node as a local subprocess, with the same
+contract as transport.SshTransport (deadlines, typed errors). Called by reconcile/observe.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from .errors import ProbeTimeout, Unreachable
+from .models import Target
+from .transport import MAX_OUTPUT, RunResult
+
+
+class LocalTransport:
+    """Runs commands as local subprocesses for `provider: local` simulated nodes."""
+
+    def needs_socket(self, target: Target) -> bool:
+        """See SshTransport.needs_socket: a simulated node is a subprocess, never a socket."""
+        return False
+
+    def run(self, target: Target, command: str, stdin: bytes, timeout: float, sock=None) -> RunResult:
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        start = time.monotonic()
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise ProbeTimeout(f"no answer in {timeout:g}s") from None
+        return RunResult(out[:MAX_OUTPUT], err[:65536], proc.returncode, time.monotonic() - start,
+                         len(out) > MAX_OUTPUT)
+
+    def stream(self, target: Target, command: str, out, timeout: float | None) -> int | None:
+        """Run command, copying its stdout to `out` as it comes; returns the exit code."""
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    break
+                out.write(chunk)
+                out.flush()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ProbeTimeout(f"no end in {timeout:g}s")
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        return proc.wait()
+
+    def close(self) -> None:
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
