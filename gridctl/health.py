@@ -131,8 +131,8 @@ def _output_findings(obs: Observation, exp: Expectation) -> list[Finding]:
                            "read or killed, no new work", alert=True))
     if obs.foreign_attempts:
         shown = ", ".join(obs.foreign_attempts[:5])
-        out.append(Finding("foreign-attempt-dir", I, f"attempt dir(s) gridctl did not create (no token): {shown}: "
-                           "left alone", alert=True))
+        out.append(Finding("foreign-attempt-dir", I, f"attempt dir(s) without this store's token (a lost or "
+                           f"replaced state file, another gridctl, or planted): {shown}: left alone", alert=True))
     if obs.stuck_smi > 0:
         out.append(Finding("smi-stuck", F, f"{obs.stuck_smi} nvidia-smi process(es) stuck in D state for over a minute: driver wedged",
                            needs_reset=True))

@@ -139,6 +139,7 @@ class Observation:
                                       # where the next read starts
     work_dir_unsafe: str | None = None   # why the work dir is not trusted (another user could change it):
                                          # no attempt there was read or killed; finding `work-dir-unsafe`
+    compute_apps: tuple[tuple[str, int], ...] = ()   # (GPU uuid, pid) of every compute process nvidia-smi lists
     foreign_attempts: tuple[str, ...] = ()  # attempt dirs without their token: not ours, never reported or killed
 
 

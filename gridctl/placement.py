@@ -32,6 +32,7 @@ class Offer:
     unavailable: str | None = None               # why it takes no work ("quarantined (xid 79)"), None if it does
     replicas: dict[str, int] = field(default_factory=dict)   # job -> live attempts here
     ports: frozenset[int] = frozenset()          # ports held by live attempts here
+    foreign: frozenset[str] = frozenset()        # GPU UUIDs running compute processes gridctl did not start
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,11 @@ def _why_not(offer: Offer, req: Request) -> str | None:
             size_gb = marketed_gb(offer.gpus[0].memory_mib, offer.gpus[0].name)
             return f"{offer.node} GPUs have {size_gb}GB" if size_gb else f"{offer.node} GPU memory unknown"
         return f"{offer.node} has {have}"
-    free = [g for g in fitting if g.uuid not in offer.used]
+    free = [g for g in fitting if g.uuid not in offer.used and g.uuid not in offer.foreign]
     if len(free) < req.gpus:
-        return f"{offer.node} has {len(free)} free GPU{'' if len(free) == 1 else 's'}"
+        busy = len([g for g in fitting if g.uuid in offer.foreign and g.uuid not in offer.used])
+        return (f"{offer.node} has {len(free)} free GPU{'' if len(free) == 1 else 's'}"
+                + (f" ({busy} busy with processes gridctl did not start)" if busy else ""))
     return None
 
 
@@ -105,9 +108,10 @@ def place(req: Request, offers: list[Offer]) -> Placement | str:
         if why is not None:
             rejected.append(why)
             continue
-        free = [g for g in offer.gpus if _matches(g, req) and g.uuid not in offer.used] if req.gpus else []
+        taken = offer.used | offer.foreign
+        free = [g for g in offer.gpus if _matches(g, req) and g.uuid not in taken] if req.gpus else []
         chosen = tuple(sorted(free, key=lambda g: g.index)[: req.gpus])
-        left = len([g for g in offer.gpus if g.uuid not in offer.used]) - len(chosen)
+        left = len([g for g in offer.gpus if g.uuid not in taken]) - len(chosen)
         here = offer.replicas.get(req.job, 0) if req.spread else 0
         key = (offer.node in req.avoid, here, left, offer.node)
         fits.append((key, offer, chosen))

@@ -315,6 +315,8 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         if len(parts) == 3:
             disk_free, disk_total = _int(parts[1]), _int(parts[2])
     stuck = _int(_kv(scalar("stuck") or "").get("nvidia-smi")) or 0
+    apps = tuple((r[0], pid) for r in map(_csv_row, sections["apps"][1] if "apps" in sections else [])
+                 if len(r) >= 2 and r[0].startswith("GPU-") and (pid := _int(r[1])) is not None)
     reports, foreign = parse_attempts(repeated["attempt"], repeated["fenced"], repeated["mismatch"], key=key)
     foreign = tuple(sorted(set(foreign) | {f.split()[0] for f in repeated["foreign"]
                                             if f.split() and ATTEMPT_ID_RE.match(f.split()[0])}))[:100]
@@ -323,7 +325,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         boot_id=boot if boot and boot != "unknown" else None, smi_rc=rc, smi_fields=tuple(columns),
         smi_errors=smi_errors, gpus=gpus, xids=xids, xid_source=xid_source, disk_free_bytes=disk_free,
         disk_total_bytes=disk_total, stuck_smi=stuck, parse_problems=tuple(problems), complete=complete,
-        attempts=reports, spot_notice=(scalar("spot") or None) if "spot" in sections else None,
+        attempts=reports, compute_apps=apps, spot_notice=(scalar("spot") or None) if "spot" in sections else None,
         uptime_s=_float(_kv(scalar("xid") or "").get("uptime")) if complete else None, work_dir_unsafe=(scalar("unsafe") or "unsafe")[:400]
         if "unsafe" in sections else None, foreign_attempts=foreign,
     )

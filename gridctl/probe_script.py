@@ -58,6 +58,12 @@ if [ "$RC" -eq 2 ]; then Q=__CORE__; smi "$Q"; fi
 say nvidia-smi rc=$RC query=$Q
 head -c __CAP__ "$TMP" | show
 [ "$(wc -c <"$TMP")" -gt __CAP__ ] && say truncated nvidia-smi
+# compute processes on the GPUs: one gridctl did not start makes its GPU busy, not free
+if [ "$RC" -eq 0 ]; then
+  { timeout -k 2 "$T" nvidia-smi --query-compute-apps=gpu_uuid,pid --format=csv,noheader 2>/dev/null; } | head -c 65536 >"$TMP"
+  say apps
+  head -n 256 "$TMP" | show
+fi
 # the kernel log since the last read: its position is seconds since boot (PB, PU), which no clock
 # change moves; turned into this node's wall time now, so a clock once ahead hides nothing
 UP=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)

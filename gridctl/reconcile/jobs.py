@@ -50,6 +50,7 @@ class NodeView:
     rebooted: bool = False
     condemned: bool = False                  # its probe is evidence its attempts are gone (health.condemns_attempts)
     foreign: frozenset[str] = frozenset()    # attempt dirs there without their token (not ours, or swapped)
+    busy_gpus: frozenset[str] = frozenset()  # GPU UUIDs with compute processes (ours or not)
     reports: dict[str, AttemptReport] = field(default_factory=dict)
     gpus: tuple[Gpu, ...] = ()
     work_dir: str = "~/.gridctl"

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ..health import Thresholds, classify, condemns_attempts, next_node, rebooted
-from ..models import Contact, Event, InventoryNode, NodeRecord, NodeState, Observation, Verdict
+from ..models import Contact, Event, Finding, InventoryNode, NodeRecord, NodeState, Observation, Severity, Verdict
 from ..placement import Gpu
 from .jobs import NodeView
 
@@ -91,6 +91,31 @@ def _partition_events(now_scopes: frozenset[str], before: frozenset[str], invent
     return out
 
 
+ORPHAN = "orphan-attempt"
+
+
+def mark_orphans(plan: NodePlan, observations: dict[str, Observation], known: set[str],
+                 stored: dict[str, NodeRecord], now: float) -> NodePlan:
+    """Attempt dirs of ours (they hold their token) that the store does not know: a lost or replaced
+    store, or another gridctl on the same nodes. They are never adopted or killed; the node says so
+    (a finding, alerted once), and their GPUs count as busy through the compute processes listed."""
+    rows, events = [], []
+    for rec in plan.nodes:
+        obs = observations.get(rec.name)
+        alive = sorted(r.id for r in obs.attempts if r.alive and r.id not in known) if complete(obs) else []
+        if alive:
+            shown = ", ".join(alive[:5]) + (f" and {len(alive) - 5} more" if len(alive) > 5 else "")
+            finding = Finding(ORPHAN, Severity.INFO, f"running attempt(s) this store does not know: {shown}",
+                              alert=True)
+            before = stored.get(rec.name)
+            if before is None or ORPHAN not in {f.code for f in before.findings}:
+                events.append(Event(now, ORPHAN, f"{finding.message}: left running, their GPUs count as busy "
+                                    "(was the state file lost or replaced?)", node=rec.name, severity="alert"))
+            rec = replace(rec, findings=rec.findings + (finding,))
+        rows.append(rec)
+    return replace(plan, nodes=rows, events=plan.events + events)
+
+
 def complete(obs: Observation | None) -> bool:
     """The probe answered and ran to its end: its attempt reports are the whole truth. Under a
     work dir others can change, the probe read and killed nothing: no news about attempts (none
@@ -120,6 +145,7 @@ def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dic
         views[inv.name] = NodeView(rec, answered, full, partitioned=cut and not answered, rebooted=was_rebooted,
                                    condemned=answered and condemns_attempts(rec, th),
                                    foreign=frozenset(obs.foreign_attempts) if full else frozenset(),
+                                   busy_gpus=frozenset(uuid for uuid, _ in obs.compute_apps) if full else frozenset(),
                                    reports={r.id: r for r in obs.attempts} if full else {},
                                    gpus=gpus, work_dir=inv.work_dir)
     return views

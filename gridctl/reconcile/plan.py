@@ -17,7 +17,7 @@ from ..spec import Fleet
 from .actions import Results
 from .facts import Facts
 from .jobs import JobPlan, LemonRule, after_launch, handover, plan_jobs
-from .nodes import NodePlan, complete, node_views, plan_nodes
+from .nodes import NodePlan, complete, mark_orphans, node_views, plan_nodes
 from .pools import Demand, PoolAnswers, PoolPlan, after_calls, plan_pools
 
 
@@ -65,6 +65,8 @@ def plan(fleet: Fleet, facts: Facts, inventory: Inventory, observations: dict[st
     readiness checks made beside the sweep."""
     nodes = plan_nodes(facts.nodes, inventory.nodes, inventory.failed_pools, observations, now, thresholds(fleet),
                        facts.partitions)
+    known = {a.id for a in facts.attempts} | {a.id for a in facts.unreaped}
+    nodes = mark_orphans(nodes, observations, known, facts.nodes, now)
     views = node_views(nodes, inventory.nodes, observations, facts.nodes, thresholds(fleet))
     jobs = plan_jobs(facts.jobs, list(facts.attempts), views, now, history=list(facts.history),
                      lemon=LemonRule(fleet.health.lemon_after, fleet.health.lemon_window), specs=facts.specs,

@@ -39,8 +39,9 @@ def offers(jp: JobPass) -> dict[str, Offer]:
         replicas: dict[str, int] = {}
         for a in here:
             replicas[a.job] = replicas.get(a.job, 0) + 1
-        out[name] = Offer(name, rec.pool, v.gpus, frozenset(g for a in here for g in a.gpus), why, replicas,
-                          frozenset(ports_at.get(host_of[name], ())))
+        held = frozenset(g for a in here for g in a.gpus)
+        out[name] = Offer(name, rec.pool, v.gpus, held, why, replicas, frozenset(ports_at.get(host_of[name], ())),
+                          foreign=v.busy_gpus - held)
     return out
 
 

@@ -299,3 +299,39 @@ def test_a_pid_held_by_another_process_ends_the_attempt_without_a_signal():
     ended = p.jobs.attempts["j.1"]
     assert ended.state is S.EXITED and "now names another process" in ended.reason
     assert p.jobs.stops == [] and any(e.kind == "alert" for e in p.events)
+
+
+# ---------------------------------------------------------------- work gridctl did not start (issue 11, item 8)
+
+def test_a_gpu_running_a_process_gridctl_did_not_start_is_not_free_and_the_reason_says_so():
+    busy = answered("n1", compute_apps=(("GPU-n1-0", 4321),))
+    two = replace(job("two", "batch", gpus=2), state=JobState.PENDING, attempts_made=0)
+    p = plan(fleet(), facts([rec("n1")], [two]), inventory("n1"), {"n1": busy}, NOW)
+    assert p.jobs.launches == []
+    assert p.jobs.jobs["two"].reason == "no node fits 2xGPU: n1 has 1 free GPU (1 busy with processes gridctl did not start)"
+    one = replace(job("one", "batch", gpus=1), state=JobState.PENDING, attempts_made=0)
+    p = plan(fleet(), facts([rec("n1")], [one]), inventory("n1"), {"n1": busy}, NOW)
+    assert [ln.attempt.gpus for ln in p.jobs.launches] == [("GPU-n1-1",)]
+
+
+def test_our_own_attempt_on_its_gpu_is_not_a_foreign_process():
+    a = att("j", 1, "n1")                                  # holds GPU-n1-0
+    p = plan(fleet(), facts([rec("n1")], [job("j", "batch")], [a]), inventory("n1"),
+             {"n1": answered("n1", alive(a), compute_apps=(("GPU-n1-0", a.pid),))}, NOW)
+    assert p.jobs.attempts["j.1"].state is S.RUNNING and not any(e.kind == "orphan-attempt" for e in p.events)
+
+
+def test_a_running_attempt_the_store_does_not_know_is_reported_once_and_left_alone():
+    ghost = AttemptReport(id="ghost.3", pid=999, alive=True, exit_code=None, heartbeat_at=int(NOW),
+                          started_at=int(NOW) - 60, node_now=int(NOW))
+    obs = {"n1": answered("n1", ghost, compute_apps=(("GPU-n1-1", 999),))}
+    p = plan(fleet(), facts([rec("n1")]), inventory("n1"), obs, NOW)
+    (event,) = [e for e in p.events if e.kind == "orphan-attempt"]
+    assert "ghost.3" in event.message and event.severity == "alert" and p.jobs.stops == []
+    (row,) = p.node_rows
+    assert "orphan-attempt" in {f.code for f in row.findings}
+    again = plan(fleet(), facts([row]), inventory("n1"), obs, NOW + 15)
+    assert not any(e.kind == "orphan-attempt" for e in again.events)         # alerted once
+    one = replace(job("one", "batch", gpus=2), state=JobState.PENDING, attempts_made=0)
+    p = plan(fleet(), facts([row], [one]), inventory("n1"), obs, NOW + 15)
+    assert "1 busy with processes gridctl did not start" in p.jobs.jobs["one"].reason
