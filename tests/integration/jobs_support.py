@@ -9,6 +9,8 @@ Processes are only ever killed by the process-group ids found in this fleet's ow
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import sqlite3
@@ -260,3 +262,23 @@ def assert_one_running_per_replica(attempts: list[Attempt]) -> None:
 
 def messages(described: dict, kind: str) -> list[str]:
     return [e["message"] for e in described["events"] if e["kind"] == kind]
+
+
+@contextlib.contextmanager
+def lab_factory(fleet, root: Path, *, reconcile: bool = True, **defaults):
+    """make(prefix, **kw) -> a JobLab under root/prefix (nodes made ready by a first pass unless
+    reconcile=False); every lab made is closed (blackholes lifted, processes ended) on exit."""
+    made: list[JobLab] = []
+
+    def make(prefix: str, **kw) -> JobLab:
+        lab = JobLab(fleet, root / prefix, prefix, **{**defaults, **kw})
+        made.append(lab)
+        if reconcile:
+            lab.reconcile()          # nodes provisioning -> ready
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.close()

@@ -14,7 +14,7 @@ import pytest
 
 from fleetsim import requires_root
 from helpers import GRIDCTL, gridctl
-from jobs_support import FAST_RECOVERY, LOOP, JobLab, assert_one_running_per_replica, messages
+from jobs_support import FAST_RECOVERY, JobLab, LOOP, assert_one_running_per_replica, lab_factory, messages
 
 from gridctl.models import AttemptState, JobState, NodeState
 
@@ -23,17 +23,8 @@ S = AttemptState
 
 @pytest.fixture
 def make_lab(ssh_fleet, tmp_path):
-    labs: list[JobLab] = []
-
-    def make(prefix: str, **kw) -> JobLab:
-        lab = JobLab(ssh_fleet, tmp_path / prefix, prefix, **kw)
-        labs.append(lab)
-        lab.reconcile()          # nodes provisioning -> ready
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
+    with lab_factory(ssh_fleet, tmp_path) as make:
+        yield make
 
 
 def job(name: str, cls: str, *, command: str = LOOP, gpus: int = 1, **extra) -> dict:

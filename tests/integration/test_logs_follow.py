@@ -11,15 +11,13 @@ import pytest
 
 from fleetsim import requires_root
 from helpers import GRIDCTL
-from jobs_support import JobLab
+from jobs_support import lab_factory
 
 
 @pytest.fixture
 def lab(ssh_fleet, tmp_path):
-    lab = JobLab(ssh_fleet, tmp_path / "follow", "follow", count=1)
-    lab.reconcile()
-    yield lab
-    lab.close()
+    with lab_factory(ssh_fleet, tmp_path, count=1) as make:
+        yield make("follow")
 
 
 @requires_root

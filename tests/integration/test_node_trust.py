@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import gridctl, gridctl_json
-from jobs_support import LOOP, JobLab
+from jobs_support import JobLab, LOOP, lab_factory
 
 from gridctl.models import AttemptState, JobState
 
@@ -47,17 +47,8 @@ def bystander():
 
 @pytest.fixture
 def lab(ssh_fleet, tmp_path):
-    labs: list[JobLab] = []
-
-    def make(prefix: str, **kw) -> JobLab:
-        made = JobLab(ssh_fleet, tmp_path / prefix, prefix, **kw)
-        labs.append(made)
-        made.reconcile()          # nodes provisioning -> ready
-        return made
-
-    yield make
-    for made in labs:
-        made.close()
+    with lab_factory(ssh_fleet, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 
 from fleetsim import SshFleet
 from helpers import GRIDCTL, by_name, gridctl_json
-from jobs_support import FAST_RECOVERY, LOOP, JobLab, messages
+from jobs_support import FAST_RECOVERY, LOOP, lab_factory, messages
 
 from gridctl.models import AttemptState, JobState
 from providers.local import BIN_DIR, reboot
@@ -71,16 +71,8 @@ def env_fleet(tmp_path_factory):
 
 @pytest.fixture
 def make_lab(env_fleet, tmp_path):
-    labs: list[JobLab] = []
-
-    def make(prefix: str, **kw) -> JobLab:
-        lab = JobLab(env_fleet, tmp_path / prefix, prefix, **kw)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
+    with lab_factory(env_fleet, tmp_path, reconcile=False) as make:
+        yield make
 
 
 def job(name: str, cls: str, **extra) -> dict:

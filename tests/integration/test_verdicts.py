@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from helpers import gridctl, gridctl_json
-from jobs_support import FAST_RECOVERY, LOOP, JobLab
+from jobs_support import FAST_RECOVERY, JobLab, LOOP, lab_factory
 
 from gridctl.models import AttemptState, JobState, NodeState
 from gridctl.probe import ProbeBudget
@@ -26,17 +26,8 @@ SHORT_PROBE_TIMEOUT_S = 3
 
 @pytest.fixture
 def make_lab(ssh_fleet, tmp_path):
-    labs: list[JobLab] = []
-
-    def make(prefix: str) -> JobLab:
-        lab = JobLab(ssh_fleet, tmp_path / prefix, prefix, count=2, health=HEALTH)
-        labs.append(lab)
-        lab.reconcile()          # nodes provisioning -> ready
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
+    with lab_factory(ssh_fleet, tmp_path, count=2, health=HEALTH) as make:
+        yield make
 
 
 def start_jobs(lab: JobLab) -> dict[str, str]:
