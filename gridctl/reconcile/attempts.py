@@ -48,15 +48,18 @@ def judge(jp: JobPass) -> None:
 def _answered(jp: JobPass, a: Attempt, view: NodeView) -> None:
     if a.state is S.SILENT:
         newer = [b for b in jp.live(a.job, a.replica) if b.id != a.id and b.state is not S.SILENT]
-        if newer:
+        spec = jp.specs.get(a.job)
+        waits = bool(newer) and spec is not None and spec.readiness is not None and not any(b.ready for b in newer)
+        if newer and not waits:
             jp.end(a, S.KILLED, Outcome.SUPERSEDED,
                    f"stale copy: replica {a.replica} moved to attempt {newer[0].n} while {a.node} was silent",
                    stop=True, grace_s=0.0)
             return
+        # a service's hedge that is not serving yet: make-before-break, the original runs on until it is
+        kept = f"kept until attempt {newer[0].n} is ready" if waits else "attempt kept"
         a = jp.put(replace(a, state=S.RUNNING if a.started_at else S.STARTING, silent_since=None,
-                           reason="node answers again"))
-        jp.event("attempt-back", f"attempt {a.id} on {a.node}: node answers again, attempt kept", job=a.job,
-                 node=a.node)
+                           reason="node answers again" + (f"; {kept}" if waits else "")))
+        jp.event("attempt-back", f"attempt {a.id} on {a.node}: node answers again, {kept}", job=a.job, node=a.node)
     r = view.reports.get(a.id)
     p = jp.policies[a.job]
     if a.id in view.foreign:

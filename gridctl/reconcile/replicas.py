@@ -179,8 +179,8 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
         active = []
         if job.state.terminal:
             return ReplicaState.PENDING, job.reason
-    if draining and spec.readiness is not None:
-        return _hand_over_when_ready(jp, [a for a in active if a not in draining], draining)
+    if spec.readiness is not None and len(active) > 1:
+        return _hand_over_when_ready(jp, active)
     if active:
         return ReplicaState.RUNNING, ""
     if silent:
@@ -210,18 +210,25 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
     return ReplicaState.PENDING, placed
 
 
-def _hand_over_when_ready(jp: JobPass, fresh: list[Attempt], draining: list[Attempt]) -> tuple[ReplicaState, str]:
-    """A drained service replica whose replacement is placed: stop the old copy once a new one is
-    ready; until then both run and routers keep using the old one."""
-    ready = [a for a in fresh if a.ready]
+def _hand_over_when_ready(jp: JobPass, active: list[Attempt]) -> tuple[ReplicaState, str]:
+    """Two live copies of one replica of a service with readiness (a drain's replacement, or a hedge
+    whose silent original answers again): the newest ready copy stays and the others stop; while
+    none of the newer copies is ready, every copy runs and routers keep using the ready ones."""
+    newest = max(active, key=lambda a: a.n)
+    ready = [a for a in active if a.ready and a.n == newest.n]
     if not ready:
-        waiting = fresh[0] if fresh else None
-        return ReplicaState.RUNNING, (f"drain of {draining[0].node} waits for attempt {waiting.n} to be ready"
-                                      if waiting else "")
-    for old in draining:
+        older = min(active, key=lambda a: a.n)
+        return ReplicaState.RUNNING, f"{older.node}'s copy waits for attempt {newest.n} to be ready"
+    keep = ready[0]
+    for old in active:
+        if old.id == keep.id:
+            continue
         view = jp.views.get(old.node)
-        reason = f"drained: replaced by attempt {ready[0].n}, ready on {ready[0].node}"
-        jp.put(replace(old, state=S.KILLED, ended_at=jp.now, outcome=Outcome.DRAIN, reason=reason, ready=False))
+        drained = view is not None and view.record.draining
+        reason = (f"drained: replaced by attempt {keep.n}, ready on {keep.node}" if drained else
+                  f"superseded: attempt {keep.n} is ready on {keep.node}")
+        jp.put(replace(old, state=S.KILLED, ended_at=jp.now, outcome=Outcome.DRAIN if drained else Outcome.SUPERSEDED,
+                       reason=reason, ready=False))
         jp.plan.stops.append(Stop(old.id, old.job, old.node, view.work_dir if view else "~/.gridctl", reason,
                                   jp.grace_s))
         jp.event("attempt-ended", f"attempt {old.id} on {old.node} killed: {reason}", job=old.job, node=old.node)

@@ -39,7 +39,8 @@ def svc(name: str = "llm", port="auto", readiness=None, attempts_made: int = 1, 
 
 
 def att(n: int, node: str, *, job: str = "llm", replica: int = 0, port: int = 20000, **kw) -> Attempt:
-    return Attempt(id=f"{job}.{n}", job=job, n=n, replica=replica, node=node, state=S.RUNNING, reason="running",
+    return Attempt(id=f"{job}.{n}", job=job, n=n, replica=replica, node=node, state=kw.pop("state", S.RUNNING),
+                   reason="running",
                    gpus=(f"GPU-{node}-0",), created_at=NOW - 100, started_at=kw.pop("started_at", NOW - 90),
                    pid=100 + n, heartbeat_at=NOW - 1, port=port, **kw)
 
@@ -131,3 +132,27 @@ def test_auto_ports_differ_on_one_address_and_fixed_ports_avoid_a_taken_node():
     assert [(ln.node, ln.attempt.port) for ln in p.launches] == [("n2", 8000)]
     p = run([fixed, svc("other", port=8000)], [taken], [view("n1", alive(taken))])
     assert "n1 has port 8000 in use" in p.jobs["web"].reason
+
+
+def test_a_hedged_original_that_answers_again_serves_until_the_hedge_is_ready():
+    old = att(1, "n1", state=S.SILENT, silent_since=NOW - 30)
+    hedge = att(2, "n2", port=20000)
+    job = svc(attempts_made=2)
+    # the hedge runs but is not ready: the original is kept (no stop), back to running
+    p = run([job], [old, hedge], [view("n1", alive(old)), view("n2", alive(hedge))], {"llm.2": bad()})
+    assert p.stops == [] and p.attempts["llm.1"].state is S.RUNNING
+    assert [e.message for e in p.events if e.kind == "attempt-back"] == [
+        "attempt llm.1 on n1: node answers again, kept until attempt 2 is ready"]
+    back = p.attempts["llm.1"]
+    # the hedge is ready: now the original goes, as superseded
+    p = run([job], [back, hedge], [view("n1", alive(back)), view("n2", alive(hedge))], {"llm.2": ok()})
+    assert [s.attempt_id for s in p.stops] == ["llm.1"]
+    assert (p.attempts["llm.1"].state, p.attempts["llm.1"].outcome) == (S.KILLED, Outcome.SUPERSEDED)
+
+
+def test_without_readiness_a_returning_silent_copy_is_fenced_at_once():
+    job = replace(svc(attempts_made=2), spec={**svc().spec, "readiness": None, "port": None})
+    old = att(1, "n1", state=S.SILENT, silent_since=NOW - 30, port=None)
+    hedge = att(2, "n2", port=None)
+    p = run([job], [old, hedge], [view("n1", alive(old)), view("n2", alive(hedge))])
+    assert [s.attempt_id for s in p.stops] == ["llm.1"]
