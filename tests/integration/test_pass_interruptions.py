@@ -139,7 +139,7 @@ def test_a_launch_whose_answer_is_lost_is_found_running_by_the_next_probe(make_l
 # ---------------------------------------------------------------- a reboot under running attempts
 
 def test_a_node_that_reboots_under_running_attempts_loses_them_and_they_are_requeued(make_lab):
-    lab = make_lab("boot", count=2)
+    lab = make_lab("boot", count=2, connect_timeout="5s")   # nothing here is silent: no need to be quick
     n0, n1 = lab.names
     for name in lab.names:
         lab.sim.set_env(name, GRIDCTL_BOOT_ID_FILE=str(lab.sim.node_dir(name) / "boot_id"))
@@ -195,7 +195,7 @@ exec "__BIN__/nvidia-smi" "$@"
 
 
 def test_a_cordon_committed_while_a_pass_probes_is_not_undone_by_that_pass(make_lab, tmp_path):
-    lab = make_lab("cord", count=1, health={"probe_timeout": "30s"})
+    lab = make_lab("cord", count=1, health={"probe_timeout": "30s"}, connect_timeout="5s")
     (n0,) = lab.names
     tools = tmp_path / "tools"
     tools.mkdir()
