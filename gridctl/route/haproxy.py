@@ -257,7 +257,7 @@ def _apply(hx: Haproxy, slots: dict[int, Endpoint], endpoints, up: dict[int, boo
         up.pop(n, None)
     for command in runtime_commands(plan, BACKEND, hx.map_path):
         answer = hx.ask(command).strip()
-        if answer and "changed from" not in answer:
+        if refused(answer):
             say(f"haproxy refused `{command}`: {answer}")
     for n in plan.enable:
         up[n] = True
@@ -265,6 +265,13 @@ def _apply(hx: Haproxy, slots: dict[int, Endpoint], endpoints, up: dict[int, boo
     for e in plan.overflow:
         say(f"no free slot for {e.attempt} ({e.host}:{e.port}): more than {hx.slots} ready replicas")
     return plan.slots
+
+
+def refused(answer: str) -> bool:
+    """Whether a Runtime API answer to a `set` command is a refusal. Called by _apply. A slot that
+    comes back to the address it last had answers "no need to change the addr": that is success."""
+    answer = answer.strip()
+    return bool(answer) and "changed from" not in answer and "no need to change" not in answer
 
 
 def _with_ip(e: Endpoint) -> Endpoint | None:
