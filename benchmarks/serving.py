@@ -251,9 +251,24 @@ def table(rows: list[Row], seconds: float) -> None:
             print(f"  failed ({r.via} {r.fault}) at +{s.start - r.t_fault:.2f}s: status {s.status} {s.error}")
 
 
+def fleet_class():
+    from fleetsim import SshFleet, node_ip
+
+    class OwnBlock(SshFleet):
+        """Node addresses in a block of their own: the test fleets of other runs on this machine use
+        127.2.x.y, and a replica's `port: auto` is only free per address within one store."""
+
+        net = 100 + os.getpid() % 100
+
+        def next_ip(self) -> str:
+            self._next += 1
+            return node_ip(self._next, self.net)
+
+    return OwnBlock
+
+
 def bench(args, s: "Session") -> None:
-    from fleetsim import SshFleet
-    s.fleet = SshFleet(s.root / "fleet")
+    s.fleet = fleet_class()(s.root / "fleet")
     # one GPU per node: the two replicas are always on two nodes, and a replacement has one free node
     fleet_path = setup_fleet(s.fleet, s.root, 3, 1, "2s")
     submit(fleet_path)
