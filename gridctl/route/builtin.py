@@ -11,7 +11,9 @@ The contract is the package's (gridctl/route/__init__.py). How this one keeps it
 - every connection to a replica gives up once bytes it sent stay unacknowledged for connect_timeout
   (TCP_USER_TIMEOUT): a node gone dark swallows what is written on a kept-alive connection without
   a refusal, and a request that may not be sent again (a POST) would otherwise wait for the kernel's
-  retransmissions (about 15 minutes); a slow replica still acknowledges at once, so it is not cut;
+  retransmissions (about 15 minutes); a slow replica still acknowledges at once, so it is not cut.
+  (An idempotent request on such a connection is still bounded by try_timeout: aiohttp sends it once
+  more on a fresh connection to the same replica, whose connect is dropped too);
 - the replica that failed is benched at once and probed (prober.py) until it answers;
 - responses are relayed chunk by chunk as they arrive (iter_any), never buffered.
 """
