@@ -142,9 +142,9 @@ class Serving:
             subprocess.run(["iptables", "-D", *self.iptables.pop()], capture_output=True)
 
     def finish_load(self) -> list:
-        samples = self.load.stop()
-        assert len(samples) > 100, f"the load hardly ran: {len(samples)} requests"
-        return samples
+        """The samples; the load spans the fault: start() waited for both replicas to answer
+        through the router, and each test waits for the replacement to answer before this."""
+        return self.load.stop()
 
     def close(self) -> None:
         if self.load is not None:
