@@ -8,6 +8,12 @@ The contract is the package's (gridctl/route/__init__.py). How this one keeps it
   (refused, no connection within connect_timeout) or the method is idempotent (reset, empty answer,
   no first byte within try_timeout: a pooled keep-alive connection to a node that went dark swallows
   requests silently);
+- every connection to a replica gives up once bytes it sent stay unacknowledged for connect_timeout
+  (TCP_USER_TIMEOUT): a node gone dark swallows what is written on a kept-alive connection without
+  a refusal, and a request that may not be sent again (a POST) would otherwise wait for the kernel's
+  retransmissions (about 15 minutes); a slow replica still acknowledges at once, so it is not cut.
+  (An idempotent request on such a connection is still bounded by try_timeout: aiohttp sends it once
+  more on a fresh connection to the same replica, whose connect is dropped too);
 - the replica that failed is benched at once and probed (prober.py) until it answers;
 - responses are relayed chunk by chunk as they arrive (iter_any), never buffered.
 """
@@ -15,8 +21,10 @@ The contract is the package's (gridctl/route/__init__.py). How this one keeps it
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,7 +95,7 @@ class Proxy:
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="readyset")   # sqlite: one thread per connection
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, **_unacked_limit(self.s.connect_timeout_s))
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.s.connect_timeout_s))
         await self._refresh()
@@ -185,6 +193,22 @@ class Proxy:
             raise TryFailed(f"no response within {self.s.try_timeout_s:g}s", idempotent) from None
         except (aiohttp.ClientError, OSError) as err:
             raise TryFailed(f"connection lost before a response ({type(err).__name__})", idempotent) from None
+
+
+def _unacked_limit(seconds: float) -> dict:
+    """TCPConnector arguments that make its sockets give up on unacknowledged data after `seconds`
+    (Linux TCP_USER_TIMEOUT); none where aiohttp (< 3.12) or the platform cannot."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or "socket_factory" not in inspect.signature(aiohttp.TCPConnector).parameters:
+        return {}
+
+    def factory(addr_info) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+        return sock
+
+    return {"socket_factory": factory}
 
 
 async def _read_body(request: web.Request):

@@ -8,7 +8,8 @@ B/rN addr IP port P`, its attempt id into the replicas map for the X-Gridctl-Rep
 `state ready`), one that left goes to `state maint`. HAProxy retries a failed connection, and for
 idempotent requests an empty answer or no answer within try_timeout, on another server (`option
 redispatch`), and its health checks bench and bring back replicas; `show servers state` read each
-tick turns those into our `benched` / `back in` lines. Unlike the builtin router, try_timeout here
+tick turns those into our `benched` / `back in` lines. As in the builtin router, a connection to a
+replica gives up once what it sent stays unacknowledged for connect_timeout (`tcp-ut`). Unlike the builtin router, try_timeout here
 bounds any silence of an idempotent request's answer (HAProxy's server timeout is an idle timeout),
 not only the wait for its first byte.
 """
@@ -72,7 +73,7 @@ backend {BACKEND}
     acl idempotent method GET HEAD OPTIONS PUT DELETE TRACE
     http-request set-timeout server {_ms(s.try_timeout_s)} if idempotent
 {check}    http-response set-header {REPLICA_HEADER} "%[srv_name,map(${{{ENV_DIR}}}/{MAP_FILE},-)]"
-    server-template r 1-{SLOTS} 127.0.0.1:1 check inter 1s fall 2 rise 1 disabled
+    server-template r 1-{SLOTS} 127.0.0.1:1 check inter 1s fall 2 rise 1 tcp-ut {_ms(s.connect_timeout_s)} disabled
 """
 
 
@@ -257,7 +258,7 @@ def _apply(hx: Haproxy, slots: dict[int, Endpoint], endpoints, up: dict[int, boo
         up.pop(n, None)
     for command in runtime_commands(plan, BACKEND, hx.map_path):
         answer = hx.ask(command).strip()
-        if answer and "changed from" not in answer:
+        if refused(answer):
             say(f"haproxy refused `{command}`: {answer}")
     for n in plan.enable:
         up[n] = True
@@ -265,6 +266,13 @@ def _apply(hx: Haproxy, slots: dict[int, Endpoint], endpoints, up: dict[int, boo
     for e in plan.overflow:
         say(f"no free slot for {e.attempt} ({e.host}:{e.port}): more than {hx.slots} ready replicas")
     return plan.slots
+
+
+def refused(answer: str) -> bool:
+    """Whether a Runtime API answer to a `set` command is a refusal. Called by _apply. A slot that
+    comes back to the address it last had answers "no need to change the addr": that is success."""
+    answer = answer.strip()
+    return bool(answer) and "changed from" not in answer and "no need to change" not in answer
 
 
 def _with_ip(e: Endpoint) -> Endpoint | None:

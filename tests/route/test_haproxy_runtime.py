@@ -58,3 +58,12 @@ def test_disabled_slot_enters_service_and_leaves_it_through_the_runtime_api(repl
         assert servers_state(hx.ask("show servers state " + BACKEND))["r1"].admin_state & FORCED_MAINT
         wait_until("a 503 once the only slot is in maintenance",
                    lambda: get(f"http://127.0.0.1:{port}/work")[0] == 503)
+
+
+def test_setting_a_slot_to_the_address_it_already_has_is_not_reported_as_refused(replica):
+    from gridctl.route.haproxy import refused
+    with Haproxy(Settings(job="web", db_path=Path("unused.db"), host="127.0.0.1", port=free_port())) as hx:
+        command = f"set server {BACKEND}/r1 addr {replica.host} port {replica.port}"
+        first, again = hx.ask(command).strip(), hx.ask(command).strip()
+        wrong = hx.ask(f"set server {BACKEND}/r99 state ready").strip()
+    assert (refused(first), refused(again), refused(wrong)) == (False, False, True), (first, again, wrong)

@@ -103,4 +103,4 @@ def test_printed_config_without_http_readiness_uses_tcp_checks(store):
     res = route(store, "web", "--listen", "127.0.0.1:8080", "--via", "haproxy", "--print-config")
     assert res.returncode == 0, res.stderr
     assert "httpchk" not in res.stdout
-    assert "check inter 1s fall 2 rise 1 disabled" in res.stdout
+    assert "check inter 1s fall 2 rise 1 tcp-ut 1000ms disabled" in res.stdout

@@ -1,6 +1,7 @@
 """A small HTTP replica for serving tests, run as a gridctl job: listens on $GRIDCTL_HOST:$GRIDCTL_PORT.
 
-GET /health answers the status code written in $HEALTH_FILE (200 when the file is missing);
+GET /health answers the status code written in $HEALTH_FILE (200 when the file is missing; a
+`{host}` in its name is replaced by $GRIDCTL_HOST, so a test can fail the checks of one node's replica);
 GET /work answers the attempt id; GET /stream sends N chunks. $START_DELAY_S delays listening
 (a model still loading).
 """
@@ -13,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # the head and the body are two writes: with Nagle on, the body waits for the client's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -26,7 +29,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             try:
-                code = int(open(os.environ["HEALTH_FILE"]).read().strip() or 200)
+                path = os.environ["HEALTH_FILE"].replace("{host}", os.environ.get("GRIDCTL_HOST", ""))
+                code = int(open(path).read().strip() or 200)
             except (KeyError, OSError, ValueError):
                 code = 200
             self._send(code, b"ok\n" if code < 300 else b"not ready\n")
