@@ -564,13 +564,24 @@ def main() -> int:
         print(f"--fault down-blackhole needs root and iptables: {why}", file=sys.stderr)
         return 2
 
+    header = (f"gridctl failover benchmark  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+              f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {args.nodes} nodes x {args.gpus} "
+              f"GPUs, fault {args.fault}, {repeat} repetitions, reconcile --loop --interval {args.interval}, "
+              f"unreachable_grace {GRACE}; each fault lands a random 0..{every:g}s after the fleet is steady "
+              f"(seed {args.seed})")
+    return run_session("failover", header, lambda session: bench(args, session, repeat, every))
+
+
+def run_session(name: str, header: str, body) -> int:
+    """Called by this benchmark's main and benchmarks/serving.py: a temporary Session with an empty home for
+    the children, signals that reach the cleanup, the header and load figures printed, body(session) run,
+    and everything stopped and removed whatever happens. Returns the exit code."""
     # Ctrl-C / kill must reach the finally below, also when started in the background
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise)
     signal.signal(signal.SIGHUP, _raise)
-
     # the prefix keeps sweep.background_load from counting our sshd as someone else's
-    session = Session(Path(tempfile.mkdtemp(prefix="gridctl-bench-failover-")))
+    session = Session(Path(tempfile.mkdtemp(prefix=f"gridctl-bench-{name}-")))
     old_env = dict(os.environ)
     try:
         # children see an empty home: no ~/.ssh/config, no agent, no real state
@@ -579,13 +590,9 @@ def main() -> int:
                            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
         for var in ("SSH_AUTH_SOCK", "GRIDCTL_FLEET"):
             os.environ.pop(var, None)
-        print(f"gridctl failover benchmark  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-        print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {args.nodes} nodes x {args.gpus} "
-              f"GPUs, fault {args.fault}, {repeat} repetitions, reconcile --loop --interval {args.interval}, "
-              f"unreachable_grace {GRACE}; each fault lands a random 0..{every:g}s after the fleet is steady "
-              f"(seed {args.seed})")
+        print(header)
         print(f"before start: {background_load()}")
-        bench(args, session, repeat, every)
+        body(session)
         print(f"after: {background_load()}")
         return 0
     except (RuntimeError, subprocess.TimeoutExpired) as e:
@@ -599,7 +606,6 @@ def main() -> int:
         os.environ.clear()
         os.environ.update(old_env)
         shutil.rmtree(session.root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

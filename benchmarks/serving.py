@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "servers"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from failover import (GRIDCTL, Store, _raise, gridctl, kill_attempts, setup_fleet,  # noqa: E402
+from failover import (GRIDCTL, Store, gridctl, kill_attempts, run_session, setup_fleet,  # noqa: E402
                       start_loop, stop_loop, wait_passes)
 from loadgen import Load, percentile  # noqa: E402
-from sweep import background_load, can_blackhole, wait_sshd_idle  # noqa: E402
+from sweep import can_blackhole, wait_sshd_idle  # noqa: E402
 
 JOB = "web"
 FAULTS = ("xid79", "blackhole", "kill", "drain")
@@ -347,34 +346,9 @@ def main() -> int:
     bad = [v for v in args.via if v not in VIAS] + [f for f in args.faults if f not in FAULTS]
     if bad or not 5 <= args.seconds <= 600:
         ap.error(f"unknown router or fault {bad}, or --seconds outside 5..600")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
-    session = Session(Path(tempfile.mkdtemp(prefix="gridctl-bench-serving-")))
-    old_env = dict(os.environ)
-    try:
-        (session.root / "home").mkdir()
-        os.environ.update({"HOME": str(session.root / "home"), "XDG_STATE_HOME": str(session.root / "state"),
-                           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-        for var in ("SSH_AUTH_SOCK", "GRIDCTL_FLEET"):
-            os.environ.pop(var, None)
-        print(f"gridctl serving benchmark  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, "
+    header = (f"gridctl serving benchmark  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, "
               f"Python {sys.version.split()[0]}; routers {','.join(args.via)}; faults {','.join(args.faults)}")
-        print(f"before start: {background_load()}")
-        bench(args, session)
-        return 0
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as e:
-        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        session.close()
-        os.environ.clear()
-        os.environ.update(old_env)
-        shutil.rmtree(session.root, ignore_errors=True)
-
+    return run_session("serving", header, lambda session: bench(args, session))
 
 if __name__ == "__main__":
     sys.exit(main())

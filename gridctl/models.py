@@ -301,10 +301,6 @@ class Attempt:
     ready_since: float | None = None
     check_failures: int = 0           # readiness checks failed in a row
 
-    def __post_init__(self) -> None:
-        if isinstance(self.outcome, str) and not isinstance(self.outcome, Outcome):
-            object.__setattr__(self, "outcome", Outcome(self.outcome) if self.outcome else None)
-
 
 @dataclass(frozen=True)
 class JobRecord:

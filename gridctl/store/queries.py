@@ -12,7 +12,7 @@ from dataclasses import asdict, fields, replace
 from typing import Iterable
 
 from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, LogPosition,
-                      NodeRecord, NodeState, Observation, Severity, Verdict, service_host)
+                      NodeRecord, NodeState, Observation, Outcome, Severity, Verdict, service_host)
 
 OBSERVATIONS_KEPT = 50
 
@@ -209,7 +209,7 @@ def _attempt_from_row(row: sqlite3.Row) -> Attempt:
                    state=AttemptState(row["state"]), reason=row["reason"], gpus=tuple(json.loads(row["gpus"])),
                    created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
                    exit_code=row["exit_code"], pid=row["pid"], heartbeat_at=row["heartbeat_at"],
-                   silent_since=row["silent_since"], outcome=row["outcome"], reaped=bool(row["reaped"]),
+                   silent_since=row["silent_since"], outcome=Outcome(row["outcome"]) if row["outcome"] else None, reaped=bool(row["reaped"]),
                    port=row["port"], ready=bool(row["ready"]), ready_since=row["ready_since"],
                    check_failures=row["check_failures"])
 

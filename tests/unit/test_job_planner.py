@@ -18,7 +18,7 @@ import pytest
 
 from gridctl.jobspec import JobSpec
 from gridctl.models import (Attempt, AttemptReport, AttemptState, Health, JobRecord, JobState, NodeRecord,
-                            NodeState)
+                            NodeState, Outcome)
 from gridctl.placement import Gpu
 from gridctl.reconcile.jobs import JobPlan, LemonRule, NodeView, after_launch, handover, plan_jobs
 
@@ -661,12 +661,12 @@ def test_a_drained_manual_job_is_never_moved_automatically():
 # ---------------------------------------------------------------- lemon nodes
 
 def failed_here(job_name: str, node: str, ago: float) -> Attempt:
-    return replace(att(job_name, 1, node, S.EXITED), ended_at=NOW - ago, outcome="exit", exit_code=1,
+    return replace(att(job_name, 1, node, S.EXITED), ended_at=NOW - ago, outcome=Outcome.EXIT, exit_code=1,
                    reason="exit code 1")
 
 
 def ran_fine(job_name: str, node: str) -> Attempt:
-    return replace(att(job_name, 2, node, S.EXITED), ended_at=NOW - 10, outcome="ok", exit_code=0)
+    return replace(att(job_name, 2, node, S.EXITED), ended_at=NOW - 10, outcome=Outcome.OK, exit_code=0)
 
 
 def test_lemon_node_is_quarantined_after_three_jobs_failed_there_but_ran_elsewhere():
