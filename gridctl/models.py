@@ -209,6 +209,25 @@ class Event:
     severity: str = "info"   # info | warning | alert
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """One reconcile pass as the store keeps it (table `passes`): who ran it, how, when, how long."""
+
+    host: str
+    pid: int
+    mode: str                         # loop | once (`gridctl reconcile`) | command (a writing command's own pass)
+    interval_s: float | None          # the loop's interval; None for a single pass
+    started_at: float
+    duration_s: float
+    nodes: int                        # nodes probed
+    launches: int = 0
+    stops: int = 0
+
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.duration_s
+
+
 # ---------------------------------------------------------------- jobs (DESIGN section 5)
 
 class JobState(str, enum.Enum):
@@ -320,6 +339,8 @@ class JobRecord:
     cancel_requested: bool = False
     attempts_made: int = 0
     cancel_by: str = "user"           # who asked for the cancel: "user", "demo"
+    restart_asked: int = 0            # restarts the user asked for (`gridctl restart`; a user column) ...
+    restart_done: int = 0             # ... and those a pass has carried out (a pass column)
 
     @property
     def job_class(self) -> str:

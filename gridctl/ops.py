@@ -42,7 +42,7 @@ def pass_now(fleet: Fleet, db_path: Path, wait_s: float) -> tuple[object | None,
     """Run one reconcile pass here. Returns (PassReport, "") or (None, why no pass ran)."""
     from .reconcile.loop import Busy, Loop
     reports: list = []
-    Loop(fleet, db_path, 0.0, reports.append).run(once=True, wait_s=wait_s)
+    Loop(fleet, db_path, 0.0, reports.append, single="command").run(once=True, wait_s=wait_s)
     report = reports[0] if reports else None
     if isinstance(report, Busy):
         return None, (f"another reconcile is running (pid {report.pid or '?'}, since {_iso(report.since)}); "

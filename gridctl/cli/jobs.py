@@ -15,6 +15,7 @@ from ..models import AttemptState
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, open_store
+from .status import warn_unsupervised
 from .render import ATTEMPT_STYLE, JOB_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
 
 
@@ -77,6 +78,7 @@ def run(
                                "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env),
                                "port": port, "readiness": readiness})
     _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
+    warn_unsupervised(db_path)
 
 
 def _show_job_line(now, as_json: bool) -> None:
@@ -130,6 +132,7 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
         ("reason", "REASON", lambda r: "" if r["state"] == "running" and r["reason_code"] == "running"
          and r["replicas"] == 1 else esc(r["reason"])),
     ], as_json=as_json, empty="no jobs yet")
+    warn_unsupervised(db_path)
 
 
 def _ts(value: str | None) -> float | None:

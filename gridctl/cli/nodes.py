@@ -13,14 +13,17 @@ from ..errors import ConfigError, NotFoundError
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, load, node_json, open_store
+from .status import warn_unsupervised
 from .render import HEALTH_STYLE, STATE_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
 
 
-def _store_or_none(fleet_path):
+def _store_or_none(fleet_path, warn: bool = False):
     _, db_path = load(fleet_path)
     if not db_path.exists():
         err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first", markup=False)
         return None
+    if warn:
+        warn_unsupervised(db_path)
     return open_store(db_path)
 
 
@@ -28,7 +31,7 @@ def _store_or_none(fleet_path):
 def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
     """List nodes with their decided state, health and reason."""
     from ..store import queries
-    conn = _store_or_none(fleet_path)
+    conn = _store_or_none(fleet_path, warn=True)
     if conn is None:
         emit([], [], as_json=as_json)
         return

@@ -19,7 +19,7 @@ from ..spec import Fleet
 from ..errors import StoreError
 from ..models import Event
 from ..store import connect, queries, write_tx
-from . import PassLock, PassReport, reconcile_once
+from . import Driver, PassLock, PassReport, reconcile_once
 from .observe import Transports
 
 
@@ -54,7 +54,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 class Loop:
     def __init__(self, fleet: Fleet, db_path: Path, interval: float,
-                 on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None):
+                 on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None, single: str = "once"):
+        """`single`: how a pass of run(once=True) is recorded: "once" (`gridctl reconcile`) or
+        "command" (a writing command's own pass, which supervises nothing afterwards)."""
         self.fleet = fleet
         self.db_path = db_path
         self.interval = interval
@@ -65,6 +67,7 @@ class Loop:
         self.last: PassReport | None = None
         self.cycles = 0                              # passes run or skipped (lock busy) so far
         self.error: BaseException | None = None
+        self.single = single
 
     def run(self, once: bool = False, wait_s: float = 0.0) -> None:
         """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
@@ -74,6 +77,7 @@ class Loop:
         lock = PassLock(self.db_path)
         transports = Transports(keep=not once)
         skipped: list[tuple[float, str]] = []
+        driver = Driver(self.single) if once else Driver("loop", self.interval)
         try:
             while not self.stop.is_set():
                 began = time.monotonic()
@@ -83,7 +87,7 @@ class Loop:
                 if lock.acquire(wait_s if once else 0.0):
                     self.in_pass.set()
                     try:
-                        report = reconcile_once(self.fleet, conn, transports, self.db_path.parent)
+                        report = reconcile_once(self.fleet, conn, transports, self.db_path.parent, driver)
                     except sqlite3.OperationalError as e:
                         if once or not _store_busy(e):
                             raise StoreError(f"state file {self.db_path}: {e} (held by another writer past the "

@@ -153,8 +153,33 @@ def _v7_attempt_key_log_position(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE observations ADD COLUMN uptime_s REAL")
 
 
+def _v8_passes_job_lifecycle(conn: sqlite3.Connection) -> None:
+    """Every pass records itself (who ran it, how, when, how long: `gridctl status` and the
+    "nothing is reconciling" warning read them); a user's restart is a counter the pass catches
+    up with (so a restart asked mid-pass is never lost); a deleted job leaves its last attempt
+    number, so a new job of that name never reuses an attempt id (and dir) a node may still keep."""
+    conn.execute("""
+        CREATE TABLE passes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            mode TEXT NOT NULL,
+            interval_s REAL,
+            started_at REAL NOT NULL,
+            duration_s REAL NOT NULL,
+            nodes INTEGER NOT NULL,
+            launches INTEGER NOT NULL DEFAULT 0,
+            stops INTEGER NOT NULL DEFAULT 0
+        )""")
+    conn.execute("CREATE INDEX passes_mode ON passes(mode, id)")
+    conn.execute("ALTER TABLE jobs ADD COLUMN restart_asked INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE jobs ADD COLUMN restart_done INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE TABLE deleted_jobs (name TEXT PRIMARY KEY, attempts_made INTEGER NOT NULL,"
+                 " deleted_at REAL NOT NULL)")
+
+
 MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
-              _v6_job_cancel_by, _v7_attempt_key_log_position]
+              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, fields, replace
 from typing import Iterable
 
 from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, LogPosition,
-                      NodeRecord, NodeState, Observation, Outcome, Severity, Verdict, service_host)
+                      NodeRecord, NodeState, Observation, Outcome, PassRecord, Severity, Verdict, service_host)
 
 OBSERVATIONS_KEPT = 50
 
@@ -130,9 +130,12 @@ def add_events(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
 
 
 def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: str | None = None,
-                limit: int = 1000, job: str | None = None) -> list[Event]:
+                limit: int = 1000, job: str | None = None, severity: str | None = None) -> list[Event]:
     """Newest last; at most `limit` of the newest that match."""
     where, args = [], []
+    if severity is not None:
+        where.append("severity = ?")
+        args.append(severity)
     if since is not None:
         where.append("time >= ?")
         args.append(since)
@@ -146,6 +149,13 @@ def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: s
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
     return [Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
                   severity=r["severity"]) for r in reversed(rows)]
+
+
+def state_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """(nodes by state, jobs by state)."""
+    nodes = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state")}
+    jobs = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+    return nodes, jobs
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -201,7 +211,8 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
                      updated_at=row["updated_at"], restarts=row["restarts"], failures=row["failures"],
                      next_try_at=row["next_try_at"], pending_since=row["pending_since"],
                      cancel_requested=bool(row["cancel_requested"]), attempts_made=row["attempts_made"],
-                     cancel_by=row["cancel_by"])
+                     cancel_by=row["cancel_by"], restart_asked=row["restart_asked"],
+                     restart_done=row["restart_done"])
 
 
 def _attempt_from_row(row: sqlite3.Row) -> Attempt:
@@ -228,9 +239,9 @@ def save_job(conn: sqlite3.Connection, job: JobRecord) -> None:
     """Write the pass's decision for a job; the user's cancel flag is never cleared here."""
     conn.execute(
         "UPDATE jobs SET state = ?, reason = ?, reason_code = ?, updated_at = ?, restarts = ?, failures = ?,"
-        " next_try_at = ?, pending_since = ?, attempts_made = ? WHERE name = ?",
+        " next_try_at = ?, pending_since = ?, attempts_made = ?, restart_done = ? WHERE name = ?",
         (job.state.value, job.reason, job.reason_code, job.updated_at, job.restarts, job.failures,
-         job.next_try_at, job.pending_since, job.attempts_made, job.name))
+         job.next_try_at, job.pending_since, job.attempts_made, job.restart_done, job.name))
 
 
 def request_cancel(conn: sqlite3.Connection, name: str, by: str = "user") -> bool:
@@ -244,11 +255,11 @@ def get_job(conn: sqlite3.Connection, name: str) -> JobRecord | None:
 
 
 def load_jobs(conn: sqlite3.Connection, *, active_only: bool = False) -> dict[str, JobRecord]:
-    """Jobs by name. active_only: not terminal, or terminal with attempts still live or unreaped."""
+    """Jobs by name. active_only: not terminal, or terminal with attempts still live, or a restart asked."""
     if active_only:
         rows = conn.execute(
             "SELECT * FROM jobs WHERE state IN ('pending', 'running') OR cancel_requested = 1 AND state != 'cancelled'"
-            " OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
+            " OR restart_asked > restart_done OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
             " ORDER BY created_at, name").fetchall()
     else:
         rows = conn.execute("SELECT * FROM jobs ORDER BY created_at, name").fetchall()
@@ -326,6 +337,28 @@ def events_after(conn: sqlite3.Connection, last_id: int, limit: int = 500) -> li
 
 def last_event_id(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+
+# ---------------------------------------------------------------- passes
+
+PASSES_KEPT = 1000
+
+
+def record_pass(conn: sqlite3.Connection, p: PassRecord) -> None:
+    """Append one pass and keep the newest PASSES_KEPT (inside the pass's last write_tx)."""
+    conn.execute("INSERT INTO passes (host, pid, mode, interval_s, started_at, duration_s, nodes, launches, stops)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (p.host, p.pid, p.mode, p.interval_s, p.started_at,
+                                                        p.duration_s, p.nodes, p.launches, p.stops))
+    conn.execute("DELETE FROM passes WHERE id <= (SELECT id FROM passes ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                 (PASSES_KEPT,))
+
+
+def latest_passes(conn: sqlite3.Connection) -> dict[str, PassRecord]:
+    """mode -> the newest pass of that mode (loop, once, command)."""
+    rows = conn.execute("SELECT * FROM passes WHERE id IN (SELECT MAX(id) FROM passes GROUP BY mode)").fetchall()
+    return {r["mode"]: PassRecord(host=r["host"], pid=r["pid"], mode=r["mode"], interval_s=r["interval_s"],
+                                  started_at=r["started_at"], duration_s=r["duration_s"], nodes=r["nodes"],
+                                  launches=r["launches"], stops=r["stops"]) for r in rows}
 
 
 
