@@ -69,9 +69,9 @@ def submit(fleet: Fleet, db_path: Path, spec: JobSpec, wait_s: float) -> JobNow:
 
 
 def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
-    """Record a new job (the next pass places it). ConfigError if the name is taken or its pool unknown."""
-    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
-        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+    """Record a new job (the next pass places it). ConfigError if the name is taken, its pool unknown,
+    or no pool of the fleet could ever fit it."""
+    _check_fits(fleet, spec)
     now = time.time()
     record = JobRecord(name=spec.name, spec=spec.to_store(), created_at=now, updated_at=now, pending_since=now,
                        reason="waiting for the next reconcile pass")
@@ -88,12 +88,46 @@ def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
                                       "one fixed port could not share a node (use port: auto)")
             if not queries.insert_job(conn, record):
                 old = queries.get_job(conn, spec.name)
-                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "
-                                  "cancel it or choose another name")
+                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): choose "
+                                  f"another name, or `gridctl delete --force {spec.name}` first")
             queries.add_events(conn, [created])
     finally:
         conn.close()
     return record
+
+
+def _check_fits(fleet: Fleet, spec: JobSpec) -> None:
+    from .submitfit import refusal
+    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
+        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+    why = refusal(fleet, spec)
+    if why:
+        raise ConfigError(why)
+
+
+def dry_run(fleet: Fleet, db_path: Path, spec: JobSpec) -> tuple[list, float | None]:
+    """`run --dry-run`: where each replica would go now (submitfit.where_now) and when the nodes were
+    last seen. Records nothing and creates no store; ConfigError as record_job would raise."""
+    from .placement import Gpu
+    from .submitfit import where_now
+    _check_fits(fleet, spec)
+    if not db_path.exists():
+        return where_now(fleet, spec, {}, {}, []), None
+    conn = connect(db_path, create=False)
+    try:
+        nodes = queries.load_nodes(conn)
+        readings = queries.latest_gpu_readings(conn)
+        live = [a for a in queries.load_attempts(conn, unreaped=True) if a.state.live]
+        taken = queries.get_job(conn, spec.name)
+    finally:
+        conn.close()
+    if taken is not None:
+        raise ConfigError(f"job {spec.name} already exists ({taken.state.value}): choose another name, or "
+                          f"`gridctl delete --force {spec.name}` first")
+    gpus = {node: tuple(Gpu(g["uuid"], g["index"], g.get("name") or "", g.get("memory_total_mib"))
+                        for g in rows if g.get("uuid")) for node, (_, rows) in readings.items()}
+    seen = max((n.last_seen for n in nodes.values() if n.last_seen), default=None)
+    return where_now(fleet, spec, nodes, gpus, live), seen
 
 
 def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:

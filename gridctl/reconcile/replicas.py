@@ -12,10 +12,22 @@ from dataclasses import replace
 
 from ..jobspec import JobSpec
 from ..launcher import LaunchSpec, build_env
-from ..models import Attempt, JobRecord, JobState, NodeState, Outcome, service_host
+from ..models import Attempt, JobRecord, JobState, NodeRecord, NodeState, Outcome, service_host
 from ..placement import Offer, Placement, Request, free_port, place
 from ..recovery import Decision, Policy, Step, decide
 from .jobs import S, JobPass, Launch, ReplicaState, Stop, ago, short
+
+
+def unavailable(rec: NodeRecord) -> str | None:
+    """Why a node takes no new work now (draining, cordoned, not ready), None if it does. Also
+    what `run --dry-run` reads from the store."""
+    if rec.draining:
+        return "draining"
+    if rec.cordoned:
+        return "cordoned"
+    if rec.state is not NodeState.READY:
+        return f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
+    return None
 
 
 def offers(jp: JobPass) -> dict[str, Offer]:
@@ -28,13 +40,7 @@ def offers(jp: JobPass) -> dict[str, Offer]:
             ports_at.setdefault(host_of.get(a.node, a.node), set()).add(a.port)
     for name, v in sorted(jp.views.items()):
         rec = v.record
-        why = None
-        if rec.draining:
-            why = "draining"
-        elif rec.cordoned:
-            why = "cordoned"
-        elif rec.state is not NodeState.READY:
-            why = f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
+        why = unavailable(rec)
         here = [a for a in jp.attempts.values() if a.node == name and a.state.live]
         replicas: dict[str, int] = {}
         for a in here:
