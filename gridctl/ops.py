@@ -1,9 +1,9 @@
 """The operations behind the commands that change intent: submit, cancel, drain, cordon,
-release (uncordon), and running one pass now. Every CLI verb that writes calls one of these;
+release (uncordon), restart, delete, prune, and running one pass now. Every CLI verb that writes calls one of these;
 the CLI only parses arguments and renders what comes back.
 
 Each operation writes the user's intent in one short transaction and, where the change needs a
-pass to take effect (submit, cancel, drain), runs one through reconcile.loop.Loop, waiting up to
+pass to take effect (submit, cancel, drain, restart), runs one through reconcile.loop.Loop, waiting up to
 `wait_s` for a pass of another process to finish (that pass then acts on the intent instead).
 User flags (cordon, drain) are columns a pass never writes, so they may be written mid-pass;
 a release changes the node's decided state, which passes own, so it waits for the pass lock.
@@ -239,3 +239,79 @@ def release(db_path: Path, name: str, wait_s: float = 60.0) -> str:
             conn.close()
     finally:
         lock.release()
+
+
+def restart(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
+    """New attempts of the same spec, reason "restarted by user": the next pass (run here) stops the
+    live copies (TERM, grace, KILL) and starts anew after the stop grace; an ended job starts again.
+    A cancel not yet carried out is withdrawn."""
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            if not queries.request_restart(conn, name):
+                raise NotFoundError(f"no job named {name}")
+            queries.add_events(conn, [Event(time.time(), "restart-requested",
+                                            f"restart requested by {getpass.getuser()}", job=name)])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait_s)
+    return _job_now(db_path, name, why)
+
+
+def _delete_if_ended(db_path: Path, name: str) -> tuple[JobRecord | None, str | None]:
+    """One write transaction: delete the job if lifecycle.why_kept allows. (the deleted job, None)
+    or (None, why it is kept)."""
+    from .lifecycle import why_kept
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            job = queries.get_job(conn, name)
+            if job is None:
+                raise NotFoundError(f"no job named {name}")
+            why = why_kept(job, queries.load_attempts(conn, jobs=[name], unreaped=True), set(queries.node_states(conn)))
+            if why is None:
+                queries.delete_job(conn, name, time.time())
+                queries.add_events(conn, [Event(time.time(), "job-deleted", f"job {name} ({job.state.value}, "
+                                                f"{job.attempts_made} attempts) deleted by {getpass.getuser()}")])
+                return job, None
+            return None, why
+    finally:
+        conn.close()
+
+
+def delete(fleet: Fleet, db_path: Path, name: str, force: bool, wait_s: float) -> tuple[JobRecord, str]:
+    """Delete an ended job, its attempts and events; its name is free again. force: cancel it first
+    (the usual cancel and its pass, run here), then one more pass, whose probes kill any copy still
+    alive and confirm it gone (fencing), then delete. GridctlError (nothing deleted) while a copy is
+    not confirmed gone: the kill list needs its attempt row. Returns the job as it was and a note."""
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    deleted, why = _delete_if_ended(db_path, name)
+    if deleted is not None:
+        return deleted, ""
+    if not force:
+        raise GridctlError(f"{why}; nothing deleted")
+    cancel(fleet, db_path, name, wait_s)
+    _, note = pass_now(fleet, db_path, wait_s)
+    deleted, why = _delete_if_ended(db_path, name)
+    if deleted is None:
+        raise GridctlError(f"{why}; the job is cancelled but not deleted: try again after the next pass"
+                           + (f" ({note})" if note else ""))
+    return deleted, "cancelled first"
+
+
+def prune(db_path: Path, older_than_s: float) -> object:
+    """Delete the ended jobs last changed, and the events recorded, more than older_than_s ago
+    (lifecycle.prune_store). Returns its Pruned."""
+    from .lifecycle import Pruned, prune_store
+    if not db_path.exists():
+        return Pruned([], 0, 0)
+    now = time.time()
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            return prune_store(conn, jobs_before=now - older_than_s, events_before=now - older_than_s, now=now)
+    finally:
+        conn.close()

@@ -49,6 +49,14 @@ class HealthSettings(_Model):
     lemon_window: PositiveDuration = 3600.0    # ... within this window make it a lemon
 
 
+class RetentionSettings(_Model):
+    """How long ended jobs (with their attempts and events) and events are kept; unset: forever.
+    Every pass removes a batch of what is older (lifecycle.prune_store)."""
+
+    jobs: Optional[PositiveDuration] = None
+    events: Optional[PositiveDuration] = None
+
+
 def _pool(value: Any, info: ValidationInfo) -> PoolSpec:
     """Validate one pool section with the model its `provider:` declares (providers/base.py)."""
     if not isinstance(value, dict):
@@ -73,6 +81,7 @@ class Fleet(_Model):
     state: Optional[Path] = None
     ssh: SshSettings = SshSettings()
     health: HealthSettings = HealthSettings()
+    retention: RetentionSettings = RetentionSettings()
     pools: list[Pool] = Field(min_length=1)
 
     @field_validator("state", mode="before")

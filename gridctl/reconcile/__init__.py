@@ -121,9 +121,11 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
                   decided.jobs.stops, decided.pools.calls, state_dir, intent, facts.key)
     done = time.time()
     answers = after_actions(facts, decided, results, done)
+    keep = fleet.retention
     record(conn, answers, done, PassRecord(socket.gethostname(), os.getpid(), driver.mode, driver.interval_s,
                                            started, done - started, len(inventory.nodes),
-                                           len(decided.jobs.launches), len(decided.jobs.stops)))
+                                           len(decided.jobs.launches), len(decided.jobs.stops)),
+           (keep.jobs and done - keep.jobs, keep.events and done - keep.events))
     return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
                       len(decided.jobs.stops))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..lifecycle import prune_store
 from ..models import PassRecord
 from ..store import queries, write_tx
 from .facts import BACKOFF_PREFIX, PARTITION_KEY
@@ -42,7 +43,9 @@ def record_intent(conn: sqlite3.Connection, pool: str, request_id: str, count: i
         queries.record_launch(conn, request_id, pool, count, now)
 
 
-def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: PassRecord) -> None:
+def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: PassRecord,
+           retention: tuple[float | None, float | None] = (None, None)) -> None:
+    """`retention`: (jobs, events) older than these times go, a batch per pass (lifecycle.prune_store)."""
     with write_tx(conn):
         for job in answers.jobs.values():
             queries.save_job(conn, job)
@@ -57,3 +60,5 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: Pa
         queries.add_events(conn, answers.all_events)
         queries.set_meta(conn, "last_pass_s", f"{this_pass.duration_s:.3f}")
         queries.record_pass(conn, this_pass)
+        if retention != (None, None):
+            prune_store(conn, jobs_before=retention[0], events_before=retention[1], now=now, limit=True)

@@ -103,6 +103,8 @@ def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -
                       next_try_at=None)
         _finish(jp, job, before)
         return
+    if job.restart_asked > job.restart_done:
+        job = _restart(jp, job)
     job = _apply_ended(jp, job, spec)
     jp.jobs[job.name] = job     # the decision (counters, backoff) is what the replicas see
     if job.state.terminal:
@@ -142,6 +144,22 @@ def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -
             for a in jp.live(job.name):
                 jp.end(a, S.KILLED, Outcome.CANCEL, "job failed", stop=True)
     _finish(jp, job, before)
+
+
+def _restart(jp: JobPass, job: JobRecord) -> JobRecord:
+    """`gridctl restart`: every live copy stops through the usual stop (TERM, the grace, KILL; a copy
+    on a silent node is fenced when it answers), the counters start again, and the new attempts
+    start after the stop grace: break-before-make, also for services."""
+    live = jp.live(job.name)
+    for a in live:
+        jp.end(a, S.KILLED, Outcome.CANCEL, "restarted by user", stop=a.state is not S.SILENT)
+        jp.event("attempt-ended", f"attempt {a.id} on {a.node} killed: restarted by user", job=job.name, node=a.node)
+    stopped = {a.id for a in live}
+    jp.ended = [e for e in jp.ended if e.attempt.id not in stopped]     # no recovery decision for these
+    jp.event("job-restart", f"restarted by user ({len(live)} live attempt(s) stopped)", job=job.name)
+    return replace(job, state=JobState.PENDING, reason="restarted by user", reason_code="restart", restarts=0,
+                   failures=0, pending_since=jp.now, next_try_at=jp.now + jp.grace_s if live else None,
+                   restart_done=job.restart_asked)
 
 
 def _where(jp: JobPass, name: str) -> str:

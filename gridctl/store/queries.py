@@ -229,9 +229,44 @@ def insert_job(conn: sqlite3.Connection, job: JobRecord) -> bool:
     """Record a new job (inside write_tx). False when the name is taken."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO jobs (name, spec, class, state, reason, reason_code, created_at, updated_at,"
-        " pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " pending_since, attempts_made) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " COALESCE((SELECT attempts_made FROM deleted_jobs WHERE name = ?), 0))",
         (job.name, json.dumps(job.spec), job.job_class, job.state.value, job.reason, job.reason_code,
-         job.created_at, job.updated_at, job.pending_since))
+         job.created_at, job.updated_at, job.pending_since, job.name))
+    return cur.rowcount == 1
+
+
+def delete_job(conn: sqlite3.Connection, name: str, now: float) -> None:
+    """Remove a job, its attempts and its events (inside write_tx); keep its last attempt number
+    so a new job of that name numbers its attempts after it (lifecycle.py says why)."""
+    conn.execute("INSERT INTO deleted_jobs (name, attempts_made, deleted_at) SELECT name, attempts_made, ? FROM jobs"
+                 " WHERE name = ? ON CONFLICT(name) DO UPDATE SET attempts_made = MAX(attempts_made,"
+                 " excluded.attempts_made), deleted_at = excluded.deleted_at", (now, name))
+    conn.execute("DELETE FROM events WHERE job = ?", (name,))
+    conn.execute("DELETE FROM jobs WHERE name = ?", (name,))     # attempts follow (ON DELETE CASCADE)
+
+
+def ended_jobs_before(conn: sqlite3.Connection, before: float, limit: int | None = None) -> list[JobRecord]:
+    """Ended jobs last changed before `before`, oldest first."""
+    rows = conn.execute("SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND updated_at < ?"
+                        " ORDER BY updated_at LIMIT ?", (before, -1 if limit is None else limit)).fetchall()
+    return [_job_from_row(r) for r in rows]
+
+
+def delete_events_before(conn: sqlite3.Connection, before: float, limit: int | None = None) -> int:
+    cur = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY id LIMIT ?)",
+                       (before, -1 if limit is None else limit))
+    return cur.rowcount
+
+
+def forget_deleted_jobs(conn: sqlite3.Connection, before: float) -> None:
+    conn.execute("DELETE FROM deleted_jobs WHERE deleted_at < ?", (before,))
+
+
+def request_restart(conn: sqlite3.Connection, name: str) -> bool:
+    """The user's restart (a counter the pass catches up with); it also withdraws a cancel."""
+    cur = conn.execute("UPDATE jobs SET restart_asked = restart_asked + 1, cancel_requested = 0 WHERE name = ?",
+                       (name,))
     return cur.rowcount == 1
 
 
