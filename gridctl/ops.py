@@ -16,12 +16,16 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, GridctlError, NotFoundError
 from .jobspec import JobSpec
 from .models import Attempt, Event, JobRecord, NodeRecord, NodeState
 from .spec import Fleet
 from .store import connect, queries, write_tx
+
+if TYPE_CHECKING:
+    from .lifecycle import Pruned
 
 
 @dataclass(frozen=True)
@@ -302,9 +306,9 @@ def delete(fleet: Fleet, db_path: Path, name: str, force: bool, wait_s: float) -
     return deleted, "cancelled first"
 
 
-def prune(db_path: Path, older_than_s: float) -> object:
+def prune(db_path: Path, older_than_s: float) -> "Pruned":
     """Delete the ended jobs last changed, and the events recorded, more than older_than_s ago
-    (lifecycle.prune_store). Returns its Pruned."""
+    (lifecycle.prune_store), in one write transaction."""
     from .lifecycle import Pruned, prune_store
     if not db_path.exists():
         return Pruned([], 0, 0)
