@@ -247,9 +247,11 @@ def delete_job(conn: sqlite3.Connection, name: str, now: float) -> None:
 
 
 def ended_jobs_before(conn: sqlite3.Connection, before: float, limit: int | None = None) -> list[JobRecord]:
-    """Ended jobs last changed before `before`, oldest first."""
+    """Ended jobs last changed before `before`: those with no unreaped attempt first (so a batch is
+    not filled by jobs a silent node keeps), then oldest first."""
     rows = conn.execute("SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND updated_at < ?"
-                        " ORDER BY updated_at LIMIT ?", (before, -1 if limit is None else limit)).fetchall()
+                        " ORDER BY EXISTS (SELECT 1 FROM attempts a WHERE a.job = jobs.name AND a.reaped = 0),"
+                        " updated_at LIMIT ?", (before, -1 if limit is None else limit)).fetchall()
     return [_job_from_row(r) for r in rows]
 
 

@@ -76,3 +76,24 @@ def test_prune_store_keeps_what_the_kill_list_needs_and_a_new_job_of_a_deleted_n
         assert queries.get_job(conn, "old").attempts_made == 7       # its next attempt is old.8, never old.1
     finally:
         conn.close()
+
+
+def test_a_retention_batch_is_not_filled_by_jobs_a_silent_node_keeps(tmp_path, monkeypatch):
+    import gridctl.lifecycle as lifecycle
+    monkeypatch.setattr(lifecycle, "JOBS_PER_PASS", 2)
+    conn = connect(tmp_path / "state.db")
+    try:
+        with write_tx(conn):
+            queries.save_node(conn, NodeRecord(name="n1", pool="p", provider="ssh", host="n1.example", port=22,
+                                               state=NodeState.SUSPECT), NOW)
+            for i, name in enumerate(["kept-a", "kept-b", "done"]):       # the kept ones are the oldest
+                j = job(name, JobState.CANCELLED, updated_at=NOW - 20 * DAY + i)
+                queries.insert_job(conn, j)
+                queries.save_job(conn, j)
+            queries.save_attempt(conn, att("kept-a", 1))
+            queries.save_attempt(conn, att("kept-b", 1))
+        with write_tx(conn):
+            done = prune_store(conn, jobs_before=NOW - 7 * DAY, events_before=None, now=NOW, limit=True)
+        assert done.jobs == ["done"]
+    finally:
+        conn.close()
