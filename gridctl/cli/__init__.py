@@ -20,7 +20,7 @@ app = typer.Typer(
 describe_app = typer.Typer(no_args_is_help=True, help="Show one object in detail.")
 app.add_typer(describe_app, name="describe")
 
-from . import admin, demo, endpoints, fleetcmds, jobs, nodes, route, watch  # noqa: E402,F401  (registration by import)
+from . import admin, demo, endpoints, fleetcmds, jobs, metrics, nodes, route, watch  # noqa: E402,F401  (registration by import)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
-from .common import FleetOption, JsonOption, interval_seconds, load
+from .common import FleetOption, JsonOption, MetricsAddrOption, interval_seconds, load
 from rich.text import Text
 
 from ..styles import SEVERITY
@@ -111,15 +111,21 @@ def reconcile(
     wait_ready: Optional[bool] = typer.Option(None, "--wait-ready/--no-wait-ready",
                                               help="After a pass that launched cloud instances, keep passing until "
                                                    "they are ready (default: on a terminal)."),
+    metrics_addr: Optional[str] = MetricsAddrOption,
 ) -> None:
     """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
     from ..reconcile.loop import Busy, Loop, Skipped
+    from .metrics import start_exporter
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
     if wait_ready is None:
         wait_ready = console.is_terminal and not loop
+    exporter = start_exporter(metrics_addr, db_path, needs=None if loop else
+                              "only with --loop (after one pass from cron, use `gridctl metrics --textfile PATH`)")
 
     def show(report) -> None:
+        if exporter is not None:
+            exporter.observe(report)
         if isinstance(report, Busy):
             console.print(f"another reconcile is running (pid {report.pid or '?'}, since {iso(report.since) or '?'})")
         elif isinstance(report, Skipped):
@@ -138,6 +144,9 @@ def reconcile(
         if runner.in_pass.is_set():
             err_console.print("interrupted mid-pass: nothing half-written; the next pass picks up from the store")
         raise typer.Exit(130) from None
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -> None:

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import Event, NodeRecord
@@ -36,6 +36,7 @@ class PassReport:
     failed_pools: dict[str, str]
     launches: int = 0
     stops: int = 0
+    probe_s: dict[str, float] = field(default_factory=dict)    # node -> how long its probe took this pass
 
 
 class PassLock:
@@ -112,4 +113,4 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     record(conn, answers, done, done - started)
     return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
-                      len(decided.jobs.stops))
+                      len(decided.jobs.stops), {name: o.duration_s for name, o in observations.items()})

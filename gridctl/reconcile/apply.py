@@ -54,4 +54,4 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, pass_s: float
         for node in answers.pools.nodes:
             queries.save_node(conn, node, now)
         queries.add_events(conn, answers.all_events)
-        queries.set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
+        queries.record_pass_done(conn, now, pass_s)
