@@ -173,8 +173,9 @@ def record_pass_done(conn: sqlite3.Connection, now: float, pass_s: float) -> Non
 
 
 def last_pass_done(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
-    """(when the last completed pass ended, how long it took); None before the first."""
-    done, took = get_meta(conn, "last_pass_done"), get_meta(conn, "last_pass_s")
+    """(when the last completed pass ended, how long it took); None before the first. A store whose
+    passes predate the `last_pass_done` stamp answers with its last pass's plan time."""
+    done, took = get_meta(conn, "last_pass_done") or get_meta(conn, "last_pass"), get_meta(conn, "last_pass_s")
     return (float(done) if done else None), (float(took) if took else None)
 
 

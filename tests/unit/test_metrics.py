@@ -248,3 +248,17 @@ def test_gridctl_help_does_not_import_prometheus_client(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={"PYTHONPATH": str(REPO), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip().endswith("CLEAN"), done.stdout + done.stderr
+
+
+def test_a_store_from_before_the_pass_done_stamp_still_says_when_it_last_passed(tmp_path):
+    conn = connect(tmp_path / "state.db")
+    try:
+        with write_tx(conn):
+            queries.set_meta(conn, "last_pass", repr(T0))
+            queries.set_meta(conn, "last_pass_s", "1.250")
+        assert queries.last_pass_done(conn) == (T0, 1.25)
+        with write_tx(conn):
+            queries.record_pass_done(conn, T0 + 2, 0.5)
+        assert queries.last_pass_done(conn) == (T0 + 2, 0.5)
+    finally:
+        conn.close()
