@@ -11,14 +11,16 @@ from __future__ import annotations
 import errno
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server, \
     write_to_textfile
+from prometheus_client.core import GaugeMetricFamily
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GridctlError
 from .families import families
 from .snapshot import read_snapshot
 
@@ -28,26 +30,45 @@ PROBE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
 
 class StoreCollector:
     """Reads the store at each collect (one read transaction) and yields families.families. One
-    connection for the process, opened once the store exists; scrapes take turns on it."""
+    connection for the process, opened once the store exists; scrapes take turns on it.
+    strict: a store that cannot be read raises (`gridctl metrics`); otherwise (a server) the scrape
+    carries `gridctl_store_readable 0` and the reason goes to stderr once, never a traceback."""
 
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, *, strict: bool = True):
         self.db_path = Path(db_path)
+        self.strict = strict
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._said: str | None = None
 
     def collect(self):
+        readable = "gridctl_store_readable", "1 when this scrape could read the state store."
+        try:
+            snap = self._read()
+        except GridctlError as e:
+            if self.strict:
+                raise
+            if str(e) != self._said:
+                self._said = str(e)
+                print(f"warning: metrics: {e}", file=sys.stderr, flush=True)
+            yield GaugeMetricFamily(*readable, value=0.0)
+            return
+        if snap is not None:        # None: no store yet (before the loop's first pass)
+            yield from families(snap)
+            yield GaugeMetricFamily(*readable, value=1.0)
+
+    def _read(self):
         with self._lock:
             if self._conn is None:
                 if not self.db_path.exists():
-                    return      # before the loop's first pass created it: only the loop's own metrics
+                    return None
                 from ..store import connect
                 self._conn = connect(self.db_path, create=False)
             try:
-                snap = read_snapshot(self._conn, time.time())
+                return read_snapshot(self._conn, time.time())
             except sqlite3.DatabaseError as e:
                 from ..store.db import damaged
                 raise damaged(e) from None
-        yield from families(snap)
 
     def close(self) -> None:
         with self._lock:
@@ -88,9 +109,9 @@ class PassMetrics:
         self._nodes = set(report.probe_s)
 
 
-def store_registry(db_path: Path) -> tuple[CollectorRegistry, StoreCollector]:
+def store_registry(db_path: Path, *, strict: bool = True) -> tuple[CollectorRegistry, StoreCollector]:
     registry = CollectorRegistry(auto_describe=False)
-    collector = StoreCollector(db_path)
+    collector = StoreCollector(db_path, strict=strict)
     registry.register(collector)
     return registry, collector
 
@@ -143,7 +164,7 @@ class LoopExporter:
     """`--metrics-addr` of a running loop: the store's families and the loop's own histograms."""
 
     def __init__(self, addr: str, db_path: Path):
-        self.registry, self._collector = store_registry(db_path)
+        self.registry, self._collector = store_registry(db_path, strict=False)
         self.passes = PassMetrics(self.registry)
         self._server = MetricsServer(addr, self.registry)
         self.port = self._server.port

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gridctl.errors import ConfigError
+from gridctl.errors import ConfigError, GridctlError
 from gridctl.failover import failover_times
 from gridctl.metrics.exporter import PassMetrics, exposition, parse_addr, store_registry
 from gridctl.models import (Attempt, AttemptState, Contact, Event, Finding, GpuReading, Health, JobRecord, JobState,
@@ -262,3 +262,16 @@ def test_a_store_from_before_the_pass_done_stamp_still_says_when_it_last_passed(
         assert queries.last_pass_done(conn) == (T0 + 2, 0.5)
     finally:
         conn.close()
+
+
+def test_a_server_scrape_of_an_unreadable_store_says_so_in_a_gauge_and_one_stderr_line(tmp_path, capsys):
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    registry, collector = store_registry(path, strict=False)
+    first, second = samples(exposition(registry).decode()), samples(exposition(registry).decode())
+    assert first == second == {key("gridctl_store_readable"): 0.0}
+    err = capsys.readouterr().err
+    assert err.count("warning: metrics: ") == 1 and "Traceback" not in err, err
+    strict, _ = store_registry(path)
+    with pytest.raises(GridctlError):
+        exposition(strict)
