@@ -61,6 +61,11 @@ def test_textfile_reports_the_quarantined_node_and_the_failover(tmp_path, isolat
         assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stderr
         assert [p.name for p in out_dir.iterdir()] == ["gridctl.prom"]      # the temp file was renamed
         got = samples((out_dir / "gridctl.prom").read_text())
+        res = gridctl("metrics", "-f", path, env=isolated_env)
+        assert res.returncode == 0, res.stderr
+        printed = samples(res.stdout)
+        since = key("gridctl_seconds_since_last_pass")
+        assert {k: v for k, v in printed.items() if k != since} == {k: v for k, v in got.items() if k != since}
         with _store(tmp_path) as conn:
             fault_at = conn.execute("SELECT MAX(time) FROM observations WHERE node = ? AND health = 'healthy'",
                                     (sick,)).fetchone()[0]
