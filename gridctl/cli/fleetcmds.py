@@ -127,7 +127,7 @@ def reconcile(
         else:
             _print_report(report, quiet)
 
-    runner = Loop(fleet, db_path, every, show)
+    runner = Loop(fleet, db_path, every, show, deliver=True)
     try:
         runner.run(once=not loop)
         launched = [] if loop or runner.last is None else \

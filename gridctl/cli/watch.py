@@ -107,7 +107,7 @@ def watch(
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
     plain = plain or not console.is_terminal
-    loop = None if no_reconcile else Loop(fleet, db_path, every)
+    loop = None if no_reconcile else Loop(fleet, db_path, every, deliver=True)
     thread = None
     try:
         if once:
