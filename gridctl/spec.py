@@ -110,6 +110,8 @@ class AlertHook(_Model):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v == []:
+            raise ValueError("an empty list takes no event; leave kinds out for every kind")
         for kind in v or []:
             if kind not in EVENT_KINDS:
                 hint = difflib.get_close_matches(kind, EVENT_KINDS, n=1, cutoff=0.6)

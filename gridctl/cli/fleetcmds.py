@@ -136,6 +136,7 @@ def reconcile(
     runner = Loop(fleet, db_path, every, show, deliver=True)
     try:
         runner.run(once=not loop)
+        _warn_undelivered(runner)
         launched = [] if loop or runner.last is None else \
             [e for e in runner.last.events if e.kind == "instance-launch"]
         if wait_ready and launched:
@@ -144,6 +145,18 @@ def reconcile(
         if runner.in_pass.is_set():
             err_console.print("interrupted mid-pass: nothing half-written; the next pass picks up from the store")
         raise typer.Exit(130) from None
+
+
+def _warn_undelivered(runner) -> None:
+    """After a one-shot pass: a line per alert hook that did not take its batch (kept for a later pass)."""
+    for batch, sent in runner.alert_sends:
+        if not sent.ok:
+            err_console.print(f"warning: alert hook {batch.hook.label}: {sent.error}; {len(batch.deliveries)} "
+                              "event(s) kept for a later pass (gridctl events --undelivered)", markup=False,
+                              soft_wrap=True)
+    if runner.alert_error is not None:
+        err_console.print(f"warning: alert hooks not served this pass: {runner.alert_error}", markup=False,
+                          soft_wrap=True)
 
 
 def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -> None:

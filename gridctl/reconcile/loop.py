@@ -67,6 +67,7 @@ class Loop:
         self.cycles = 0                              # passes run or skipped (lock busy) so far
         self.error: BaseException | None = None
         self.alert_error: BaseException | None = None   # the last delivery round's own error (never raised)
+        self.alert_sends: list = []                      # a one-shot pass's round: [(alerts.deliver.Batch, Sent)]
 
     def run(self, once: bool = False, wait_s: float = 0.0) -> None:
         """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
@@ -157,7 +158,7 @@ class _Alerts:
             return
         from ..alerts.deliver import deliver_round
         try:
-            deliver_round(self.conn, self.loop.fleet.fleet, self.hooks)
+            self.loop.alert_sends = deliver_round(self.conn, self.loop.fleet.fleet, self.hooks)
         except Exception as e:      # a busy store: the deliveries stay pending for the next pass
             self.loop.alert_error = e
 

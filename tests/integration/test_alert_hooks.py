@@ -115,6 +115,8 @@ def test_a_hook_that_never_answers_does_not_hold_up_the_pass(tmp_path, receiver)
     write_node(tmp_path / "nodes" / "sim-0", "sim-0", gpus=1, mode="xid79")
     res = reconcile(path)                   # returns at all while the receiver still holds the request
     assert "pass " in res.stdout and "quarantined" in res.stdout
+    assert f"warning: alert hook webhook http://127.0.0.1:{hook.server.server_address[1]}/…: timed out; 1 event(s) " \
+           "kept for a later pass" in res.stderr.replace("\n", " ")
     assert len(hook.requests) == 1
     (row,) = undelivered(path)
     assert (row["delivery"], row["tries"], row["error"]) == ("pending", 1, "timed out")

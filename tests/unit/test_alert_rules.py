@@ -215,6 +215,8 @@ def validate(tmp_path, alerts: str) -> subprocess.CompletedProcess:
     ("  - webhook: https://hooks.example/x\n    format: teams\n", "9 alerts[0].format: must be json or slack (got 'teams')"),
     ("  - webhook: https://hooks.example/x\n    timout: 3s\n", "9 alerts[0].timout: unknown key 'timout' (did you mean 'timeout'?)"),
     ("  - min_severity: alert\n", "8 alerts[0]: give exactly one of webhook: URL or command: [program, ...]"),
+    ("  - webhook: https://hooks.example/x\n    kinds: []\n",
+     "9 alerts[0].kinds: an empty list takes no event; leave kinds out for every kind"),
 ])
 def test_a_bad_alert_hook_is_one_line_naming_file_line_and_field_exit_2(tmp_path, alerts, error):
     res = validate(tmp_path, alerts)
