@@ -146,7 +146,10 @@ class _Alerts:
             return
         from ..alerts.deliver import Worker, hooks_of, register
         self.hooks = hooks_of(loop.fleet)
-        register(conn, self.hooks)
+        try:
+            register(conn, self.hooks)
+        except sqlite3.Error as e:     # a busy store: registered by the next round (or the next loop)
+            loop.alert_error = e
         if loop.deliver and not once:
             self.worker = Worker(loop.db_path, loop.fleet.fleet, self.hooks)
 
