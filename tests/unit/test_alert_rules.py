@@ -150,7 +150,7 @@ def test_every_event_kind_the_code_records_is_in_the_catalogue_hooks_filter_by()
                     recorded.add(const.value)
     recorded |= {"orphan-attempt", "instance-replaced", "instance-retired"}    # named through a variable
     assert len(recorded) > 25
-    assert recorded - EVENT_KINDS == set()
+    assert recorded - EVENT_KINDS == set(), "add these kinds to gridctl.models.EVENT_KINDS (and README Alert hooks)"
 
 
 # ---------------------------------------------------------------- the store's record of deliveries
