@@ -151,8 +151,10 @@ def events(
         emit([], [], as_json=as_json)
         return
     if undelivered:
+        from ..alerts.rules import hook_from_spec
+        hooks = {hook_from_spec(h).key for h in load(fleet_path)[0].alerts}
         with conn:
-            _emit_undelivered(conn, cutoff, node, job, limit, as_json)
+            _emit_undelivered(conn, hooks, cutoff, node, job, limit, as_json)
         return
     with conn:
         rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit, job=job)]
@@ -164,13 +166,16 @@ def events(
     ], as_json=as_json, empty="no events")
 
 
-def _emit_undelivered(conn, cutoff: float | None, node: str | None, job: str | None, limit: int, as_json: bool) -> None:
-    """`events --undelivered`: each event with a hook delivery pending or failed, and where it stands."""
+def _emit_undelivered(conn, hooks: set[str], cutoff: float | None, node: str | None, job: str | None, limit: int,
+                      as_json: bool) -> None:
+    """`events --undelivered`: each event with a hook delivery pending or failed, and where it stands
+    (a hook since removed from the spec is said to be: nothing will send those)."""
     from ..alerts.rules import describe
     from ..store import deliveries
     now = time.time()
     rows = [{**_event_json(e), "id": event_id, "hook": label, "delivery": d.state, "tries": d.tries,
-             "error": d.error or None, "next_try_at": iso(d.next_try_at), "status": describe(d, now)}
+             "error": d.error or None, "next_try_at": iso(d.next_try_at),
+             "status": describe(d, now) + ("" if d.hook in hooks else " (hook no longer in the spec)")}
             for event_id, e, d, label in deliveries.undelivered(conn)
             if (cutoff is None or e.time >= cutoff) and node in (None, e.node) and job in (None, e.job)][-limit:]
     emit(rows, [

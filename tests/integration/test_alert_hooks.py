@@ -106,6 +106,8 @@ def test_a_hook_that_keeps_failing_is_given_up_after_max_tries_and_shown_failed(
     assert (row["delivery"], row["status"]) == ("failed", "failed: HTTP 503 (2 tries)")
     res = gridctl("events", "--undelivered", "-f", path, env={**os.environ, "COLUMNS": "250"})
     assert res.returncode == 0 and "failed: HTTP 503 (2 tries)" in res.stdout and "gridctl-token" not in res.stdout
+    path.write_text(path.read_text().split("alerts:")[0])      # the hook taken out of the spec
+    assert [r["status"] for r in undelivered(path)] == ["failed: HTTP 503 (2 tries) (hook no longer in the spec)"]
 
 
 def test_a_hook_that_never_answers_does_not_hold_up_the_pass(tmp_path, receiver):
