@@ -30,7 +30,8 @@ def validate(fleet_path: Optional[Path] = FleetOption) -> None:
         for hook in fleet.alerts:
             console.print(f"alert hook: {label(hook.webhook, hook.command)}: {hook.min_severity} and above, "
                           f"{'kinds ' + ', '.join(hook.kinds) if hook.kinds is not None else 'every kind'}, "
-                          f"{hook.format}, timeout {hook.timeout:g}s, {hook.max_tries} tries", markup=False, soft_wrap=True)
+                          f"{hook.format}, timeout {hook.timeout:g}s, {hook.max_tries} tries",
+                          markup=False, soft_wrap=True)
     for pool in fleet.pools:
         try:
             providers.get(pool.provider)
