@@ -25,6 +25,13 @@ def validate(fleet_path: Optional[Path] = FleetOption) -> None:
     fleet, _ = load(fleet_path)
     import providers
     console.print(f"ok: {len(fleet.pools)} pools, {fleet.node_count()} nodes")
+    if fleet.alerts:
+        from ..alerts.rules import label
+        for hook in fleet.alerts:
+            console.print(f"alert hook: {label(hook.webhook, hook.command)}: {hook.min_severity} and above, "
+                          f"{'kinds ' + ', '.join(hook.kinds) if hook.kinds is not None else 'every kind'}, "
+                          f"{hook.format}, timeout {hook.timeout:g}s, {hook.max_tries} tries",
+                          markup=False, soft_wrap=True)
     for pool in fleet.pools:
         try:
             providers.get(pool.provider)
@@ -133,9 +140,10 @@ def reconcile(
         else:
             _print_report(report, quiet)
 
-    runner = Loop(fleet, db_path, every, show)
+    runner = Loop(fleet, db_path, every, show, deliver=True)
     try:
         runner.run(once=not loop)
+        _warn_undelivered(runner)
         launched = [] if loop or runner.last is None else \
             [e for e in runner.last.events if e.kind == "instance-launch"]
         if wait_ready and launched:
@@ -147,6 +155,18 @@ def reconcile(
     finally:
         if exporter is not None:
             exporter.close()
+
+
+def _warn_undelivered(runner) -> None:
+    """After a one-shot pass: a line per alert hook that did not take its batch (kept for a later pass)."""
+    for batch, sent in runner.alert_sends:
+        if not sent.ok:
+            err_console.print(f"warning: alert hook {batch.hook.label}: {sent.error}; {len(batch.deliveries)} "
+                              "event(s) kept for a later pass (gridctl events --undelivered)", markup=False,
+                              soft_wrap=True)
+    if runner.alert_error is not None:
+        err_console.print(f"warning: alert hooks not served this pass: {runner.alert_error}", markup=False,
+                          soft_wrap=True)
 
 
 def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -> None:

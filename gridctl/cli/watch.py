@@ -110,7 +110,8 @@ def watch(
     every = interval_seconds(interval, fleet)
     plain = plain or not console.is_terminal
     exporter = start_exporter(metrics_addr, db_path, needs="not with --once (use `gridctl metrics`)" if once else None)
-    loop = None if no_reconcile else Loop(fleet, db_path, every, exporter.observe if exporter else None)
+    loop = None if no_reconcile else Loop(fleet, db_path, every, exporter.observe if exporter else None,
+                                       deliver=True)
     thread = None
     try:
         if once:
