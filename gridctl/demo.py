@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .failover import failover_times
 from .jobspec import JobSpec
 from .models import AttemptState
 from .reconcile.loop import Loop
@@ -188,13 +189,8 @@ class Demo:
         out = []
         for fault in self.faults:
             for job, attempt_id in sorted(fault.jobs.items()):
-                detected = [e.time for e in events if e.job == job and e.time >= fault.at and
-                            e.kind in ("attempt-ended", "attempt-silent") and f"attempt {attempt_id} " in e.message]
-                replacement = [a.started_at for a in attempts if a.job == job and a.node != fault.node
-                               and a.started_at is not None and a.started_at >= fault.at - 0.5]
-                out.append(Outcome(job, f"{fault.mode} on {fault.node}",
-                                   min(detected) - fault.at if detected else None,
-                                   min(replacement) - fault.at if replacement else None,
+                took = failover_times(fault.at, job, attempt_id, fault.node, events, attempts)
+                out.append(Outcome(job, f"{fault.mode} on {fault.node}", took.detect_s, took.recover_s,
                                    jobs[job].state.value if job in jobs else "?"))
         return out
 

@@ -20,7 +20,8 @@ app = typer.Typer(
 describe_app = typer.Typer(no_args_is_help=True, help="Show one object in detail.")
 app.add_typer(describe_app, name="describe")
 
-from . import admin, demo, endpoints, fleetcmds, jobs, lifecycle, nodes, route, status, watch  # noqa: E402,F401  (registration by import)
+from . import (admin, demo, endpoints, fleetcmds, jobs, lifecycle, metrics, nodes, route, status,  # noqa: E402,F401
+               watch)  # (registration by import)
 
 
 def main() -> None:

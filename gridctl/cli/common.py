@@ -9,6 +9,8 @@ import typer
 
 FleetOption = typer.Option(None, "-f", "--fleet", help="Fleet spec (default: $GRIDCTL_FLEET, else ./fleet.yaml).")
 JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable interface, see README).")
+MetricsAddrOption = typer.Option(None, "--metrics-addr", metavar="HOST:PORT",
+                                 help="Serve Prometheus metrics at http://HOST:PORT/metrics while running.")
 
 
 def load(fleet_path: Optional[Path]):

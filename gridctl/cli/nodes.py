@@ -136,6 +136,8 @@ def events(
     node: Optional[str] = typer.Option(None, "--node", help="Only events of this node."),
     job: Optional[str] = typer.Option(None, "--job", help="Only events of this job."),
     limit: int = typer.Option(200, "--limit", min=1, help="At most this many (the newest)."),
+    undelivered: bool = typer.Option(False, "--undelivered", help="Only events an alert hook has not taken yet "
+                                     "(delivery pending or failed), one row per event and hook."),
     as_json: bool = JsonOption,
 ) -> None:
     """Recorded transitions and notices, oldest first."""
@@ -151,6 +153,12 @@ def events(
     if conn is None:
         emit([], [], as_json=as_json)
         return
+    if undelivered:
+        from ..alerts.rules import hook_from_spec
+        hooks = {hook_from_spec(h).key for h in load(fleet_path)[0].alerts}
+        with conn:
+            _emit_undelivered(conn, hooks, cutoff, node, job, limit, as_json)
+        return
     with conn:
         rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit, job=job)]
     emit(rows, [
@@ -159,3 +167,23 @@ def events(
         ("message", "MESSAGE", lambda r: esc(r["message"]) if r["severity"] == "info"
          else f"[{'bold red' if r['severity'] == 'alert' else 'yellow'}]{esc(r['message'])}[/]"),
     ], as_json=as_json, empty="no events")
+
+
+def _emit_undelivered(conn, hooks: set[str], cutoff: float | None, node: str | None, job: str | None, limit: int,
+                      as_json: bool) -> None:
+    """`events --undelivered`: each event with a hook delivery pending or failed, and where it stands
+    (a hook since removed from the spec is said to be: nothing will send those)."""
+    from ..alerts.rules import describe
+    from ..store import deliveries
+    now = time.time()
+    rows = [{**_event_json(e), "id": event_id, "hook": label, "delivery": d.state, "tries": d.tries,
+             "error": d.error or None, "next_try_at": iso(d.next_try_at),
+             "status": describe(d, now) + ("" if d.hook in hooks else " (hook no longer in the spec)")}
+            for event_id, e, d, label in deliveries.undelivered(conn)
+            if (cutoff is None or e.time >= cutoff) and node in (None, e.node) and job in (None, e.job)][-limit:]
+    emit(rows, [
+        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", lambda r: esc(r["node"] or "-")),
+        ("hook", "HOOK", lambda r: esc(r["hook"])),
+        ("status", "DELIVERY", lambda r: f"[{'bold red' if r['delivery'] == 'failed' else 'yellow'}]{esc(r['status'])}[/]"),
+        ("message", "MESSAGE", lambda r: esc(r["message"])),
+    ], as_json=as_json, empty="no undelivered events")

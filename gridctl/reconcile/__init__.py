@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import Event, NodeRecord, PassRecord
@@ -37,6 +37,7 @@ class PassReport:
     failed_pools: dict[str, str]
     launches: int = 0
     stops: int = 0
+    probe_s: dict[str, float] = field(default_factory=dict)    # node -> how long its probe took this pass
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,4 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
            (keep.jobs and done - keep.jobs, keep.events and done - keep.events))
     return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
-                      len(decided.jobs.stops))
+                      len(decided.jobs.stops), {name: o.duration_s for name, o in observations.items()})

@@ -178,8 +178,33 @@ def _v8_passes_job_lifecycle(conn: sqlite3.Connection) -> None:
                  " deleted_at REAL NOT NULL)")
 
 
+def _v9_alert_deliveries(conn: sqlite3.Connection) -> None:
+    """Alert hooks (gridctl.alerts): each hook's cursor in the event stream, and one delivery row per
+    event and hook (pending until a 2xx answer or exit 0; failed after max_tries)."""
+    conn.execute("""
+        CREATE TABLE alert_hooks (
+            hook TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            after_event INTEGER NOT NULL
+        )""")
+    conn.execute("""
+        CREATE TABLE deliveries (
+            event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+            hook TEXT NOT NULL REFERENCES alert_hooks(hook) ON DELETE CASCADE,
+            state TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL,
+            error TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (event_id, hook)
+        )""")
+    conn.execute("CREATE INDEX deliveries_open ON deliveries(state, hook, event_id)")
+    # events' idempotency keys name the store, so a new store's event ids never repeat an old store's keys
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (secrets.token_hex(8),))
+
+
 MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
-              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle]
+              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle, _v9_alert_deliveries]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -176,6 +176,19 @@ def meta_with_prefix(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
     return {r["key"]: r["value"] for r in rows}
 
 
+def record_pass_done(conn: sqlite3.Connection, now: float, pass_s: float) -> None:
+    """A pass recorded its answers: it completed, at `now`, after `pass_s` seconds (inside write_tx)."""
+    set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
+    set_meta(conn, "last_pass_done", repr(now))
+
+
+def last_pass_done(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
+    """(when the last completed pass ended, how long it took); None before the first. A store whose
+    passes predate the `last_pass_done` stamp answers with its last pass's plan time."""
+    done, took = get_meta(conn, "last_pass_done") or get_meta(conn, "last_pass"), get_meta(conn, "last_pass_s")
+    return (float(done) if done else None), (float(took) if took else None)
+
+
 def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str, now: float,
                draining: bool = False) -> NodeRecord | None:
     """Flip the manual cordon flag (inside write_tx). Returns the updated node, None if unknown."""
@@ -420,3 +433,52 @@ def last_work_by_node(conn: sqlite3.Connection) -> dict[str, float]:
     """node -> when its latest attempt ended (for idle scale-down)."""
     rows = conn.execute("SELECT node, MAX(ended_at) AS t FROM attempts WHERE ended_at IS NOT NULL GROUP BY node")
     return {r["node"]: r["t"] for r in rows}
+
+
+# ---------------------------------------------------------------- metrics (read side; gridctl/metrics)
+
+def job_counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(class, state) -> how many jobs."""
+    rows = conn.execute("SELECT class, state, COUNT(*) AS n FROM jobs GROUP BY class, state")
+    return {(r["class"], r["state"]): r["n"] for r in rows}
+
+
+def job_restarts(conn: sqlite3.Connection) -> dict[str, int]:
+    """class -> node-failure requeues of its jobs so far (the jobs table's `restarts`)."""
+    rows = conn.execute("SELECT class, SUM(restarts) AS n FROM jobs GROUP BY class")
+    return {r["class"]: r["n"] or 0 for r in rows}
+
+
+def attempt_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """(class -> attempts confirmed started, (class, outcome) -> attempts ended), over the attempts kept."""
+    started = {r["class"]: r["n"] for r in conn.execute(
+        "SELECT j.class, COUNT(*) AS n FROM attempts a JOIN jobs j ON j.name = a.job"
+        " WHERE a.started_at IS NOT NULL GROUP BY j.class")}
+    ended = {(r["class"], r["outcome"]): r["n"] for r in conn.execute(
+        "SELECT j.class, a.outcome, COUNT(*) AS n FROM attempts a JOIN jobs j ON j.name = a.job"
+        " WHERE a.outcome != '' GROUP BY j.class, a.outcome")}
+    return started, ended
+
+
+def latest_probe_durations(conn: sqlite3.Connection) -> dict[str, float]:
+    """node -> how long its latest probe took."""
+    rows = conn.execute("SELECT node, duration_s FROM observations WHERE id IN "
+                        "(SELECT MAX(id) FROM observations GROUP BY node)")
+    return {r["node"]: r["duration_s"] for r in rows}
+
+
+def last_healthy_probe_before(conn: sqlite3.Connection, node: str, before: float) -> float | None:
+    """When the latest probe of `node` that found it healthy, before `before`, started (None when
+    the kept history, OBSERVATIONS_KEPT per node, no longer reaches back that far)."""
+    row = conn.execute("SELECT MAX(time) AS t FROM observations WHERE node = ? AND time < ? AND health = 'healthy'",
+                       (node, before)).fetchone()
+    return row["t"]
+
+
+def latest_node_failure_attempt(conn: sqlite3.Connection) -> Attempt | None:
+    """The attempt most recently taken off its node because the node failed or fell silent: silent
+    now, or ended with the `node` outcome, or `superseded` (its replacement took over while the node
+    was silent); the latest by when it went silent or ended."""
+    row = conn.execute("SELECT * FROM attempts WHERE silent_since IS NOT NULL OR outcome IN ('node', 'superseded')"
+                       " ORDER BY COALESCE(silent_since, ended_at) DESC, id DESC LIMIT 1").fetchone()
+    return _attempt_from_row(row) if row else None

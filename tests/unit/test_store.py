@@ -19,7 +19,7 @@ from gridctl.errors import StoreError
 from gridctl.models import (PassRecord, Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
                             Severity, Verdict)
 from gridctl.store import connect, write_tx
-from gridctl.store import migrations, queries
+from gridctl.store import deliveries, migrations, queries
 
 
 @pytest.fixture
@@ -396,6 +396,14 @@ def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, 
             queries.record_pass(conn, PassRecord("ctl.example", 7, "loop", 15.0, 199.0, 1.0, nodes=2))
         assert queries.get_node(conn, "gpu-b").reason == "4 GPUs healthy"
         assert queries.latest_passes(conn)["loop"].ended_at == 200.0
+        # v9: alert hooks start after the events already there, and record deliveries of new ones
+        assert deliveries.undelivered(conn) == [] and len(deliveries.store_id(conn)) == 16
+        with write_tx(conn):
+            assert deliveries.ensure_hook(conn, "k1", "webhook https://hooks.example/…") == len(events)
+            queries.add_events(conn, [Event(200.0, "alert", "host key changed", node="gpu-b", severity="alert")])
+            deliveries.queue(conn, "k1", [len(events) + 1], 200.0)
+        assert [(i, e.kind, dl.state) for i, e, dl, _ in deliveries.undelivered(conn)] == \
+            [(len(events) + 1, "alert", "pending")]
     finally:
         conn.close()
 

@@ -1,0 +1,42 @@
+"""Pure: how long a failover took, from the attempts and events the store keeps.
+
+Called by demo.Demo.outcomes (which knows when it injected its fault) and by metrics (which does
+not, and takes the node's last healthy probe before the detection as the fault's time). One rule
+for both, so the demo's figures and the exported gauges can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .models import Attempt, Event
+
+DETECTION_KINDS = ("attempt-ended", "attempt-silent")
+CLOCK_SLACK_S = 0.5     # a replacement recorded in the pass that saw the fault may start a hair before it
+
+
+@dataclass(frozen=True)
+class Failover:
+    """One attempt that left its node because the node failed: the fault's time and the two spans."""
+
+    job: str
+    attempt: str
+    node: str
+    fault_at: float
+    detect_s: float | None      # fault -> first event that took the attempt off its node
+    recover_s: float | None     # fault -> first replacement started on another node
+
+
+def failover_times(fault_at: float, job: str, attempt_id: str, node: str, events: Iterable[Event],
+                   attempts: Iterable[Attempt]) -> Failover:
+    """Detection: the first `attempt-ended` / `attempt-silent` event naming the attempt at or after
+    the fault. Recovery: the first attempt of the same job started on another node since the fault.
+    Either is None while it has not happened."""
+    detected = [e.time for e in events if e.job == job and e.time >= fault_at and e.kind in DETECTION_KINDS
+                and f"attempt {attempt_id} " in e.message]
+    replaced = [a.started_at for a in attempts if a.job == job and a.node != node and a.started_at is not None
+                and a.started_at >= fault_at - CLOCK_SLACK_S]
+    return Failover(job, attempt_id, node, fault_at, min(detected) - fault_at if detected else None,
+                    min(replaced) - fault_at if replaced else None)
+
