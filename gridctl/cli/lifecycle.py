@@ -19,7 +19,9 @@ def restart(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Opti
             wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler."),
             as_json: bool = JsonOption) -> None:
     """New attempts of the same spec (reason "restarted by user"): live copies stop first, then new
-    ones start (break-before-make, services too); an ended job runs again."""
+    ones start (break-before-make, services too); an ended job runs again.
+
+    Example: gridctl restart web"""
     from .. import ops
     from .jobs import _show_job_line
     fleet, db_path = load(fleet_path)
@@ -32,7 +34,9 @@ def delete(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optio
                                       "confirmed gone."),
            wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
     """Remove an ended job with its attempts and events; its name is free again for `run`. Refused
-    while a copy of it is not yet confirmed gone by its node (the kill list needs it)."""
+    while a copy of it is not yet confirmed gone by its node (the kill list needs it).
+
+    Example: gridctl delete nightly-eval --force"""
     from .. import ops
     fleet, db_path = load(fleet_path)
     job, note = ops.delete(fleet, db_path, job_name, force, wait)
@@ -47,7 +51,9 @@ def prune(older_than: str = typer.Option(..., "--older-than", help="e.g. 7d: end
           fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
     """Delete ended jobs (with their attempts and events) and events older than --older-than. A job
     whose copies are not yet confirmed gone by their node is kept. `retention:` in the fleet spec
-    does the same in every pass."""
+    does the same in every pass.
+
+    Example: gridctl prune --older-than 7d"""
     from .. import ops
     from ..spec import parse_duration
     try:

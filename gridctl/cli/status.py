@@ -39,7 +39,9 @@ def _pass_json(p) -> dict | None:
 
 @app.command()
 def status(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
-    """Who reconciles this fleet and when it last did; nodes and jobs by state; recent alerts."""
+    """Who reconciles this fleet and when it last did; nodes and jobs by state; recent alerts.
+
+    Example: gridctl status -f fleet.yaml --json"""
     from ..store import queries
     from ..supervision import supervision
     fleet, db_path = load(fleet_path)
