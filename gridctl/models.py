@@ -235,8 +235,8 @@ EVENT_KINDS = frozenset({
     "attempt-starting", "attempt-stop-failed", "attempt-stopped", "attempt-unconfirmed", "cancel-requested",
     "cordon", "drain", "fleet-partition", "fleet-partition-ended", "hedge", "instance-launch",
     "instance-launch-failed", "instance-replaced", "instance-retire-failed", "instance-retired", "job-created",
-    "job-deleted", "job-restart", "job-state", "node-added", "node-rebooted", "node-removed", "node-state", "orphan-attempt", "pass-skipped",
-    "pool-capacity", "pool-error", "replica-not-ready", "replica-ready", "restart-requested", "uncordon",
+    "job-deleted", "job-restart", "job-state", "node-added", "node-rebooted", "node-removed", "node-state",
+    "orphan-attempt", "pass-skipped", "pool-capacity", "pool-error", "replica-not-ready", "replica-ready", "restart-requested", "uncordon",
 })
 
 

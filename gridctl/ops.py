@@ -103,7 +103,8 @@ def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
 def _check_fits(fleet: Fleet, spec: JobSpec) -> None:
     from .submitfit import refusal
     if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
-        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+        known = ", ".join(p.name for p in fleet.pools)
+        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {known})")
     why = refusal(fleet, spec)
     if why:
         raise ConfigError(why)

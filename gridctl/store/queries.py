@@ -309,7 +309,8 @@ def load_jobs(conn: sqlite3.Connection, *, active_only: bool = False) -> dict[st
     if active_only:
         rows = conn.execute(
             "SELECT * FROM jobs WHERE state IN ('pending', 'running') OR cancel_requested = 1 AND state != 'cancelled'"
-            " OR restart_asked > restart_done OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
+            " OR restart_asked > restart_done"
+            " OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
             " ORDER BY created_at, name").fetchall()
     else:
         rows = conn.execute("SELECT * FROM jobs ORDER BY created_at, name").fetchall()
