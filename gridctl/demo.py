@@ -9,7 +9,8 @@ builtin router (`gridctl route web`) as a child process, and a paced load throug
 the moment both replicas are ready to the end (demo_traffic.py). Each fault is injected on a node
 that runs a replica of `web` while there is one. Simulated nodes share this machine, so a node that
 goes `down` would leave its processes serving: the demo freezes them (SIGSTOP), as a dead node's
-processes are gone from the network; `gridctl chaos down` does not.
+processes are gone from the network, and kills them once every job has moved (Demo._signal);
+`gridctl chaos down` does neither.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Fault:
     mode: str
     at: float
     jobs: dict[str, str] = field(default_factory=dict)    # job -> attempt id that was on the node
+    attempts: tuple[str, ...] = ()                         # every attempt that ran on the node
     recovered_at: float | None = None                     # every job in `jobs` had recovered
 
     def window(self) -> FaultWindow:
@@ -130,7 +132,7 @@ class Demo:
         self.status = "placing jobs"
         self.traffic.start_router()
         if not self._wait(lambda: self._all_running(), deadline):
-            self.status = "jobs did not all start (or web's replicas get ready) in time"
+            self.status = f"jobs did not all start in time ({ROUTED}: both replicas ready)"
             return
         self._start_load(deadline)
         self._sleep(2.0, deadline)
@@ -146,6 +148,8 @@ class Demo:
                 self.status = f"{mode} on {fault.node}: not every job recovered within --duration"
                 return
             fault.recovered_at = time.time()
+            if mode == "down":
+                self._signal(fault.node, list(fault.attempts), signal.SIGKILL)
             self.status = f"{mode} on {fault.node}: every affected job recovered"
             self._sleep(2.0, deadline)
         self.status = "done: every affected job recovered"
@@ -201,22 +205,27 @@ class Demo:
             return None
         # a node with a replica of the routed service first, so the router's figures show a failover
         node = max(sorted(load), key=lambda n: (any(a.job == ROUTED for a in load[n]), len(load[n])))
-        fault = Fault(node, mode, time.time(), {a.job: a.id for a in load[node]})
+        fault = Fault(node, mode, time.time(), {a.job: a.id for a in load[node]}, tuple(a.id for a in load[node]))
         write_node(self.root / "nodes" / node, node, gpus=4, mode=mode)
         if mode == "down":
-            self._freeze(node, [a.id for a in load[node]])
+            self._signal(node, list(fault.attempts), signal.SIGSTOP)
         self.faults.append(fault)
         self.say(f"demo: injected {mode} on {node} (running {', '.join(sorted(fault.jobs))})")
         return fault
 
-    def _freeze(self, node: str, attempt_ids: list[str]) -> None:
-        """SIGSTOP the process groups of these attempts on a simulated node, each by the pid in its
-        attempt dir once /proc shows that pid started when the dir says (its pid_start)."""
+    def _signal(self, node: str, attempt_ids: list[str], sig: int) -> None:
+        """Signal the process groups of these attempts on a simulated node, each by the pid in its
+        attempt dir once /proc shows that pid started when the dir says (its pid_start).
+
+        A node that goes down takes its processes off the network: SIGSTOP freezes them, so a
+        router's requests to them go unanswered as to a dark node. Once every job has moved they
+        are killed: simulated nodes share one address, and a frozen replica would keep its port
+        from the replacements placed after gridctl gave up on it."""
         for attempt_id in attempt_ids:
             pid = _attempt_pid(self.root / "nodes" / node / "work" / "attempts" / attempt_id)
             if pid is not None:
                 try:
-                    os.killpg(pid, signal.SIGSTOP)
+                    os.killpg(pid, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
 

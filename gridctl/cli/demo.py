@@ -107,11 +107,10 @@ def _requests_line(d) -> str:
     from ..demo_traffic import latency
     failed = [s for s in t.samples if not s.ok]
     slowest = max(t.samples, key=lambda s: s.latency)
-    lines = [f"router: {len(t.samples)} requests through `gridctl route {t.job}` (builtin) in "
-             f"{t.stopped_at - t.started_at:.1f}s, {len(failed)} failed; p50/p99 {latency(t.samples).text()}, "
-             f"slowest {slowest.latency * 1000:.0f} ms",
-             "  REQUESTS, FAILED: sent from the fault until the next one (or the end); P50/P99 BEFORE: since "
-             "the previous fault recovered; DURING: until every job it hit recovered"]
+    lines = [f"router (gridctl route {t.job}): {len(t.samples)} requests in {t.stopped_at - t.started_at:.1f}s, "
+             f"{len(failed)} failed; p50/p99 {latency(t.samples).text()}, slowest {slowest.latency * 1000:.0f} ms",
+             "  REQUESTS, FAILED: sent from the fault until the next one (or the end). P50/P99 BEFORE: since",
+             "  the previous fault recovered; DURING: from the fault until every job it hit recovered."]
     lines += [f"  {f.mode} on {f.node} hit no replica of {ROUTED}: its row shows no failover"
               for f in d.faults if ROUTED not in f.jobs]
     first = d.faults[0].at if d.faults else t.started_at
