@@ -97,7 +97,7 @@ class Demo:
         self.status = "starting the fleet"
         spec = {
             "fleet": "demo", "state": str(root / "state.db"),
-            "health": {"interval": "1s", "probe_timeout": "3s", "unhealthy_after": 2, "stale_after": "30s"},
+            "health": {"interval": "1s", "probe_timeout": "5s", "unhealthy_after": 2, "stale_after": "30s"},
             "pools": [{"name": "sim", "provider": "local", "count": NODE_COUNT, "dir": str(root / "nodes"),
                        "gpu": {"type": "H100", "count": 4, "memory_gb": 80}}],
         }

@@ -72,6 +72,23 @@ def fault_figures(samples: list, windows: list[FaultWindow]) -> list[Figures]:
     return out
 
 
+@dataclass(frozen=True)
+class FailureKind:
+    kind: str               # "answered 503", "no answer (ServerDisconnectedError)"
+    count: int
+    first: float            # the earliest and latest sends of this kind (time.time())
+    last: float
+
+
+def failure_kinds(failed: list) -> list[FailureKind]:
+    """Failed samples grouped by what came back, the most frequent first."""
+    groups: dict[str, list[float]] = {}
+    for s in failed:
+        kind = f"answered {s.status}" if s.status else f"no answer ({s.error.split(':')[0] or 'unknown'})"
+        groups.setdefault(kind, []).append(s.start)
+    return sorted((FailureKind(k, len(v), min(v), max(v)) for k, v in groups.items()), key=lambda f: (-f.count, f.kind))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

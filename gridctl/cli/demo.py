@@ -104,7 +104,7 @@ def _requests_line(d) -> str:
     if not t.samples:
         return f"router: {d.traffic_note or 'no requests were sent'}"
     from ..demo import ROUTED
-    from ..demo_traffic import latency
+    from ..demo_traffic import failure_kinds, latency
     failed = [s for s in t.samples if not s.ok]
     slowest = max(t.samples, key=lambda s: s.latency)
     lines = [f"router (gridctl route {t.job}): {len(t.samples)} requests in {t.stopped_at - t.started_at:.1f}s, "
@@ -114,9 +114,8 @@ def _requests_line(d) -> str:
     lines += [f"  {f.mode} on {f.node} hit no replica of {ROUTED}: its row shows no failover"
               for f in d.faults if ROUTED not in f.jobs]
     first = d.faults[0].at if d.faults else t.started_at
-    for s in failed[:3]:
-        what = f"status {s.status}" if s.status else "no answer"
-        lines.append(f"  failed: a request sent {s.start - first:+.2f}s from the first fault: {what} {s.error}".rstrip())
+    lines += [f"  failed: {k.count} {k.kind}, sent from {k.first - first:+.1f}s to {k.last - first:+.1f}s "
+              "after the first fault" for k in failure_kinds(failed)[:4]]
     return "\n".join(lines)
 
 

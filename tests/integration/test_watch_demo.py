@@ -185,6 +185,8 @@ def check_router_figures(res: subprocess.CompletedProcess, rows: list[list[str]]
     assert total, why
     requests, failed, p50, p99, slowest = map(int, total.groups())
     assert requests > 0 and 0 <= failed <= requests and p50 <= p99 <= slowest, why
+    listed = sum(int(n) for n in re.findall(r"^  failed: (\d+) ", res.stdout, re.M))   # failures are named
+    assert (listed > 0) == (failed > 0) and listed <= failed, why
     firsts = [r for i, r in enumerate(rows[1:]) if i == 0 or rows[i][0] != r[0]]
     assert [r[1] for r in firsts] == ["web", "web"], why
     for row in rows[1:]:

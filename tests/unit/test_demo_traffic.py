@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gridctl.demo import _attempt_pid
-from gridctl.demo_traffic import FaultWindow, Latency, fault_figures
+from gridctl.demo_traffic import FailureKind, FaultWindow, Latency, failure_kinds, fault_figures
 from gridctl.loadgen import Sample
 
 
@@ -65,6 +65,14 @@ def test_latency_text(latency, text):
 def test_no_samples_give_empty_figures():
     figs = fault_figures([], [FaultWindow(10, 12)])
     assert (figs[0].requests, figs[0].failed, figs[0].before.text(), figs[0].during.text()) == (0, 0, "-", "-")
+
+
+def test_failures_are_grouped_by_what_came_back_most_frequent_first():
+    bad = [Sample(12, 0.001, 503, ""), Sample(11, 0.001, 503, ""), failed(13),
+           Sample(14, 2.0, 0, "", "ServerDisconnectedError: Server disconnected"), failed(15), failed(16)]
+    assert failure_kinds(bad) == [FailureKind("no answer (ClientConnectorError)", 3, 13, 16),
+                                  FailureKind("answered 503", 2, 11, 12),
+                                  FailureKind("no answer (ServerDisconnectedError)", 1, 14, 14)]
 
 
 def _start_ticks(pid: int) -> str:
