@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from . import demo_replica
-from .demo_traffic import FaultWindow, Traffic
+from .demo_traffic import FaultWindow, Traffic, fault_figures
 from .jobspec import JobSpec
 from .models import AttemptState
 from .reconcile.loop import Loop
@@ -97,7 +97,7 @@ class Demo:
         self.status = "starting the fleet"
         spec = {
             "fleet": "demo", "state": str(root / "state.db"),
-            "health": {"interval": "1s", "probe_timeout": "5s", "unhealthy_after": 2, "stale_after": "30s"},
+            "health": {"interval": "1s", "probe_timeout": "3s", "unhealthy_after": 2, "stale_after": "30s"},
             "pools": [{"name": "sim", "provider": "local", "count": NODE_COUNT, "dir": str(root / "nodes"),
                        "gpu": {"type": "H100", "count": 4, "memory_gb": 80}}],
         }
@@ -268,7 +268,6 @@ class Demo:
 
     def request_figures(self) -> list:
         """demo_traffic.Figures per fault, from the samples Traffic.stop() collected."""
-        from .demo_traffic import fault_figures
         return fault_figures(self.traffic.samples, [f.window() for f in self.faults])
 
     def final_jobs(self) -> list[tuple[str, str, str, str]]:
