@@ -25,18 +25,26 @@ class Failover:
     node: str
     fault_at: float
     detect_s: float | None      # fault -> first event that took the attempt off its node
-    recover_s: float | None     # fault -> first replacement started on another node
+    recover_s: float | None     # fault -> first replacement started (or, with until_ready, ready) on another node
 
 
 def failover_times(fault_at: float, job: str, attempt_id: str, node: str, events: Iterable[Event],
-                   attempts: Iterable[Attempt]) -> Failover:
+                   attempts: Iterable[Attempt], *, until_ready: bool = False) -> Failover:
     """Detection: the first `attempt-ended` / `attempt-silent` event naming the attempt at or after
-    the fault. Recovery: the first attempt of the same job started on another node since the fault.
-    Either is None while it has not happened."""
+    the fault. Recovery: the first attempt of the same job started on another node since the fault;
+    with `until_ready` (a service with a readiness check), the first `replica-ready` event of such an
+    attempt, since a replica that runs but does not answer serves nobody. Either is None while it has
+    not happened."""
+    events = list(events)
     detected = [e.time for e in events if e.job == job and e.time >= fault_at and e.kind in DETECTION_KINDS
                 and f"attempt {attempt_id} " in e.message]
-    replaced = [a.started_at for a in attempts if a.job == job and a.node != node and a.started_at is not None
-                and a.started_at >= fault_at - CLOCK_SLACK_S]
+    replacements = [a for a in attempts if a.job == job and a.node != node and a.started_at is not None
+                    and a.started_at >= fault_at - CLOCK_SLACK_S]
+    if until_ready:
+        recovered = [e.time for e in events if e.kind == "replica-ready" and e.job == job
+                     and any(e.message.startswith(f"attempt {a.id} ") for a in replacements)]
+    else:
+        recovered = [a.started_at for a in replacements]
     return Failover(job, attempt_id, node, fault_at, min(detected) - fault_at if detected else None,
-                    min(replaced) - fault_at if replaced else None)
+                    min(recovered) - fault_at if recovered else None)
 
