@@ -12,7 +12,7 @@ from typing import Iterable
 
 from .models import Attempt, Event
 
-DETECTION_KINDS = ("attempt-ended", "attempt-silent")
+DETECTION_KINDS = ("attempt-ended", "attempt-silent", "attempt-moving")
 CLOCK_SLACK_S = 0.5     # a replacement recorded in the pass that saw the fault may start a hair before it
 
 

@@ -231,7 +231,7 @@ EVENT_SEVERITIES = ("info", "warning", "alert")     # lowest first: an alert hoo
 # Every kind an Event is recorded with (tests/unit/test_alert_rules.py checks the code against it):
 # alert hooks' `kinds:` filter is validated against this list.
 EVENT_KINDS = frozenset({
-    "alert", "attempt-back", "attempt-ended", "attempt-fenced", "attempt-running", "attempt-silent",
+    "alert", "attempt-back", "attempt-ended", "attempt-fenced", "attempt-moving", "attempt-running", "attempt-silent",
     "attempt-starting", "attempt-stop-failed", "attempt-stopped", "attempt-unconfirmed", "cancel-requested",
     "cordon", "drain", "fleet-partition", "fleet-partition-ended", "hedge", "instance-launch",
     "instance-launch-failed", "instance-replaced", "instance-retire-failed", "instance-retired", "job-created",

@@ -185,18 +185,14 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
     live = jp.live(job.name, r)
     active = [a for a in live if a.state in (S.RUNNING, S.STARTING)]
     silent = [a for a in live if a.state is S.SILENT]
-    draining = [a for a in active if jp.views.get(a.node) and jp.views[a.node].record.draining]
-    if draining and len(active) == len(draining):
-        a = draining[0]
+    # copies to move off their node: draining, or quarantined for faults on GPUs they do not hold
+    # (attempts.spared kept those running)
+    leaving = [a for a in active if jp.views.get(a.node) and (jp.views[a.node].record.draining
+                                                              or jp.views[a.node].condemned)]
+    if leaving and len(active) == len(leaving):
+        a = leaving[0]
         if spec.job_class == "service":
-            view = jp.views[a.node]
-            old = Stop(a.id, a.job, a.node, view.work_dir, f"drained: {view.record.cordon_reason or 'drain'}",
-                       jp.grace_s)
-            # with readiness, the old copy serves until its replacement is ready (a later pass);
-            # without, until the replacement runs (act stops it right after the launch)
-            then_stop = () if spec.readiness is not None else (old,)
-            placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=then_stop, why="drain")
-            return ReplicaState.RUNNING, "" if placed is True else f"drain of {a.node} waits: {placed}"
+            return _move(jp, job, spec, r, offers, a)
         jp.end(a, S.KILLED, Outcome.DRAIN, f"node {a.node} is draining", stop=True)
         job = _apply_ended(jp, jp.jobs[job.name], spec)
         jp.jobs[job.name] = job
@@ -234,6 +230,27 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
     return ReplicaState.PENDING, placed
 
 
+def _move(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer],
+          a: Attempt) -> tuple[ReplicaState, str]:
+    """Make-before-break for a service copy that must leave its node: with readiness, the old copy
+    serves until its replacement is ready (a later pass, _hand_over_when_ready); without, until the
+    replacement runs (act stops it right after the launch)."""
+    view = jp.views[a.node]
+    condemned = view.condemned and not view.record.draining
+    why = (f"node {a.node} quarantined: {short(view.record.reason)}" if condemned
+           else f"drained: {view.record.cordon_reason or 'drain'}")
+    then_stop = () if spec.readiness is not None else (Stop(a.id, a.job, a.node, view.work_dir, why, jp.grace_s),)
+    placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=then_stop,
+                    why="quarantine" if condemned else "drain")
+    if placed is not True:
+        return ReplicaState.RUNNING, f"{'quarantine' if condemned else 'drain'} of {a.node} waits: {placed}"
+    if condemned:
+        jp.event("attempt-moving", f"attempt {a.id} on {a.node}: {why}; its own GPUs are fine, so it serves until "
+                 f"its replacement is {'ready' if spec.readiness is not None else 'running'}", job=job.name,
+                 node=a.node, severity="warning")
+    return ReplicaState.RUNNING, ""
+
+
 def _hand_over_when_ready(jp: JobPass, active: list[Attempt]) -> tuple[ReplicaState, str]:
     """Two live copies of one replica of a service with readiness (a drain's replacement, or a hedge
     whose silent original answers again): the newest ready copy stays and the others stop; while
@@ -250,6 +267,8 @@ def _hand_over_when_ready(jp: JobPass, active: list[Attempt]) -> tuple[ReplicaSt
         view = jp.views.get(old.node)
         drained = view is not None and view.record.draining
         reason = (f"drained: replaced by attempt {keep.n}, ready on {keep.node}" if drained else
+                  f"node {old.node} quarantined: replaced by attempt {keep.n}, ready on {keep.node}"
+                  if view is not None and view.condemned else
                   f"superseded: attempt {keep.n} is ready on {keep.node}")
         jp.put(replace(old, state=S.KILLED, ended_at=jp.now, outcome=Outcome.DRAIN if drained else Outcome.SUPERSEDED,
                        reason=reason, ready=False))
