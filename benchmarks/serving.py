@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from failover import (GRIDCTL, Store, gridctl, kill_attempts, run_session, setup_fleet,  # noqa: E402
                       start_loop, stop_loop, wait_passes)
+from gridctl.launcher import local_attempt_pid  # noqa: E402
 from gridctl.loadgen import Load, percentile  # noqa: E402
 from sweep import can_blackhole, wait_sshd_idle  # noqa: E402
 
@@ -137,8 +138,9 @@ class Faults:
             subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
             self.rules.append(rule)
         elif fault == "kill":
-            pid = int((self.root / "work" / node / "attempts" / attempt / "pid").read_text().strip())
-            os.killpg(pid, signal.SIGKILL)
+            pid = local_attempt_pid(self.root / "work" / node / "attempts" / attempt)
+            if pid is not None:
+                os.killpg(pid, signal.SIGKILL)
         elif fault == "drain":
             # the drain returns when a pass took it; the hand-over itself takes later passes
             subprocess.Popen([*GRIDCTL, "drain", "-f", str(self.fleet_path), node, "--reason", "benchmark"],

@@ -32,6 +32,7 @@ from . import demo_replica
 from .demo_traffic import FaultWindow, Traffic, fault_figures
 from .failover import failover_times
 from .jobspec import JobSpec
+from .launcher import local_attempt_pid
 from .models import AttemptState
 from .reconcile.loop import Loop
 from .spec import Fleet, load_fleet
@@ -223,7 +224,7 @@ class Demo:
         are killed: simulated nodes share one address, and a frozen replica would keep its port
         from the replacements placed after gridctl gave up on it."""
         for attempt_id in attempt_ids:
-            pid = _attempt_pid(self.root / "nodes" / node / "work" / "attempts" / attempt_id)
+            pid = local_attempt_pid(self.root / "nodes" / node / "work" / "attempts" / attempt_id)
             if pid is not None:
                 try:
                     os.killpg(pid, sig)
@@ -280,26 +281,16 @@ class Demo:
     def kill_jobs(self) -> None:
         """End every process the demo's attempts started (by the pids in their attempt dirs)."""
         for pid_file in (self.root / "nodes").glob("*/work/attempts/*/pid"):
-            try:
-                pid = int(pid_file.read_text().strip())
-            except (OSError, ValueError):
+            # only a pid that still names the attempt's own process: one that exited earlier may
+            # have been handed to someone else's process since
+            pid = local_attempt_pid(pid_file.parent)
+            if pid is None:
                 continue
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
-
-def _attempt_pid(attempt_dir: Path) -> int | None:
-    """The attempt's wrapper pid (launcher.py: its process group) while that process runs: its
-    start time in /proc is the one the wrapper wrote to pid_start. None otherwise."""
-    try:
-        pid = int((attempt_dir / "pid").read_text().strip())
-        started = (attempt_dir / "pid_start").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if len(stat) > 19 and stat[19] == started else None
 
 
 def _serving(a) -> bool:

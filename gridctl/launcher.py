@@ -29,6 +29,7 @@ import hmac
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 ATTEMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}\Z")
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -294,3 +295,17 @@ def parse_stop(output: str) -> str:
         if line.startswith("@stop "):
             return line[len("@stop "):].strip()[:300]
     return "no answer from the stop script"
+
+
+def local_attempt_pid(attempt_dir: Path) -> int | None:
+    """For an attempt dir on this machine (simulated nodes, tests, benchmarks): the wrapper's pid, which
+    is also its process group, while that process runs: its start time in /proc is the one the wrapper
+    wrote to pid_start. None otherwise, so a pid the kernel has since handed to another process is
+    never signalled."""
+    try:
+        pid = int((attempt_dir / "pid").read_text().strip())
+        started = (attempt_dir / "pid_start").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if len(stat) > 19 and stat[19] == started else None

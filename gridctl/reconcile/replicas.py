@@ -36,7 +36,7 @@ def offers(jp: JobPass) -> dict[str, Offer]:
     host_of = {name: service_host(v.record.host) for name, v in jp.views.items()}
     ports_at: dict[str, set[int]] = {}
     for a in jp.attempts.values():
-        if a.state.live and a.port is not None:
+        if a.port is not None and (a.state.live or _may_hold_port(a)):
             ports_at.setdefault(host_of.get(a.node, a.node), set()).add(a.port)
     for name, v in sorted(jp.views.items()):
         rec = v.record
@@ -49,6 +49,12 @@ def offers(jp: JobPass) -> dict[str, Offer]:
         out[name] = Offer(name, rec.pool, v.gpus, held, why, replicas, frozenset(ports_at.get(host_of[name], ())),
                           foreign=v.busy_gpus - held)
     return out
+
+
+def _may_hold_port(a: Attempt) -> bool:
+    """An ended copy whose process nobody saw exit and whose node has not confirmed it gone (not
+    reaped): given up on a silent node, it may still be bound to its port on that address."""
+    return not a.reaped and a.exit_code is None
 
 
 def keep_placed(jp: JobPass) -> None:

@@ -46,10 +46,14 @@ def _kill_jobs(tmp_path) -> None:
     """End the job processes this test's attempts started (by the pids in their attempt dirs)."""
     import os
     import signal
+    from gridctl.launcher import local_attempt_pid
     for pid_file in (tmp_path / "work").glob("*/attempts/*/pid"):
+        pid = local_attempt_pid(pid_file.parent)     # never a pid since handed to someone else
+        if pid is None:
+            continue
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 

@@ -45,8 +45,12 @@ def stop_attempts(root) -> None:
     import os
     import signal
     from pathlib import Path
+    from gridctl.launcher import local_attempt_pid
     for pid_file in Path(root).glob("**/attempts/*/pid"):
+        pid = local_attempt_pid(pid_file.parent)     # never a pid since handed to someone else
+        if pid is None:
+            continue
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass

@@ -246,10 +246,14 @@ class JobLab:
     def close(self) -> None:
         for name in list(self.blackholed):
             self.unblackhole(name)
+        from gridctl.launcher import local_attempt_pid
         for _, _, path in self.pid_files():
+            pid = local_attempt_pid(path.parent)      # never a pid since handed to someone else
+            if pid is None:
+                continue
             try:
-                os.killpg(int(path.read_text().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
                 pass
 
 

@@ -193,3 +193,16 @@ def test_a_fault_on_the_replicas_own_gpu_or_the_whole_node_stops_it_at_once(gpu)
     p = run([svc()], [old], [condemned("n1", alive(old), gpu=gpu), view("n2")])
     assert (p.attempts["llm.1"].state, p.attempts["llm.1"].outcome) == (S.LOST, Outcome.NODE)
     assert [s.attempt_id for s in p.stops] == ["llm.1"]
+
+
+def test_a_port_of_a_lost_copy_not_yet_confirmed_gone_is_not_handed_out_again_on_its_address():
+    # both nodes share one address (a simulated fleet; or two names for one host): the copy on the
+    # silent n1 was given up but may still hold 20000 there, so the replacement must not bind it
+    gone = att(1, "n1", state=S.LOST, port=20000, ended_at=NOW - 1, outcome=Outcome.NODE)
+    silent = replace(view("n1", host="127.0.0.1"), answered=False, complete=False, reports={})
+    p = run([svc(attempts_made=1)], [gone], [silent, view("n2", host="127.0.0.1")])
+    (launch,) = p.launches
+    assert (launch.node, launch.attempt.port) == ("n2", 20001)
+    # once its node has confirmed it gone (reaped), the port is free again
+    p = run([svc(attempts_made=1)], [replace(gone, reaped=True)], [silent, view("n2", host="127.0.0.1")])
+    assert [ln.attempt.port for ln in p.launches] == [20000]
