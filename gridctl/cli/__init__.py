@@ -7,18 +7,46 @@ function and renders through cli/render.py.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 from ..errors import EXIT_USAGE, GridctlError
 
 app = typer.Typer(
-    name="gridctl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="gridctl", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
     help="Keep GPU workloads alive on fleets of GPU machines: probe nodes over SSH, quarantine the sick ones.",
+    epilog="Example: gridctl -f fleet.yaml nodes -o wide",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-describe_app = typer.Typer(no_args_is_help=True, help="Show one object in detail.")
+describe_app = typer.Typer(no_args_is_help=True, help="Show one object in detail.",
+                           epilog="Example: gridctl describe node h100-a -f fleet.yaml")
 app.add_typer(describe_app, name="describe")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            print(f"gridctl {version('gridctl')}")
+        except PackageNotFoundError:
+            print("gridctl (version unknown: not installed as a package)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    fleet_path: Optional[Path] = typer.Option(None, "-f", "--fleet", help="Fleet spec for the command that follows."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output for the read command that follows."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FORMAT",
+                                         help="Output of the read command that follows: wide | json | yaml | name."),
+    _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                  help="Print gridctl's version and exit."),
+) -> None:
+    """Options given here apply to the command that follows; the command's own win."""
+    ctx.obj = {"fleet": fleet_path, "json": as_json, "output": output}
 
 from . import admin, demo, endpoints, fleetcmds, jobs, nodes, route, watch  # noqa: E402,F401  (registration by import)
 
@@ -40,6 +68,10 @@ def main() -> None:
         print("aborted", file=sys.stderr)
         sys.exit(1)
     except _click_errors() as e:   # usage errors: unknown flag, missing argument, bare `gridctl`
+        if _fleet_without_value(e):
+            print("error: -f is --fleet and needs a fleet file (gridctl logs JOB -f fleet.yaml); "
+                  "to follow logs use -F/--follow", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
         e.show()
         sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
     except Exception as e:
@@ -52,6 +84,11 @@ def main() -> None:
 
 
 MAX_LINE = 300
+
+
+def _fleet_without_value(e: Exception) -> bool:
+    """`gridctl logs JOB -f` as a kubectl or tail user would type it to follow."""
+    return getattr(e, "option_name", None) in ("-f", "--fleet") and "requires an argument" in str(e)
 
 
 def _cut(line: str) -> str:

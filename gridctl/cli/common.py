@@ -1,4 +1,9 @@
-"""Options and helpers shared by the command modules: which fleet file, which store."""
+"""Options and helpers shared by the command modules: which fleet file, which store, which format.
+
+`-f/--fleet`, `--json` and `-o/--output` are accepted before the subcommand too (the root callback in
+cli/__init__ keeps them in the context); a command's own option wins. A new command gets this by
+using FleetOption / JsonOption / OutputOption with `load` and `render.emit`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,29 @@ from typing import Optional
 import typer
 
 FleetOption = typer.Option(None, "-f", "--fleet", help="Fleet spec (default: $GRIDCTL_FLEET, else ./fleet.yaml).")
-JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable interface, see README).")
+JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable interface, see README); same as -o json.")
+OutputOption = typer.Option(None, "-o", "--output", metavar="FORMAT",
+                            help="wide (more columns, nothing cut) | json | yaml | name (one per line).")
+
+
+def root_options() -> dict:
+    """What was given before the subcommand (`gridctl -f fleet.yaml -o json nodes`); {} outside a CLI run."""
+    try:
+        from typer._click.globals import get_current_context   # typer >= 0.20 bundles its click
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, dict) else {}
 
 
 def load(fleet_path: Optional[Path]):
     """-> (fleet spec, store path). Raises ConfigError."""
     from ..spec import default_fleet_path, load_fleet, state_path
     from ..errors import ConfigError
+    fleet_path = fleet_path or root_options().get("fleet")
     path = fleet_path or default_fleet_path()
     if fleet_path is None and not path.exists():
         raise ConfigError(f"{path}: file not found (pass -f FLEET.yaml or set $GRIDCTL_FLEET)")

@@ -14,8 +14,9 @@ from ..errors import ConfigError, NotFoundError
 from ..models import AttemptState
 from ..textsafe import safe
 from . import app, describe_app
-from .common import FleetOption, JsonOption, load, open_store
-from .render import ATTEMPT_STYLE, JOB_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
+from .common import FleetOption, JsonOption, OutputOption, load, open_store
+from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, esc, iso, \
+    output_format, print_events, print_fields, section, styled, table
 
 
 
@@ -97,12 +98,17 @@ def _show_job_line(now, as_json: bool) -> None:
 
 @app.command("jobs")
 def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+             output: Optional[str] = OutputOption,
              all_jobs: bool = typer.Option(True, "--all/--active", help="Include finished jobs (default) or only active ones.")) -> None:
-    """List jobs with their state, where they run, and the reason for anything not running."""
+    """List jobs with their state, where they run, and the reason for anything not running.
+
+    Example: gridctl jobs -f fleet.yaml --active -o wide
+    """
     from ..store import queries
+    fmt = output_format(as_json, output)
     _, db_path = load(fleet_path)
     if not db_path.exists():
-        emit([], [], as_json=as_json, empty="no jobs yet")
+        emit([], [], output=fmt, empty="no jobs yet")
         return
     conn = open_store(db_path)
     try:
@@ -113,23 +119,23 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
     rows = [job_json(j, [a for a in attempts if a.job == j.name]) for j in jobs.values()]
     now = time.time()
 
-    def where(r: dict) -> str:
+    def where(r: dict) -> Cell:
         live = [a for a in r["attempts"] if a["state"] in ("running", "starting", "silent")]
-        return esc(",".join(sorted({a["node"] for a in live})) or "-")
-
-    def attempt(r: dict) -> str:
-        return str(max((a["n"] for a in r["attempts"]), default=0))
+        return Cell(",".join(sorted({a["node"] for a in live})) or "-")
 
     emit(rows, [
         ("name", "JOB", None), ("class", "CLASS", None),
-        ("state", "STATE", lambda r: styled(r["state"], JOB_STYLE)),
+        ("state", "STATE", lambda r: cell(r["state"], JOB_STYLE)),
         ("node", "NODE", where),
-        ("gpus", "GPUS", lambda r: f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"])),
-        ("attempt", "ATTEMPT", attempt), ("restarts", "RESTARTS", lambda r: str(r["restarts"] + r["failures"])),
-        ("age", "AGE", lambda r: ago(_ts(r["created_at"]), now).replace(" ago", "")),
-        ("reason", "REASON", lambda r: "" if r["state"] == "running" and r["reason_code"] == "running"
-         and r["replicas"] == 1 else esc(r["reason"])),
-    ], as_json=as_json, empty="no jobs yet")
+        ("gpus", "GPUS", lambda r: Cell(f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"]))),
+        ("attempt", "ATTEMPT", lambda r: Cell(str(max((a["n"] for a in r["attempts"]), default=0)))),
+        ("restarts", "RESTARTS", lambda r: Cell(str(r["restarts"] + r["failures"]))),
+        ("age", "AGE", lambda r: Cell(ago(_ts(r["created_at"]), now).replace(" ago", ""))),
+        ("created_at", "CREATED", None, {"wide": True}),
+        ("reason_code", "REASON CODE", None, {"wide": True}),
+        ("reason", "REASON", lambda r: Cell("" if r["state"] == "running" and r["reason_code"] == "running"
+                                            and r["replicas"] == 1 else r["reason"])),
+    ], output=fmt, empty="no jobs yet")
 
 
 def _ts(value: str | None) -> float | None:
@@ -138,10 +144,14 @@ def _ts(value: str | None) -> float | None:
 
 
 @describe_app.command("job")
-def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
-    """Spec, state, reason, every attempt, and the job's events."""
-    from rich.table import Table
+def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+                 output: Optional[str] = OutputOption) -> None:
+    """Spec, state, reason, every attempt, and the job's events.
+
+    Example: gridctl describe job llama-serve -f fleet.yaml
+    """
     from ..store import queries
+    fmt = output_format(as_json, output)
     _, db_path = load(fleet_path)
     if not db_path.exists():
         raise NotFoundError(f"no job named {name}: no state recorded yet")
@@ -155,76 +165,84 @@ def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: b
         events = queries.job_events(conn, name)
     finally:
         conn.close()
-    if as_json:
+    if fmt in ("json", "yaml", "name"):
         out = job_json(job, attempts)
         out["spec"] = job.spec
         out["events"] = [{"time": iso(e.time), "kind": e.kind, "severity": e.severity, "node": e.node,
                           "job": e.job, "message": e.message} for e in events]
-        print(json.dumps([out], indent=2))
+        dump([out], fmt)
         return
+    _show_job(job, attempts, events)
+
+
+RECOVERY_DURATIONS = ("backoff", "max_backoff", "hang_timeout", "unreachable_grace", "max_duration", "pending_timeout")
+
+
+def _show_job(job, attempts, events) -> None:
     spec = job.spec
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("Job", f"[bold]{esc(job.name)}[/bold]  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
-                 + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else ""))
-    grid.add_row("State", styled(job.state.value, JOB_STYLE) + f"  {esc(job.reason)}")
     command = spec.get("command")
-    grid.add_row("Command", esc(command if isinstance(command, str) else " ".join(command)))
-    grid.add_row("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
-                 f"{job.failures} process failures")
+    fields = [
+        ("Job", f"[bold]{esc(job.name)}[/bold]  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
+         + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else "")),
+        ("State", styled(job.state.value, JOB_STYLE) + f"  {esc(job.reason)}"),
+        ("Created", f"{iso(job.created_at)} ({duration(max(0.0, time.time() - job.created_at))} ago)"),
+        ("Command", esc(command if isinstance(command, str) else " ".join(command))),
+        ("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
+                     f"{job.failures} process failures"),
+    ]
     recovery = {k: v for k, v in (spec.get("recovery") or {}).items() if v not in (None, [])}
     if recovery:
-        grid.add_row("Recovery", esc(", ".join(f"{k}={v}" for k, v in recovery.items())))
-    console.print(grid)
-    table = Table(title="Attempts", show_edge=False, header_style="bold")
-    for h in ("#", "REPLICA", "NODE", "STATE", "GPUS", "STARTED", "ENDED", "EXIT", "REASON"):
-        table.add_column(h, overflow="fold")
-    for a in attempts:
-        table.add_row(str(a.n), str(a.replica), esc(a.node), styled(a.state.value, ATTEMPT_STYLE),
-                      str(len(a.gpus)), iso(a.started_at) or "-", iso(a.ended_at) or "-",
-                      "-" if a.exit_code is None else str(a.exit_code), esc(a.reason))
-    console.print()
-    console.print(table)
+        fields.append(("Recovery", esc(", ".join(f"{k} {duration(v) if k in RECOVERY_DURATIONS else v}"
+                                                 for k, v in recovery.items()))))
+    print_fields(fields)
+    section("Attempts")
+    table([_attempt_json(a) for a in attempts], [
+        ("n", "#", None), ("replica", "REPLICA", None), ("node", "NODE", None),
+        ("state", "STATE", lambda r: cell(r["state"], ATTEMPT_STYLE)),
+        ("gpus", "GPUS", lambda r: Cell(str(len(r["gpus"])))),
+        ("started_at", "STARTED", None), ("ended_at", "ENDED", None),
+        ("ran", "RAN", lambda r: Cell(_ran(r))),
+        ("exit_code", "EXIT", None), ("reason", "REASON", None),
+    ])
     print_events(events)
+
+
+def _ran(r: dict) -> str:
+    if r["started_at"] is None:
+        return "-"
+    end = _ts(r["ended_at"]) or time.time()
+    return duration(max(0.0, end - _ts(r["started_at"])))
 
 
 @app.command()
 def logs(
     job_name: str = typer.Argument(..., metavar="JOB"),
-    fleet_path: Optional[Path] = typer.Option(None, "--fleet", help="Fleet spec (-f means --follow here)."),
+    fleet_path: Optional[Path] = FleetOption,
     attempt_n: Optional[int] = typer.Option(None, "--attempt", help="Attempt number (default: the live or latest one)."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the attempt ends."),
-    stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
+    replica: Optional[int] = typer.Option(None, "--replica", min=0, help="The live or latest attempt of this replica."),
+    follow: bool = typer.Option(False, "-F", "--follow", help="Keep printing until the attempt ends (-f is --fleet)."),
+    only_stdout: bool = typer.Option(False, "--stdout", help="Only stdout, as written (no markers)."),
+    only_stderr: bool = typer.Option(False, "--stderr", help="Only stderr, as written (no markers)."),
+    tail: Optional[int] = typer.Option(None, "--tail", min=0, metavar="N", help="Only the last N lines of each stream."),
 ) -> None:
-    """Print an attempt's stdout (or stderr) from its node."""
+    """Print an attempt's stdout and stderr from its node, each line marked [stdout] or [stderr].
+
+    Example: gridctl logs llama-serve -f fleet.yaml --replica 1 --tail 100 -F
+    """
     from ..errors import GridctlError
     from ..launcher import log_command
     from ..reconcile.observe import Transports, take_inventory
-    from ..store import queries
+    if fleet_path is not None and not fleet_path.exists():
+        raise ConfigError(f"-f {fleet_path}: no such fleet file (-f is --fleet, as in every command; "
+                          "to follow logs use -F/--follow)")
+    stream = "stdout" if only_stdout and not only_stderr else "stderr" if only_stderr and not only_stdout else "both"
     fleet, db_path = load(fleet_path)
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
-    conn = open_store(db_path)
-    try:
-        if queries.get_job(conn, job_name) is None:
-            raise NotFoundError(f"no job named {job_name}")
-        attempts = queries.load_attempts(conn, jobs=[job_name])
-    finally:
-        conn.close()
-    if not attempts:
-        raise NotFoundError(f"job {job_name} has no attempts yet")
-    if attempt_n is not None:
-        chosen = next((a for a in attempts if a.n == attempt_n), None)
-        if chosen is None:
-            raise NotFoundError(f"job {job_name} has no attempt {attempt_n} (attempts: "
-                                f"{', '.join(str(a.n) for a in attempts)})")
-    else:
-        live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
-        chosen = live[-1] if live else attempts[-1]
+    chosen = _log_attempt(db_path, job_name, attempt_n, replica)
     inventory = take_inventory(fleet, db_path.parent)
     node = next((n for n in inventory.nodes if n.name == chosen.node), None)
     if node is None:
         raise NotFoundError(f"attempt {chosen.n} ran on {chosen.node}, which is no longer in the fleet")
-    command = log_command(node.work_dir, chosen.id, "stderr" if stderr else "stdout", follow)
+    command = log_command(node.work_dir, chosen.id, stream, follow, tail)
     transports = Transports(keep=False)
     try:
         transport = transports.for_target(node.target)
@@ -236,9 +254,39 @@ def logs(
     finally:
         transports.close()
     if code not in (0, None):
-        err_console.print(f"no {'stderr' if stderr else 'stdout'} for attempt {chosen.n} on {chosen.node} "
+        err_console.print(f"no {'output' if stream == 'both' else stream} for attempt {chosen.n} on {chosen.node} "
                           "(cleaned up, or never written)", markup=False)
         raise typer.Exit(1)
+
+
+def _log_attempt(db_path: Path, job_name: str, attempt_n: int | None, replica: int | None):
+    """The attempt `logs` reads: the one asked for, else the live or latest one (of the replica)."""
+    from ..store import queries
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
+    conn = open_store(db_path)
+    try:
+        if queries.get_job(conn, job_name) is None:
+            raise NotFoundError(f"no job named {job_name}")
+        attempts = queries.load_attempts(conn, jobs=[job_name])
+    finally:
+        conn.close()
+    if not attempts:
+        raise NotFoundError(f"job {job_name} has no attempts yet")
+    if replica is not None:
+        replicas = sorted({a.replica for a in attempts})
+        attempts = [a for a in attempts if a.replica == replica]
+        if not attempts:
+            raise NotFoundError(f"job {job_name} has no replica {replica} (replicas: {', '.join(map(str, replicas))})")
+    if attempt_n is not None:
+        chosen = next((a for a in attempts if a.n == attempt_n), None)
+        if chosen is None:
+            raise NotFoundError(f"job {job_name} has no attempt {attempt_n}"
+                                + (f" of replica {replica}" if replica is not None else "")
+                                + f" (attempts: {', '.join(str(a.n) for a in attempts)})")
+        return chosen
+    live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
+    return live[-1] if live else attempts[-1]
 
 
 @app.command()

@@ -1,32 +1,61 @@
-"""The one output helper: a rich table on a terminal, or the stable --json array (DESIGN section 8).
+"""The one output helper of every read command (DESIGN section 8): `-o table|wide|json|yaml|name`.
 
-Called by every read command in gridctl/cli/.
+A table is a rich table on a terminal (the last column cut with an ellipsis at the terminal's width,
+no cell ever wrapped) and plain aligned text otherwise, like `kubectl get`: header in capitals,
+columns separated by three spaces, no box characters, one row per line, so `awk` and `cut` work.
+json / yaml print the same objects (the stable interface in the README); name prints one name a line.
+rich is imported only when a terminal table or a rich print needs it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, NamedTuple, Sequence
 
-from rich.console import Console
-from rich.markup import escape as _escape
-from rich.table import Table
-
-from ..textsafe import safe
 from ..styles import ATTEMPT_STATE as ATTEMPT_STYLE, HEALTH as HEALTH_STYLE, JOB_STATE as JOB_STYLE, \
     NODE_STATE as STATE_STYLE
+from ..textsafe import safe
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+FORMATS = ("table", "wide", "json", "yaml", "name")
+GAP = "   "           # between plain columns: two or more spaces, so a single space inside a cell is safe
+MIN_FLEX_WIDTH = 12   # the cut column never gets narrower than this on a terminal
 
+
+class _LazyConsole:
+    """A rich Console created on first use, so a plain read command never imports rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(highlight=False, **self._options)
+        return getattr(self._console, name)
+
+
+console: Any = _LazyConsole()
+err_console: Any = _LazyConsole(stderr=True)
+
+
+class Cell(NamedTuple):
+    """A plain cell (never markup) and its rich style on a terminal."""
+    text: str
+    style: str = ""
+
+
+Column = tuple  # (key, header, renderer or None[, {"wide": True}]); a renderer returns a Cell, or markup
 
 
 def esc(text: object) -> str:
     """Text for a markup string: control characters removed (node text is untrusted), markup escaped."""
-    return _escape(safe(text))
+    from rich.markup import escape
+    return escape(safe(text))
 
 
 def iso(t: float | None) -> str | None:
@@ -38,35 +67,153 @@ def ago(t: float | None, now: float | None = None) -> str:
     return "never" if t is None else age((now or time.time()) - t) + " ago"
 
 
-Column = tuple[str, str, Callable[[dict], Any] | None]   # (key, header, cell renderer)
+def duration(seconds: float | None) -> str:
+    """Seconds with units, exact to the second: 45s, 5m30s, 2h, 1d3h; `-` when unset."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:g}s"
+    s = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts[:2])
 
 
-def emit(rows: Sequence[dict], columns: Sequence[Column], *, as_json: bool, title: str | None = None,
-         empty: str = "nothing to show") -> None:
-    """Print rows as JSON (all keys) or as a table of the given columns."""
-    if as_json:
-        sys.stdout.write(json.dumps(list(rows), indent=2, default=str) + "\n")
+def is_terminal() -> bool:
+    """Whether stdout is a terminal, decided as rich decides it (TTY_COMPATIBLE, FORCE_COLOR)."""
+    if console._console is not None:
+        return console._console.is_terminal
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stdout.isatty()
+
+
+def output_format(as_json: bool = False, output: str | None = None) -> str:
+    """The format asked for: the command's own -o / --json win over the ones given before it."""
+    from .common import root_options
+    root = root_options()
+    chosen = output if output is not None else "json" if as_json else \
+        root.get("output") or ("json" if root.get("json") else "table")
+    if chosen not in FORMATS:
+        from ..errors import ConfigError
+        raise ConfigError(f"-o/--output: unknown format {chosen!r} (known: {', '.join(FORMATS[1:])})")
+    return chosen
+
+
+def emit(rows: Sequence[dict], columns: Sequence[Column], *, as_json: bool = False, output: str | None = None,
+         title: str | None = None, empty: str = "nothing to show", name_key: str = "name") -> None:
+    """Print rows in the asked format: json / yaml (every key), names, or a table of the columns."""
+    fmt = output_format(as_json, output)
+    if fmt in ("json", "yaml", "name"):
+        dump(list(rows), fmt, name_key)
         return
     if not rows:
-        console.print(empty)
+        print(empty, flush=True)
         return
-    table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
-    for _, header, _ in columns:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        # a renderer returns markup (and escapes what it shows); a plain cell is escaped here
-        table.add_row(*[str(fn(row)) if fn else esc(str(row.get(key, ""))) for key, _, fn in columns])
-    console.print(table)
+    table(rows, columns, wide=fmt == "wide", title=title)
+
+
+def dump(rows: list[dict], fmt: str, name_key: str = "name") -> None:
+    """json, yaml (the same objects as json) or one name a line."""
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    elif fmt == "yaml":
+        import yaml
+        sys.stdout.write(yaml.safe_dump(json.loads(json.dumps(rows, default=str)), sort_keys=False,
+                                        allow_unicode=True, default_flow_style=False) if rows else "[]\n")
+    else:
+        if rows and name_key not in rows[0]:
+            from ..errors import ConfigError
+            raise ConfigError("-o name: these rows have no names (use -o json, yaml or wide)")
+        sys.stdout.write("".join(f"{safe(r[name_key])}\n" for r in rows))
+    sys.stdout.flush()
+
+
+def table(rows: Sequence[dict], columns: Sequence[Column], *, wide: bool = False, title: str | None = None) -> None:
+    """Rows as a table: rich on a terminal, plain aligned text otherwise (see the module docstring)."""
+    shown = [c for c in columns if wide or not (len(c) > 3 and c[3].get("wide"))]
+    headers = [c[1] for c in shown]
+    cells = [[_cell(row, c) for c in shown] for row in rows]
+    if is_terminal():
+        _rich_table(headers, cells, wide=wide, title=title)
+    else:
+        _plain_table(headers, cells, title=title)
+
+
+def _cell(row: dict, column: Column) -> Cell:
+    key, _, fn = column[:3]
+    if fn is None:
+        value = row.get(key)
+        return Cell(safe("" if value is None else value))
+    got = fn(row)
+    if isinstance(got, Cell):
+        return Cell(safe(got.text), got.style)
+    from rich.text import Text
+    return Cell(Text.from_markup(str(got)).plain, f"markup:{got}")   # a legacy markup renderer
+
+
+def _plain_table(headers: list[str], cells: list[list[Cell]], title: str | None) -> None:
+    texts = [[c.text or "-" for c in row] for row in cells]
+    widths = [max([len(h)] + [len(r[i]) for r in texts]) for i, h in enumerate(headers)]
+    lines = [title] if title else []
+    for row in [[h.upper() for h in headers], *texts]:
+        lines.append(GAP.join(t.ljust(w) for t, w in zip(row, widths)).rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _rich_table(headers: list[str], cells: list[list[Cell]], *, wide: bool, title: str | None) -> None:
+    """All cells unwrapped; the last column takes what is left of the width, cut with an ellipsis
+    (with -o wide it folds instead, so nothing is hidden)."""
+    from rich.table import Table
+    from rich.text import Text
+    widths = [max([len(h)] + [len(r[i].text) for r in cells]) for i, h in enumerate(headers)]
+    room = console.width - sum(widths[:-1]) - len(GAP) * (len(headers) - 1)
+    table_ = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+    for i, header in enumerate(headers):
+        if i < len(headers) - 1:
+            table_.add_column(header, no_wrap=True, min_width=widths[i])
+        elif wide:
+            table_.add_column(header, overflow="fold")
+        else:
+            table_.add_column(header, no_wrap=True, overflow="ellipsis", max_width=max(MIN_FLEX_WIDTH, room))
+    for row in cells:
+        table_.add_row(*[Text.from_markup(c.style[7:]) if c.style.startswith("markup:") else Text(c.text, style=c.style)
+                         for c in row])
+    console.print(table_)
 
 
 def styled(value: str, styles: dict[str, str]) -> str:
+    """Markup for a value in its colour (for rich prints; table renderers return `cell`)."""
     style = styles.get(value)
     return f"[{style}]{esc(value)}[/{style}]" if style else esc(value)
 
 
+def cell(value: str, styles: dict[str, str], suffix: str = "") -> Cell:
+    """A table cell in the value's colour (states, health, severities)."""
+    return Cell(f"{value}{suffix}", styles.get(value, ""))
+
+
+def print_fields(fields: Sequence[tuple[str, str]]) -> None:
+    """`describe`'s header block: one `Label  value` line each (value is markup), never wrapped."""
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        console.print(f"[bold]{label.ljust(width)}[/bold]  {value}", soft_wrap=True)
+
+
+def section(title: str) -> None:
+    console.print(f"\n[bold]{title}[/bold]")
+
+
 def print_events(events, title: str = "Events") -> None:
     """The event list of `describe node` / `describe job`: one line each, never wrapped."""
-    console.print(f"\n[bold]{title}[/bold]")
+    section(title)
     for e in events:
         console.print(f"  {iso(e.time)}  {e.kind:<16} {safe(e.message)}", markup=False, soft_wrap=True)
     if not events:
