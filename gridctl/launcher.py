@@ -275,11 +275,12 @@ def log_command(work_dir: str, attempt_id: str, stream: str, follow: bool, tail:
             f'else F="tail {start}"; fi\n')
     if len(streams) == 1:
         return head + f'exec $F "$D/{streams[0]}"'
-    mark = "awk -v m=\"$1\" '{ print m $0; fflush() }'"
-    body = (f'marked() {{ plain "$2" || return 0; $F "$D/$2" | {mark}; }}\n'
-            'case "$F" in *--pid*) marked {o} stdout & marked {e} stderr & wait ;; '
-            '*) marked {o} stdout; marked {e} stderr ;; esac')
-    return head + body.format(o=shlex.quote(STREAM_MARKERS["stdout"]), e=shlex.quote(STREAM_MARKERS["stderr"]))
+    out, err = shlex.quote(STREAM_MARKERS["stdout"]), shlex.quote(STREAM_MARKERS["stderr"])
+    # mawk reads a pipe in blocks unless told it is interactive: a followed line would wait for 4 KiB more
+    return head + ('A=awk; case "$(awk -W version 2>&1)" in mawk*) A="awk -W interactive" ;; esac\n'
+                   'marked() { plain "$2" || return 0; $F "$D/$2" | $A -v m="$1" \'{ print m $0; fflush() }\'; }\n'
+                   f'case "$F" in *--pid*) marked {out} stdout & marked {err} stderr & wait ;; '
+                   f'*) marked {out} stdout; marked {err} stderr ;; esac')
 
 
 @dataclass(frozen=True)
