@@ -19,7 +19,10 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the fleet dir (spec, store, node state) to explore afterwards; its jobs end cancelled."),
     plain: bool = typer.Option(False, "--plain", help="One line per event instead of the live screen (default without a TTY)."),
 ) -> None:
-    """A temporary fleet of 3 simulated GPU nodes, 4 jobs, two injected faults, and the recovery."""
+    """A temporary fleet of 3 simulated GPU nodes, 4 jobs, two injected faults, and the recovery.
+
+    Example: gridctl demo
+    """
     from ..demo import FAULTS, Demo, new_root, remove_root
     from .watch import follow, stop_loop
     if fault not in FAULTS:

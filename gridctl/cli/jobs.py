@@ -61,7 +61,10 @@ def run(
     wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler to take the lock."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Record a job, place it and start it (or say why it is pending)."""
+    """Record a job, place it and start it (or say why it is pending).
+
+    Example: gridctl run -f fleet.yaml --name train-1 --class batch --gpus 2 -- python train.py
+    """
     from .. import ops
     from ..jobspec import job_from_flags, load_job
     fleet, db_path = load(fleet_path)
@@ -225,7 +228,7 @@ def logs(
     only_stderr: bool = typer.Option(False, "--stderr", help="Only stderr, as written (no markers)."),
     tail: Optional[int] = typer.Option(None, "--tail", min=0, metavar="N", help="Only the last N lines of each stream."),
 ) -> None:
-    """Print an attempt's stdout and stderr from its node, each line marked [stdout] or [stderr].
+    """Print an attempt's stdout and stderr from its node, each line marked with its stream.
 
     Example: gridctl logs llama-serve -f fleet.yaml --replica 1 --tail 100 -F
     """
@@ -292,7 +295,10 @@ def _log_attempt(db_path: Path, job_name: str, attempt_n: int | None, replica: i
 @app.command()
 def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optional[Path] = FleetOption,
            wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
-    """Stop a job's live attempts; the job ends `cancelled`."""
+    """Stop a job's live attempts; the job ends `cancelled`.
+
+    Example: gridctl cancel train-1 -f fleet.yaml
+    """
     from .. import ops
     fleet, db_path = load(fleet_path)
     now = ops.cancel(fleet, db_path, job_name, wait)
@@ -306,7 +312,10 @@ def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optio
 def drain(node_name: str = typer.Argument(..., metavar="NODE"), fleet_path: Optional[Path] = FleetOption,
           reason: Optional[str] = typer.Option(None, "--reason", help="Why (shown in nodes and events)."),
           wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
-    """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues."""
+    """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues.
+
+    Example: gridctl drain h100-a --reason "maintenance" -f fleet.yaml
+    """
     from .. import ops
     fleet, db_path = load(fleet_path)
     left, note = ops.drain(fleet, db_path, node_name, reason, wait)

@@ -102,7 +102,10 @@ def watch(
     once: bool = typer.Option(False, "--once", help="One pass (unless --no-reconcile), print one snapshot, exit."),
     plain: bool = typer.Option(False, "--plain", help="One line per event instead of redrawing (default without a TTY)."),
 ) -> None:
-    """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second)."""
+    """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second).
+
+    Example: gridctl watch -f fleet.yaml --interval 10s
+    """
     from ..reconcile.loop import Loop
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
