@@ -17,6 +17,7 @@ from rich.text import Text
 from .models import Attempt, Event, JobRecord, NodeRecord
 from .store import queries
 from .textsafe import safe
+from .timefmt import age  # noqa: F401  (screen.age: the watch screen's durations)
 from .styles import JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
 
 
@@ -62,20 +63,6 @@ def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_aft
                     last_pass=float(last) if last else None, pass_s=float(took) if took else None,
                     next_pass_at=next_pass_at, interval=interval, stale_after=stale_after,
                     partitions=tuple(parts.split(",")) if parts else (), note=note)
-
-
-def age(seconds: float | None) -> str:
-    """A duration as 42s, 5m, 3h, 2d."""
-    if seconds is None:
-        return "never"
-    s = max(0.0, seconds)
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 5400:
-        return f"{s / 60:.0f}m"
-    if s < 172800:
-        return f"{s / 3600:.0f}h"
-    return f"{s / 86400:.0f}d"
 
 
 def _seen(snap: Snapshot, node: NodeRecord) -> Text:

@@ -23,6 +23,7 @@ from providers.schema import (NAME_RE, CloudPoolSpec, Duration, Endpoint, GpuSpe
                               PositiveDuration, SshSettings, StrictModel, expand_path, parse_duration)
 
 from .errors import ConfigError
+from .statepath import default_fleet_path, default_state_path  # noqa: F401  (spec.default_fleet_path)
 from .yamlsrc import format_loc, line_of, load_with_lines
 
 _Model = StrictModel   # the job spec's sections share it
@@ -213,14 +214,6 @@ def _inner_model(annotation: Any, item: Any) -> Any:
     return annotation
 
 
-def default_fleet_path() -> Path:
-    """-f/--fleet, else $GRIDCTL_FLEET, else ./fleet.yaml (DESIGN section 8)."""
-    return Path(os.environ.get("GRIDCTL_FLEET") or "fleet.yaml")
-
-
 def state_path(fleet: Fleet) -> Path:
     """`state:` in the spec, else $XDG_STATE_HOME/gridctl/<fleet>.db."""
-    if fleet.state is not None:
-        return fleet.state
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "gridctl" / f"{fleet.fleet}.db"
+    return fleet.state if fleet.state is not None else default_state_path(fleet.fleet)

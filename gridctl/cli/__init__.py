@@ -52,35 +52,39 @@ from . import admin, demo, endpoints, fleetcmds, jobs, nodes, route, watch  # no
 
 
 def main() -> None:
+    sys.exit(_run())
+
+
+def _run() -> int:
+    """The command's exit code; every known error mapped to its message here."""
     try:
-        code = app(standalone_mode=False)
-        sys.exit(code or 0)
+        return app(standalone_mode=False) or 0
     except GridctlError as e:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"error: {_cut(line)}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except typer.Abort:
         print("aborted", file=sys.stderr)
-        sys.exit(1)
+        return 1
     except _click_errors() as e:   # usage errors: unknown flag, missing argument, bare `gridctl`
         if _fleet_without_value(e):
             print("error: -f is --fleet and needs a fleet file (gridctl logs JOB -f fleet.yaml); "
                   "to follow logs use -F/--follow", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
+            return EXIT_USAGE
         e.show()
-        sys.exit(e.exit_code if e.exit_code is not None else EXIT_USAGE)
+        return e.exit_code if e.exit_code is not None else EXIT_USAGE
     except Exception as e:
         import sqlite3
         if not isinstance(e, sqlite3.DatabaseError):
             raise
         from ..store.db import damaged
         print(f"error: {damaged(e)}", file=sys.stderr)
-        sys.exit(damaged(e).exit_code)
+        return damaged(e).exit_code
 
 
 MAX_LINE = 300
@@ -98,11 +102,8 @@ def _cut(line: str) -> str:
 
 def _click_errors() -> tuple[type, ...]:
     """Typer >= 0.20 bundles its own click (typer._click); older ones use click itself."""
-    import importlib
-    found = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            found.append(importlib.import_module(module).ClickException)
-        except ImportError:
-            pass
-    return tuple(found)
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
+    return (ClickException,)

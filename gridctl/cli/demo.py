@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import typer
-from rich.table import Table
 
 from ..errors import ConfigError
 from . import app
@@ -48,6 +47,7 @@ def demo(
         stop_loop(d.loop, thread)
         outcomes, final_jobs = d.outcomes(), d.final_jobs()     # the story's end, before the jobs end
         ended = _end_jobs(d, keep)
+    from rich.table import Table
     table = Table(title="Recovery", show_edge=False, header_style="bold")
     for h in ("FAULT", "JOB", "DETECTED AFTER", "RECOVERED AFTER", "STATE NOW"):
         table.add_column(h)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import NotFoundError
 from . import app
-from .common import FleetOption, JsonOption, OutputOption, load, open_store
+from .common import FleetOption, JsonOption, OutputOption, open_store, store_path
 from .render import Cell, ago, emit, iso, output_format
 
 
@@ -29,7 +29,7 @@ def endpoints(job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="O
     """
     from ..store import queries
     fmt = output_format(as_json, output)
-    _, db_path = load(fleet_path)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
         emit([], [], output=fmt, empty="no endpoints yet")
         return

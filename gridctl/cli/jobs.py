@@ -14,7 +14,7 @@ from ..errors import ConfigError, NotFoundError
 from ..models import AttemptState
 from ..textsafe import safe
 from . import app, describe_app
-from .common import FleetOption, JsonOption, OutputOption, load, open_store
+from .common import FleetOption, JsonOption, OutputOption, load, open_store, store_path
 from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, esc, iso, \
     output_format, print_events, print_fields, section, styled, table
 
@@ -109,7 +109,7 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
     """
     from ..store import queries
     fmt = output_format(as_json, output)
-    _, db_path = load(fleet_path)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
         emit([], [], output=fmt, empty="no jobs yet")
         return
@@ -155,7 +155,7 @@ def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: b
     """
     from ..store import queries
     fmt = output_format(as_json, output)
-    _, db_path = load(fleet_path)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
         raise NotFoundError(f"no job named {name}: no state recorded yet")
     conn = open_store(db_path)

@@ -11,13 +11,13 @@ from ..errors import ConfigError, NotFoundError
 from ..styles import SEVERITY
 from ..textsafe import safe
 from . import app, describe_app
-from .common import FleetOption, JsonOption, OutputOption, load, node_json, open_store
+from .common import FleetOption, JsonOption, OutputOption, node_json, open_store, store_path
 from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, console, dump, emit, err_console, esc, iso, \
     duration, output_format, print_events, print_fields, section, styled, table
 
 
 def _store_or_none(fleet_path):
-    _, db_path = load(fleet_path)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
         err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first", markup=False)
         return None

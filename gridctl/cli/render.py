@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Sequence
 from ..styles import ATTEMPT_STATE as ATTEMPT_STYLE, HEALTH as HEALTH_STYLE, JOB_STATE as JOB_STYLE, \
     NODE_STATE as STATE_STYLE
 from ..textsafe import safe
+from ..timefmt import age, duration  # noqa: F401  (duration: for the command modules)
 
 FORMATS = ("table", "wide", "json", "yaml", "name")
 GAP = "   "           # between plain columns: two or more spaces, so a single space inside a cell is safe
@@ -63,23 +64,7 @@ def iso(t: float | None) -> str | None:
 
 
 def ago(t: float | None, now: float | None = None) -> str:
-    from ..screen import age
     return "never" if t is None else age((now or time.time()) - t) + " ago"
-
-
-def duration(seconds: float | None) -> str:
-    """Seconds with units, exact to the second: 45s, 5m30s, 2h, 1d3h; `-` when unset."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:g}s"
-    s = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            parts.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(parts[:2])
 
 
 def is_terminal() -> bool:
