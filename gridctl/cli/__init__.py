@@ -57,6 +57,7 @@ def main() -> None:
 
 def _run() -> int:
     """The command's exit code; every known error mapped to its message here."""
+    _plain_help_without_terminal()
     try:
         return app(standalone_mode=False) or 0
     except GridctlError as e:
@@ -76,6 +77,9 @@ def _run() -> int:
             print("error: -f is --fleet and needs a fleet file (gridctl logs JOB -f fleet.yaml); "
                   "to follow logs use -F/--follow", file=sys.stderr)
             return EXIT_USAGE
+        if type(e).__name__ == "NoArgsIsHelpError" and getattr(e, "ctx", None) is not None:
+            print(e.ctx.get_help())   # bare `gridctl` / `gridctl describe`: the help, on stdout as --help
+            return EXIT_USAGE
         e.show()
         return e.exit_code if e.exit_code is not None else EXIT_USAGE
     except Exception as e:
@@ -88,6 +92,15 @@ def _run() -> int:
 
 
 MAX_LINE = 300
+
+
+def _plain_help_without_terminal() -> None:
+    """--help piped or captured is click's plain text (no boxes, and no rich to import: half of
+    --help's start-up); on a terminal it stays typer's rich panels."""
+    from .render import is_terminal
+    if not is_terminal():
+        for typer_app in (app, describe_app):
+            typer_app.rich_markup_mode = None
 
 
 def _fleet_without_value(e: Exception) -> bool:

@@ -11,7 +11,6 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError, NotFoundError
-from ..models import AttemptState
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, load, open_store, store_path
@@ -288,6 +287,7 @@ def _log_attempt(db_path: Path, job_name: str, attempt_n: int | None, replica: i
                                 + (f" of replica {replica}" if replica is not None else "")
                                 + f" (attempts: {', '.join(str(a.n) for a in attempts)})")
         return chosen
+    from ..models import AttemptState
     live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
     return live[-1] if live else attempts[-1]
 
