@@ -126,13 +126,14 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
         return Cell(",".join(sorted({a["node"] for a in live})) or "-")
 
     emit(rows, [
-        ("name", "JOB", None), ("class", "CLASS", None),
+        ("name", "JOB", None), ("class", "CLASS", None, {"drop": 3}),
         ("state", "STATE", lambda r: cell(r["state"], JOB_STYLE)),
         ("node", "NODE", where),
-        ("gpus", "GPUS", lambda r: Cell(f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"]))),
-        ("attempt", "ATTEMPT", lambda r: Cell(str(max((a["n"] for a in r["attempts"]), default=0)))),
-        ("restarts", "RESTARTS", lambda r: Cell(str(r["restarts"] + r["failures"]))),
-        ("age", "AGE", lambda r: Cell(ago(_ts(r["created_at"]), now).replace(" ago", ""))),
+        ("gpus", "GPUS", lambda r: Cell(f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"])),
+         {"drop": 5}),
+        ("attempt", "ATTEMPT", lambda r: Cell(str(max((a["n"] for a in r["attempts"]), default=0))), {"drop": 1}),
+        ("restarts", "RESTARTS", lambda r: Cell(str(r["restarts"] + r["failures"])), {"drop": 4}),
+        ("age", "AGE", lambda r: Cell(ago(_ts(r["created_at"]), now).replace(" ago", "")), {"drop": 2}),
         ("created_at", "CREATED", None, {"wide": True}),
         ("reason_code", "REASON CODE", None, {"wide": True}),
         ("reason", "REASON", lambda r: Cell("" if r["state"] == "running" and r["reason_code"] == "running"
@@ -184,18 +185,18 @@ def _show_job(job, attempts, events) -> None:
     spec = job.spec
     command = spec.get("command")
     fields = [
-        ("Job", f"[bold]{esc(job.name)}[/bold]  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
+        ("Job", f"{job.name}  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
          + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else "")),
-        ("State", styled(job.state.value, JOB_STYLE) + f"  {esc(job.reason)}"),
+        ("State", [cell(job.state.value, JOB_STYLE), Cell(f"  {job.reason}")]),
         ("Created", f"{iso(job.created_at)} ({duration(max(0.0, time.time() - job.created_at))} ago)"),
-        ("Command", esc(command if isinstance(command, str) else " ".join(command))),
+        ("Command", command if isinstance(command, str) else " ".join(command)),
         ("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
                      f"{job.failures} process failures"),
     ]
     recovery = {k: v for k, v in (spec.get("recovery") or {}).items() if v not in (None, [])}
     if recovery:
-        fields.append(("Recovery", esc(", ".join(f"{k} {duration(v) if k in RECOVERY_DURATIONS else v}"
-                                                 for k, v in recovery.items()))))
+        fields.append(("Recovery", ", ".join(f"{k} {duration(v) if k in RECOVERY_DURATIONS else v}"
+                                             for k, v in recovery.items())))
     print_fields(fields)
     section("Attempts")
     table([_attempt_json(a) for a in attempts], [

@@ -12,8 +12,8 @@ from ..styles import SEVERITY
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, node_json, open_store, store_path
-from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, console, dump, emit, err_console, esc, iso, \
-    duration, output_format, print_events, print_fields, section, styled, table
+from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, dump, duration, emit, err_console, iso, \
+    output_format, print_events, print_fields, say, section, table
 
 
 def _store_or_none(fleet_path):
@@ -50,17 +50,19 @@ def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
         rows = [node_json(n, temps.get(n.name)) for n in queries.load_nodes(conn).values()]
     now = time.time()
     emit(rows, [
-        ("name", "NODE", None), ("pool", "POOL", None),
+        ("name", "NODE", None), ("pool", "POOL", None, {"drop": 3}),
         ("state", "STATE", lambda r: cell(r["state"], STATE_STYLE, " (cordoned)" if r["cordoned"] else "")),
         ("health", "HEALTH", lambda r: cell(r["health"], HEALTH_STYLE)),
         ("gpus", GPUS_HEADER, lambda r: gpus_cell(r["gpus_seen"], r["gpus_expected"])),
-        ("max_temp_c", "TEMP", lambda r: Cell("-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C")),
-        ("last_seen", "LAST SEEN", lambda r: Cell(ago(_ts(r["last_seen"]), now))),
+        ("max_temp_c", "TEMP", lambda r: Cell("-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
+         {"drop": 1}),
+        ("last_seen", "LAST SEEN", lambda r: Cell(ago(_ts(r["last_seen"]), now)), {"drop": 2}),
         ("host", "HOST", None, {"wide": True}),
         ("state_since", "STATE SINCE", None, {"wide": True}),
         *([("instance_type", "INSTANCE", lambda r: Cell(" ".join(x for x in (
             r["instance_type"], r["zone"], "spot" if r["spot"] else "", "up " + ago(_ts(r["launched_at"]), now)
-            .replace(" ago", "") if r["launched_at"] else "") if x) or "-"))] if any(r["instance_type"] for r in rows) else []),
+            .replace(" ago", "") if r["launched_at"] else "") if x) or "-"), {"drop": 0})]
+          if any(r["instance_type"] for r in rows) else []),
         ("reason", "REASON", lambda r: Cell(r["reason"] + (f" (cordoned: {r['cordon_reason']})" if r["cordoned"] else ""))),
     ], output=fmt, empty="no nodes recorded yet")
 
@@ -109,18 +111,18 @@ def _show_node(node, obs, here, events) -> None:
     now = time.time()
     cloud = dict(node.cloud)
     fields = [
-        ("Node", f"[bold]{esc(node.name)}[/bold]  pool {esc(node.pool)} ({node.provider}), {esc(node.host)}:{node.port}"),
-        ("State", styled(node.state.value, STATE_STYLE) + f" since {when(node.state_since, now)}"
-         + (f"  [bold]cordoned[/bold]: {esc(node.cordon_reason)}" if node.cordoned else "")),
-        ("Health", styled(node.health.value, HEALTH_STYLE) + f"  {esc(node.reason)}"),
+        ("Node", f"{node.name}  pool {node.pool} ({node.provider}), {node.host}:{node.port}"),
+        ("State", [cell(node.state.value, STATE_STYLE), Cell(f" since {when(node.state_since, now)}"),
+                   *([Cell("  cordoned: ", "bold"), Cell(node.cordon_reason)] if node.cordoned else [])]),
+        ("Health", [cell(node.health.value, HEALTH_STYLE), Cell(f"  {node.reason}")]),
         ("Last answer", when(node.last_seen, now)),
         ("Last healthy", when(node.last_good, now)),
         ("Probes", f"{node.good} good / {node.failures} failed in a row"),
         ("GPUs", f"{'-' if node.gpus_seen is None else node.gpus_seen} seen / {node.gpus_expected} expected"),
-        ("Boot id", esc(node.boot_id or "-")),
+        ("Boot id", node.boot_id or "-"),
     ]
     if cloud:
-        fields.append(("Instance", esc(", ".join(f"{k} {v}" for k, v in node.cloud if k != "launched_at"))))
+        fields.append(("Instance", ", ".join(f"{k} {v}" for k, v in node.cloud if k != "launched_at")))
         if "launched_at" in cloud:
             fields.append(("Launched", when(float(cloud["launched_at"]), now)))
     if node.needs_release:
@@ -129,7 +131,7 @@ def _show_node(node, obs, here, events) -> None:
     if node.findings:
         section("Findings")
         for f in node.findings:
-            console.print(f"  {f.severity.value:<9} {f.code:<18} {safe(f.message)}", markup=False, soft_wrap=True)
+            say(safe(f"  {f.severity.value:<9} {f.code:<18} {f.message}"))
     if obs and obs["gpus"]:
         section(f"GPUs at {iso(obs['time'])}")
         table(obs["gpus"], [
@@ -142,10 +144,9 @@ def _show_node(node, obs, here, events) -> None:
         ])
     section("Attempts here")
     for a in here:
-        console.print(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {safe(a.reason)}", markup=False,
-                      soft_wrap=True)
+        say(safe(f"  {a.id:<24} {a.state.value:<9} {len(a.gpus)} GPU(s)  {a.reason}"))
     if not here:
-        console.print("  none")
+        say("  none")
     print_events(events, "Recent events")
 
 
@@ -188,7 +189,8 @@ def events(
     with conn:
         rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit, job=job)]
     emit(rows, [
-        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", None), ("job", "JOB", None),
+        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", None, {"drop": 2}),
+        ("job", "JOB", None, {"drop": 1}),
         ("severity", "SEVERITY", None, {"wide": True}),
         ("message", "MESSAGE", lambda r: Cell(r["message"], SEVERITY.get(r["severity"], ""))),
     ], output=fmt, empty="no events")

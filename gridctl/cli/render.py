@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple, Sequence
 
 from ..styles import ATTEMPT_STATE as ATTEMPT_STYLE, HEALTH as HEALTH_STYLE, JOB_STATE as JOB_STYLE, \
-    NODE_STATE as STATE_STYLE
+    NODE_STATE as STATE_STYLE  # noqa: F401  (for the command modules)
 from ..textsafe import safe
 from ..timefmt import age, duration  # noqa: F401  (duration: for the command modules)
 
 FORMATS = ("table", "wide", "json", "yaml", "name")
 GAP = "   "           # between plain columns: two or more spaces, so a single space inside a cell is safe
-MIN_FLEX_WIDTH = 12   # the cut column never gets narrower than this on a terminal
+MIN_FLEX_WIDTH = 20   # the cut column never gets narrower: columns marked {"drop": n} go first (lowest n)
 
 
 class _LazyConsole:
@@ -126,7 +126,8 @@ def table(rows: Sequence[dict], columns: Sequence[Column], *, wide: bool = False
     headers = [c[1] for c in shown]
     cells = [[_cell(row, c) for c in shown] for row in rows]
     if is_terminal():
-        _rich_table(headers, cells, wide=wide, title=title)
+        keep = list(range(len(shown))) if wide else _fit(shown, cells, console.width)
+        _rich_table([headers[i] for i in keep], [[row[i] for i in keep] for row in cells], wide=wide, title=title)
     else:
         _plain_table(headers, cells, title=title)
 
@@ -147,10 +148,21 @@ def _plain_table(headers: list[str], cells: list[list[Cell]], title: str | None)
     texts = [[c.text or "-" for c in row] for row in cells]
     widths = [max([len(h)] + [len(r[i]) for r in texts]) for i, h in enumerate(headers)]
     lines = [title] if title else []
-    for row in [[h.upper() for h in headers], *texts]:
+    for row in [headers, *texts]:
         lines.append(GAP.join(t.ljust(w) for t, w in zip(row, widths)).rstrip())
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _fit(columns: list, cells: list[list[Cell]], width: int) -> list[int]:
+    """Which columns a terminal of this width shows: all, unless the last one would get less than
+    MIN_FLEX_WIDTH; then the droppable ones ({"drop": n}), lowest n first, until it fits."""
+    widths = [max([len(c[1])] + [len(r[i].text) for r in cells]) for i, c in enumerate(columns)]
+    keep = list(range(len(columns)))
+    droppable = sorted((c[3]["drop"], i) for i, c in enumerate(columns) if len(c) > 3 and "drop" in c[3])
+    while droppable and width - sum(widths[i] for i in keep[:-1]) - len(GAP) * (len(keep) - 1) < MIN_FLEX_WIDTH:
+        keep.remove(droppable.pop(0)[1])
+    return keep
 
 
 def _rich_table(headers: list[str], cells: list[list[Cell]], *, wide: bool, title: str | None) -> None:
@@ -185,21 +197,46 @@ def cell(value: str, styles: dict[str, str], suffix: str = "") -> Cell:
     return Cell(f"{value}{suffix}", styles.get(value, ""))
 
 
-def print_fields(fields: Sequence[tuple[str, str]]) -> None:
-    """`describe`'s header block: one `Label  value` line each (value is markup), never wrapped."""
+Field = tuple  # (label, value): value is plain text, a Cell, or a list of Cells (segments in their styles)
+
+
+def say(text: str, style: str = "") -> None:
+    """One line of plain text (already made safe), never wrapped; styled on a terminal."""
+    if is_terminal():
+        from rich.text import Text
+        console.print(Text(text, style=style), soft_wrap=True)
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def print_fields(fields: Sequence[Field]) -> None:
+    """`describe`'s header block: one `Label  value` line each, never wrapped."""
     width = max(len(label) for label, _ in fields)
+    terminal = is_terminal()
     for label, value in fields:
-        console.print(f"[bold]{label.ljust(width)}[/bold]  {value}", soft_wrap=True)
+        segments = [Cell(safe(c.text), c.style) for c in
+                    (value if isinstance(value, list) else [value if isinstance(value, Cell) else Cell(value)])]
+        if not terminal:
+            sys.stdout.write(f"{label.ljust(width)}  {''.join(c.text for c in segments)}\n")
+            continue
+        from rich.text import Text
+        line = Text(f"{label.ljust(width)}  ", style="bold")
+        for c in segments:
+            line.append(c.text, style=c.style)
+        console.print(line, soft_wrap=True)
+    sys.stdout.flush()
 
 
 def section(title: str) -> None:
-    console.print(f"\n[bold]{title}[/bold]")
+    say("")
+    say(title, "bold")
 
 
 def print_events(events, title: str = "Events") -> None:
     """The event list of `describe node` / `describe job`: one line each, never wrapped."""
     section(title)
     for e in events:
-        console.print(f"  {iso(e.time)}  {e.kind:<16} {safe(e.message)}", markup=False, soft_wrap=True)
+        say(safe(f"  {iso(e.time)}  {e.kind:<16} {e.message}"))
     if not events:
-        console.print("  none")
+        say("  none")
