@@ -18,7 +18,7 @@ from .models import Attempt, Event, JobRecord, NodeRecord
 from .store import queries
 from .textsafe import safe
 from .timefmt import age  # noqa: F401  (screen.age: the watch screen's durations)
-from .styles import JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
+from .styles import GPUS_HEADER, JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,16 @@ def nodes_table(snap: Snapshot, width: int) -> Table:
         rows.append({
             "NODE": Text(n.name), "POOL": Text(n.pool),
             "STATE": Text(state + (" (drain)" if n.draining else ""), style=STATE_STYLE.get(state, "")),
-            "GPUS": Text(f"{used.get(n.name, 0)}/{n.gpus_seen if n.gpus_seen is not None else n.gpus_expected}"),
+            GPUS_HEADER: Text(f"{'-' if n.gpus_seen is None else n.gpus_seen}/{n.gpus_expected}",
+                              style="red" if n.gpus_seen is not None and n.gpus_seen < n.gpus_expected else ""),
+            "USED": Text(str(used.get(n.name, 0))),
             "TEMP": Text(f"{gpu.max_temp_c:.0f}°C" if gpu and gpu.max_temp_c is not None else "-"),
             "UTIL": Text(f"{gpu.util_pct:.0f}%" if gpu and gpu.util_pct is not None else "-"),
             "SEEN": _seen(snap, n),
             "REASON": Text(safe(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else ""))),
         })
     return _table(width, [
-        ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), ("GPUS", 1, {}),
+        ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), (GPUS_HEADER, 1, {}), ("USED", 4, {}),
         ("TEMP", 5, {}), ("UTIL", 6, {}), ("SEEN", 2, {}), ("REASON", 3, {"min_width": 20, "ratio": 1}),
     ], rows)
 

@@ -11,10 +11,10 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
-from ..styles import SEVERITY
+from ..styles import GPUS_HEADER, SEVERITY
 from ..textsafe import safe
 from .common import FleetOption, JsonOption, OutputOption, interval_seconds, load
-from .nodes import GPUS_HEADER, gpus_cell
+from .nodes import gpus_cell
 from .render import HEALTH_STYLE, Cell, cell, console, emit, err_console, iso, output_format
 
 

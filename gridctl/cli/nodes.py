@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 from ..errors import ConfigError, NotFoundError
-from ..styles import SEVERITY
+from ..styles import GPUS_HEADER, SEVERITY
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, node_json, open_store, store_path
@@ -24,7 +24,6 @@ def _store_or_none(fleet_path):
     return open_store(db_path)
 
 
-GPUS_HEADER = "GPUS (seen/expected)"   # the same column, same words, in `watch` (screen.py)
 
 
 def gpus_cell(seen: int | None, expected: int) -> Cell:

@@ -75,7 +75,7 @@ def _assert_aligned(text: str) -> None:
 
 def test_nodes_says_which_gpus_it_counts_and_wide_adds_columns(lab):
     plain = gridctl("nodes", "-f", lab).stdout.splitlines()
-    assert "GPUS (seen/expected)" in plain[0]
+    assert "GPUS SEEN/EXP" in plain[0]     # the same header, and meaning, as in `gridctl watch`
     wide = gridctl("nodes", "-f", lab, "-o", "wide").stdout.splitlines()
     assert "HOST" in wide[0] and "STATE SINCE" in wide[0] and "HOST" not in plain[0]
     assert LONG_REASON.strip() in "\n".join(wide)        # nothing cut
