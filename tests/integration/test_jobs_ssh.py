@@ -250,7 +250,7 @@ def test_pending_job_says_why_each_node_rejects_it_and_starts_when_one_frees(mak
     lab.run_job(job("small", "batch"))
     small = lab.job("small")
     assert small.state is JobState.PENDING and not lab.attempts("small")
-    assert small.reason == f"no node fits 1xGPU: {c0} cordoned, {c1} cordoned", small.reason
+    assert small.reason == f"no node fits 1xGPU: {c0}, {c1} cordoned", small.reason     # one clause, not one per node
     row = lab.jobs_json()["small"]
     assert row["state"] == "pending" and row["reason"] == small.reason
     assert where(lab, "half") == {c0}, "cordon stopped running work"
