@@ -23,6 +23,7 @@ from providers.schema import (NAME_RE, CloudPoolSpec, Duration, Endpoint, GpuSpe
                               PositiveDuration, SshSettings, StrictModel, expand_path, parse_duration)
 
 from .errors import ConfigError
+from .wording import ours, with_input
 from .statepath import default_fleet_path, default_state_path  # noqa: F401  (spec.default_fleet_path)
 from .yamlsrc import format_loc, line_of, load_with_lines
 
@@ -174,9 +175,7 @@ def _describe(err: dict, data: Any, root: Any = None) -> tuple[tuple, str]:
         return loc + ("provider",), err["msg"]
     if kind == "missing":
         return loc, "required field is missing"
-    message = err["msg"]
-    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
-    return loc, message
+    return loc, with_input(kind, ours(err["msg"]), err.get("input"))
 
 
 def _dig(data: Any, loc: tuple) -> Any:

@@ -80,6 +80,9 @@ def _run() -> int:
         if type(e).__name__ == "NoArgsIsHelpError" and getattr(e, "ctx", None) is not None:
             print(e.ctx.get_help())   # bare `gridctl` / `gridctl describe`: the help, on stdout as --help
             return EXIT_USAGE
+        from ..wording import ours
+        if isinstance(getattr(e, "message", None), str):
+            e.message = ours(e.message)     # typer checks flag values with pydantic: its words, not ours
         e.show()
         return e.exit_code if e.exit_code is not None else EXIT_USAGE
     except Exception as e:
