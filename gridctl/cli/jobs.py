@@ -66,6 +66,7 @@ def run(
     """
     from .. import ops
     from ..jobspec import job_from_flags, load_job
+    as_json = output_format(as_json) == "json"      # checked before anything is recorded
     fleet, db_path = load(fleet_path)
     args = args or []
     if name is None:
