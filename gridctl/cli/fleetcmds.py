@@ -164,7 +164,7 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
     runner = Loop(fleet, db_path, every, lambda report: None if quiet or console.is_terminal else
                   _print_report(report, True))
     with Progress(TextColumn("waiting for new instances"), BarColumn(), TextColumn("{task.completed}/{task.total} ready"),
-                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+                  TimeElapsedColumn(), console=console.real, disable=not console.is_terminal) as bar:
         task = bar.add_task("ready", total=None)
         while time.monotonic() < deadline:
             runner.run(once=True)

@@ -33,11 +33,16 @@ class _LazyConsole:
         self._options = options
         self._console = None
 
-    def __getattr__(self, name: str) -> Any:
+    @property
+    def real(self) -> Any:
+        """The rich Console itself, for rich objects that take one (Live, Progress)."""
         if self._console is None:
             from rich.console import Console
             self._console = Console(highlight=False, **self._options)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 console: Any = _LazyConsole()

@@ -46,7 +46,7 @@ def follow(db_path: Path, fleet, *, loop=None, interval: float, plain: bool, onc
                 if check_loop():
                     return
                 time.sleep(REFRESH_S)
-        with Live(console=console, screen=True, auto_refresh=False, redirect_stderr=False) as live:
+        with Live(console=console.real, screen=True, auto_refresh=False, redirect_stderr=False) as live:
             while True:
                 live.update(screen.render(snap(conn), console.width), refresh=True)
                 if check_loop():
