@@ -8,6 +8,8 @@ gridctl's own `ops.record_job` (batch jobs that finish, services with a port, jo
 one real `gridctl reconcile` pass that probes every node and places the jobs. Then it times each command
 as a fresh subprocess with stdout a pipe (plain output), `--repeat` times, and prints median / min / max.
 It also lists which heavy modules a read command imports. It prints figures and asserts nothing.
+Each command runs once untimed first; children run with bytecode caching on (PYTHONDONTWRITEBYTECODE
+removed) as a user's install would, unless --no-bytecode.
 Everything it starts is under a temporary directory, removed at the end (the services' processes are
 killed by their recorded pids).
 """
@@ -31,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 GRIDCTL = [sys.executable, "-c", "from gridctl.cli import main; main()"]
 HEAVY = ("paramiko", "aiohttp", "rich", "pydantic", "yaml", "boto3", "google", "prometheus_client", "asyncio")
 TARGET_MS = 300
+NO_BYTECODE = False   # --no-bytecode
 
 
 def build(root: Path, nodes: int) -> Path:
@@ -59,13 +62,19 @@ def build(root: Path, nodes: int) -> Path:
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "HOME": str(root), "XDG_STATE_HOME": str(root / "state"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    """The children's environment: bytecode caching on, as for a user (PYTHONDONTWRITEBYTECODE=1 would
+    recompile every gridctl module on every start); `--no-bytecode` keeps the caller's setting."""
+    env = {**os.environ, "HOME": str(root), "XDG_STATE_HOME": str(root / "state"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if not NO_BYTECODE:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def time_command(args: list[str], root: Path, repeat: int, cmd: list[str] = GRIDCTL) -> tuple[list[float], list[float]]:
     """Wall and CPU (user + sys, from the child's rusage) milliseconds of each run; stdout is a pipe."""
     walls, cpus = [], []
+    subprocess.run([*cmd, *args], capture_output=True, env=_env(root))     # warm-up: bytecode and page cache
     for _ in range(repeat):
         t0 = time.perf_counter()
         child = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(root))
@@ -94,7 +103,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="Build the store in this directory and keep it.")
+    parser.add_argument("--no-bytecode", action="store_true", help="Keep PYTHONDONTWRITEBYTECODE as it is.")
     opts = parser.parse_args()
+    global NO_BYTECODE
+    NO_BYTECODE = opts.no_bytecode
     root = opts.keep or Path(tempfile.mkdtemp(prefix="gridctl-startup-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
