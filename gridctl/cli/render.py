@@ -226,7 +226,8 @@ def print_fields(fields: Sequence[Field]) -> None:
             sys.stdout.write(f"{label.ljust(width)}  {''.join(c.text for c in segments)}\n")
             continue
         from rich.text import Text
-        line = Text(f"{label.ljust(width)}  ", style="bold")
+        line = Text()
+        line.append(f"{label.ljust(width)}  ", style="bold")
         for c in segments:
             line.append(c.text, style=c.style)
         console.print(line, soft_wrap=True)
