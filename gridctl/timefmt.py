@@ -22,9 +22,11 @@ def duration(seconds: float | None) -> str:
     """Seconds with units, to the second, at most two units: 45s, 5m30s, 2h, 1d3h; `-` when unset."""
     if seconds is None:
         return "-"
-    if seconds < 60:
-        return f"{seconds:g}s" if seconds == int(seconds) or seconds < 10 else f"{seconds:.0f}s"
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:g}s"
     s = round(seconds)
+    if s < 60:
+        return f"{s}s"
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size:
