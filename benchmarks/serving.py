@@ -4,9 +4,9 @@
     python benchmarks/serving.py [--seconds 60] [--quick] [--via builtin,haproxy] [--faults xid79,blackhole,kill,drain]
 
 A simulated fleet over a real sshd (tests/fleetsim.py; 3 nodes x 1 GPU) runs a 2-replica service
-(`gridctl run --port auto --ready-http /health`, the replica tests/servers/replica.py), kept by
+(`gridctl run --port auto --ready-http /health`, the replica gridctl/demo_replica.py), kept by
 `gridctl reconcile --loop --interval 2s`. Per router (`gridctl route --via builtin|haproxy`) and per
-fault, one row: a paced closed-loop load of ~100 GET /work per second (tests/servers/loadgen.py)
+fault, one row: a paced closed-loop load of ~100 GET /work per second (gridctl/loadgen.py)
 runs for --seconds (default 60, --quick 15); a third of the way in one replica's node gets the
 fault: `xid79` (the node's fake nvidia-smi reports XID 79), `blackhole` (iptables DROP of every TCP
 packet to the node's address; root only, else skipped with a note), `kill` (SIGKILL to the
@@ -36,12 +36,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "servers"))
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from failover import (GRIDCTL, Store, gridctl, kill_attempts, run_session, setup_fleet,  # noqa: E402
                       start_loop, stop_loop, wait_passes)
-from loadgen import Load, percentile  # noqa: E402
+from gridctl.loadgen import Load, percentile  # noqa: E402
 from sweep import can_blackhole, wait_sshd_idle  # noqa: E402
 
 JOB = "web"
@@ -51,7 +52,7 @@ RATE, WORKERS = 100.0, 8
 TRY_S, CONNECT_S = 2.0, 1.0               # gridctl route's defaults: --try-timeout, --connect-timeout
 READY_LIMIT_S = 60.0                      # a replacement not ready by then is reported as missing
 STEADY_LIMIT_S = 120.0
-REPLICA = REPO / "tests" / "servers" / "replica.py"
+REPLICA = REPO / "gridctl" / "demo_replica.py"
 
 
 def ms(x: float | None) -> str:

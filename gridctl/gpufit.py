@@ -1,7 +1,7 @@
 """Pure: the one rule for whether a GPU offers what a job asks (type and memory), DESIGN section 6.
 
 Called by placement (a GPU a node reported), reconcile/pools (a pool's `gpu:` spec, before growing
-it for a pending job) and, for a check when a job is submitted, `pool_shortfall`. No I/O.
+it for a pending job) and, when a job is submitted (ops.record_job), `submit_shortfall`. No I/O.
 
 Jobs and pool specs say memory as it is sold (`gpu_memory_gb: 24` for an L4); nodes report usable
 MiB (an L4 prints 23034 MiB: less than 24*1000 and less than 24*1024, because the driver and ECC
@@ -118,3 +118,11 @@ def pool_shortfall(gpus: int, gpu_type: str | None, memory_gb: float | None, poo
         have = f"{offered:g}GB" if offered is not None else "(memory unknown)"
         return f"{kind} {have} per instance, {memory_gb:g}GB asked"
     return None
+
+
+def submit_shortfall(gpus: int, gpu_type: str | None, memory_gb: float | None, pool_gpu) -> str | None:
+    """At submit time: `pool_shortfall`, with what the pool's `gpu:` spec leaves out (its type, its
+    memory) read as "could be anything", so a job is refused only when the declared shape rules it out."""
+    offered = pool_gpu_gb(pool_gpu.type, pool_gpu.memory_gb)
+    return pool_shortfall(gpus, gpu_type if pool_gpu.type else None, memory_gb if offered is not None else None,
+                          pool_gpu)

@@ -324,6 +324,18 @@ def condemns_attempts(node: NodeRecord, th: Thresholds) -> bool:
     return any(f.severity is F for f in node.findings) or node.failures >= th.unhealthy_after
 
 
+def fault_gpus(node: NodeRecord, th: Thresholds) -> frozenset[int] | None:
+    """The GPU indexes a condemned node's fatal findings name, when every one of them names a GPU:
+    work on its other GPUs may move make-before-break. None when the fault is node-wide (a fatal
+    finding without a GPU, or failures in a row) or the node is not condemned."""
+    if not condemns_attempts(node, th):
+        return None
+    fatal = [f for f in node.findings if f.severity is F]
+    if not fatal or any(f.gpu is None for f in fatal):
+        return None
+    return frozenset(f.gpu for f in fatal)
+
+
 def _hang(verdict: Verdict) -> Finding | None:
     """The probe's unconfirmed hang (nvidia-smi or the whole probe too slow), if that is what failed."""
     return next((f for f in verdict.findings if f.code == HANG and f.severity is U), None)

@@ -209,6 +209,50 @@ class Event:
     severity: str = "info"   # info | warning | alert
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """One reconcile pass as the store keeps it (table `passes`): who ran it, how, when, how long."""
+
+    host: str
+    pid: int
+    mode: str                         # loop | once (`gridctl reconcile`) | command (a writing command's own pass)
+    interval_s: float | None          # the loop's interval; None for a single pass
+    started_at: float
+    duration_s: float
+    nodes: int                        # nodes probed
+    launches: int = 0
+    stops: int = 0
+
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.duration_s
+EVENT_SEVERITIES = ("info", "warning", "alert")     # lowest first: an alert hook's min_severity ranks by it
+
+# Every kind an Event is recorded with (tests/unit/test_alert_rules.py checks the code against it):
+# alert hooks' `kinds:` filter is validated against this list.
+EVENT_KINDS = frozenset({
+    "alert", "attempt-back", "attempt-ended", "attempt-fenced", "attempt-moving", "attempt-running", "attempt-silent",
+    "attempt-starting", "attempt-stop-failed", "attempt-stopped", "attempt-unconfirmed", "cancel-requested",
+    "cordon", "drain", "fleet-partition", "fleet-partition-ended", "hedge", "instance-launch",
+    "instance-launch-failed", "instance-replaced", "instance-retire-failed", "instance-retired", "job-created",
+    "job-deleted", "job-restart", "job-state", "node-added", "node-rebooted", "node-removed", "node-state",
+    "orphan-attempt", "pass-skipped", "pool-capacity", "pool-error", "replica-not-ready", "replica-ready", "restart-requested", "uncordon",
+})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event's delivery to one alert hook (gridctl.alerts): `pending` until the hook took it,
+    `delivered`, or `failed` after the hook's max_tries. `next_try_at`: not sent again before it."""
+
+    event_id: int
+    hook: str
+    state: str = "pending"          # pending | delivered | failed
+    tries: int = 0
+    next_try_at: float | None = None
+    error: str = ""
+
+
 # ---------------------------------------------------------------- jobs (DESIGN section 5)
 
 class JobState(str, enum.Enum):
@@ -320,6 +364,8 @@ class JobRecord:
     cancel_requested: bool = False
     attempts_made: int = 0
     cancel_by: str = "user"           # who asked for the cancel: "user", "demo"
+    restart_asked: int = 0            # restarts the user asked for (`gridctl restart`; a user column) ...
+    restart_done: int = 0             # ... and those a pass has carried out (a pass column)
 
     @property
     def job_class(self) -> str:

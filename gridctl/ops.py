@@ -1,9 +1,9 @@
 """The operations behind the commands that change intent: submit, cancel, drain, cordon,
-release (uncordon), and running one pass now. Every CLI verb that writes calls one of these;
+release (uncordon), restart, delete, prune, and running one pass now. Every CLI verb that writes calls one of these;
 the CLI only parses arguments and renders what comes back.
 
 Each operation writes the user's intent in one short transaction and, where the change needs a
-pass to take effect (submit, cancel, drain), runs one through reconcile.loop.Loop, waiting up to
+pass to take effect (submit, cancel, drain, restart), runs one through reconcile.loop.Loop, waiting up to
 `wait_s` for a pass of another process to finish (that pass then acts on the intent instead).
 User flags (cordon, drain) are columns a pass never writes, so they may be written mid-pass;
 a release changes the node's decided state, which passes own, so it waits for the pass lock.
@@ -16,12 +16,16 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, GridctlError, NotFoundError
 from .jobspec import JobSpec
 from .models import Attempt, Event, JobRecord, NodeRecord, NodeState
 from .spec import Fleet
 from .store import connect, queries, write_tx
+
+if TYPE_CHECKING:
+    from .lifecycle import Pruned
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ def pass_now(fleet: Fleet, db_path: Path, wait_s: float) -> tuple[object | None,
     """Run one reconcile pass here. Returns (PassReport, "") or (None, why no pass ran)."""
     from .reconcile.loop import Busy, Loop
     reports: list = []
-    Loop(fleet, db_path, 0.0, reports.append).run(once=True, wait_s=wait_s)
+    Loop(fleet, db_path, 0.0, reports.append, single="command").run(once=True, wait_s=wait_s)
     report = reports[0] if reports else None
     if isinstance(report, Busy):
         return None, (f"another reconcile is running (pid {report.pid or '?'}, since {_iso(report.since)}); "
@@ -69,9 +73,9 @@ def submit(fleet: Fleet, db_path: Path, spec: JobSpec, wait_s: float) -> JobNow:
 
 
 def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
-    """Record a new job (the next pass places it). ConfigError if the name is taken or its pool unknown."""
-    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
-        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {', '.join(p.name for p in fleet.pools)})")
+    """Record a new job (the next pass places it). ConfigError if the name is taken, its pool unknown,
+    or no pool of the fleet could ever fit it."""
+    _check_fits(fleet, spec)
     now = time.time()
     record = JobRecord(name=spec.name, spec=spec.to_store(), created_at=now, updated_at=now, pending_since=now,
                        reason="waiting for the next reconcile pass")
@@ -88,12 +92,47 @@ def record_job(fleet: Fleet, db_path: Path, spec: JobSpec) -> JobRecord:
                                       "one fixed port could not share a node (use port: auto)")
             if not queries.insert_job(conn, record):
                 old = queries.get_job(conn, spec.name)
-                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): "
-                                  "cancel it or choose another name")
+                raise ConfigError(f"job {spec.name} already exists ({old.state.value if old else '?'}): choose "
+                                  f"another name, or `gridctl delete --force {spec.name}` first")
             queries.add_events(conn, [created])
     finally:
         conn.close()
     return record
+
+
+def _check_fits(fleet: Fleet, spec: JobSpec) -> None:
+    from .submitfit import refusal
+    if spec.pool and spec.pool not in {p.name for p in fleet.pools}:
+        known = ", ".join(p.name for p in fleet.pools)
+        raise ConfigError(f"pool {spec.pool!r}: no such pool in the fleet (known: {known})")
+    why = refusal(fleet, spec)
+    if why:
+        raise ConfigError(why)
+
+
+def dry_run(fleet: Fleet, db_path: Path, spec: JobSpec) -> tuple[list, float | None]:
+    """`run --dry-run`: where each replica would go now (submitfit.where_now) and when the nodes were
+    last seen. Records nothing and creates no store; ConfigError as record_job would raise."""
+    from .placement import Gpu
+    from .submitfit import where_now
+    _check_fits(fleet, spec)
+    if not db_path.exists():
+        return where_now(fleet, spec, {}, {}, []), None
+    conn = connect(db_path, create=False)
+    try:
+        nodes = queries.load_nodes(conn)
+        readings = queries.latest_gpu_readings(conn)
+        live = [a for a in queries.load_attempts(conn, unreaped=True) if a.state.live]
+        taken = queries.get_job(conn, spec.name)
+    finally:
+        conn.close()
+    if taken is not None:
+        raise ConfigError(f"job {spec.name} already exists ({taken.state.value}): choose another name, or "
+                          f"`gridctl delete --force {spec.name}` first")
+    gpus = {node: tuple(Gpu(g["uuid"], g["index"], g.get("name") or "", g.get("memory_total_mib"))
+                        for g in rows if g.get("uuid")) for node, (_, rows) in readings.items()}
+    seen = max((n.last_seen for n in nodes.values() if n.last_seen), default=None)
+    return where_now(fleet, spec, nodes, gpus, live), seen
 
 
 def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
@@ -205,3 +244,79 @@ def release(db_path: Path, name: str, wait_s: float = 60.0) -> str:
             conn.close()
     finally:
         lock.release()
+
+
+def restart(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
+    """New attempts of the same spec, reason "restarted by user": the next pass (run here) stops the
+    live copies (TERM, grace, KILL) and starts anew after the stop grace; an ended job starts again.
+    A cancel not yet carried out is withdrawn."""
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            if not queries.request_restart(conn, name):
+                raise NotFoundError(f"no job named {name}")
+            queries.add_events(conn, [Event(time.time(), "restart-requested",
+                                            f"restart requested by {getpass.getuser()}", job=name)])
+    finally:
+        conn.close()
+    _, why = pass_now(fleet, db_path, wait_s)
+    return _job_now(db_path, name, why)
+
+
+def _delete_if_ended(db_path: Path, name: str) -> tuple[JobRecord | None, str | None]:
+    """One write transaction: delete the job if lifecycle.why_kept allows. (the deleted job, None)
+    or (None, why it is kept)."""
+    from .lifecycle import why_kept
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            job = queries.get_job(conn, name)
+            if job is None:
+                raise NotFoundError(f"no job named {name}")
+            why = why_kept(job, queries.load_attempts(conn, jobs=[name], unreaped=True), set(queries.node_states(conn)))
+            if why is None:
+                queries.delete_job(conn, name, time.time())
+                queries.add_events(conn, [Event(time.time(), "job-deleted", f"job {name} ({job.state.value}, "
+                                                f"{job.attempts_made} attempts) deleted by {getpass.getuser()}")])
+                return job, None
+            return None, why
+    finally:
+        conn.close()
+
+
+def delete(fleet: Fleet, db_path: Path, name: str, force: bool, wait_s: float) -> tuple[JobRecord, str]:
+    """Delete an ended job, its attempts and events; its name is free again. force: cancel it first
+    (the usual cancel and its pass, run here), then one more pass, whose probes kill any copy still
+    alive and confirm it gone (fencing), then delete. GridctlError (nothing deleted) while a copy is
+    not confirmed gone: the kill list needs its attempt row. Returns the job as it was and a note."""
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    deleted, why = _delete_if_ended(db_path, name)
+    if deleted is not None:
+        return deleted, ""
+    if not force:
+        raise GridctlError(f"{why}; nothing deleted")
+    cancel(fleet, db_path, name, wait_s)
+    _, note = pass_now(fleet, db_path, wait_s)
+    deleted, why = _delete_if_ended(db_path, name)
+    if deleted is None:
+        raise GridctlError(f"{why}; the job is cancelled but not deleted: try again after the next pass"
+                           + (f" ({note})" if note else ""))
+    return deleted, "cancelled first"
+
+
+def prune(db_path: Path, older_than_s: float) -> "Pruned":
+    """Delete the ended jobs last changed, and the events recorded, more than older_than_s ago
+    (lifecycle.prune_store), in one write transaction."""
+    from .lifecycle import Pruned, prune_store
+    if not db_path.exists():
+        return Pruned([], 0, 0)
+    now = time.time()
+    conn = connect(db_path, create=False)
+    try:
+        with write_tx(conn):
+            return prune_store(conn, jobs_before=now - older_than_s, events_before=now - older_than_s, now=now)
+    finally:
+        conn.close()

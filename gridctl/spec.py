@@ -25,6 +25,7 @@ from providers.schema import (NAME_RE, CloudPoolSpec, Duration, Endpoint, GpuSpe
 from .errors import ConfigError
 from .wording import ours, with_input
 from .statepath import default_fleet_path, default_state_path  # noqa: F401  (spec.default_fleet_path)
+from .models import EVENT_KINDS, EVENT_SEVERITIES
 from .yamlsrc import format_loc, line_of, load_with_lines
 
 _Model = StrictModel   # the job spec's sections share it
@@ -51,6 +52,88 @@ class HealthSettings(_Model):
     lemon_window: PositiveDuration = 3600.0    # ... within this window make it a lemon
 
 
+class RetentionSettings(_Model):
+    """How long ended jobs (with their attempts and events) and events are kept; unset: forever.
+    Every pass removes a batch of what is older (lifecycle.prune_store)."""
+
+    jobs: Optional[PositiveDuration] = None
+    events: Optional[PositiveDuration] = None
+class AlertHook(_Model):
+    """One alert hook (README "Alert hooks"): where a batch of events goes (a webhook POST or a
+    command's stdin) and which events it takes. Delivered by gridctl.alerts after each pass."""
+
+    webhook: Optional[str] = None
+    command: Optional[list[str]] = None
+    min_severity: str = "warning"
+    kinds: Optional[list[str]] = None
+    format: str = "json"
+    timeout: PositiveDuration = 5.0            # one request or command run
+    max_tries: int = Field(5, ge=1, le=100)    # then the delivery is `failed`
+    backoff: Duration = 5.0                    # before the 2nd try; doubled per try, at most 5m
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, v: Optional[str]) -> Optional[str]:
+        from urllib.parse import urlsplit
+        parts = urlsplit(v or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\s\x00-\x1f]", v or ""):
+            scheme = f" (got scheme {parts.scheme!r})" if parts.scheme else ""
+            raise ValueError(f"must be an http:// or https:// URL with a host{scheme}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _runnable(cls, v: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
+        import shutil
+        if v is None:
+            return v
+        if not v or not v[0]:
+            raise ValueError("expected a non-empty list: [program, arg, ...]")
+        if "/" not in v[0]:
+            found = shutil.which(v[0])
+            if found is None:
+                raise ValueError(f"{v[0]!r} not found on PATH")
+            return [found, *v[1:]]
+        path = expand_path(v[0], info)
+        if not path.is_file():
+            raise ValueError(f"{v[0]}: no such file")
+        if not os.access(path, os.X_OK):
+            raise ValueError(f"{v[0]}: not executable")
+        return [str(path), *v[1:]]
+
+    @field_validator("min_severity")
+    @classmethod
+    def _severity(cls, v: str) -> str:
+        if v not in EVENT_SEVERITIES:
+            raise ValueError(f"must be one of {', '.join(EVENT_SEVERITIES)} (got {v!r})")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v not in ("json", "slack"):
+            raise ValueError(f"must be json or slack (got {v!r})")
+        return v
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v == []:
+            raise ValueError("an empty list takes no event; leave kinds out for every kind")
+        for kind in v or []:
+            if kind not in EVENT_KINDS:
+                hint = difflib.get_close_matches(kind, EVENT_KINDS, n=1, cutoff=0.6)
+                raise ValueError(f"unknown event kind {kind!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                                                    f" (known: {', '.join(sorted(EVENT_KINDS))})"))
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.webhook is None) == (self.command is None):
+            raise ValueError("give exactly one of webhook: URL or command: [program, ...]")
+        return self
+
+
 def _pool(value: Any, info: ValidationInfo) -> PoolSpec:
     """Validate one pool section with the model its `provider:` declares (providers/base.py)."""
     if not isinstance(value, dict):
@@ -75,7 +158,9 @@ class Fleet(_Model):
     state: Optional[Path] = None
     ssh: SshSettings = SshSettings()
     health: HealthSettings = HealthSettings()
+    retention: RetentionSettings = RetentionSettings()
     pools: list[Pool] = Field(min_length=1)
+    alerts: list[AlertHook] = []
 
     @field_validator("state", mode="before")
     @classmethod

@@ -48,7 +48,9 @@ def _root(
     """Options given here apply to the command that follows; the command's own win."""
     ctx.obj = {"fleet": fleet_path, "json": as_json, "output": output}
 
-from . import admin, demo, endpoints, fleetcmds, jobs, nodes, route, watch  # noqa: E402,F401  (registration by import)
+
+from . import (admin, demo, endpoints, fleetcmds, jobs, lifecycle, metrics, nodes, route, status,  # noqa: E402,F401
+               watch)  # (registration by import)
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ FleetOption = typer.Option(None, "-f", "--fleet", help="Fleet spec (default: $GR
 JsonOption = typer.Option(False, "--json", help="Print a JSON array (stable interface, see README); same as -o json.")
 OutputOption = typer.Option(None, "-o", "--output", metavar="FORMAT",
                             help="wide (more columns, nothing cut) | json | yaml | name (one per line).")
+MetricsAddrOption = typer.Option(None, "--metrics-addr", metavar="HOST:PORT",
+                                 help="Serve Prometheus metrics at http://HOST:PORT/metrics while running.")
 
 
 def root_options() -> dict:

@@ -32,7 +32,7 @@ def demo(
     root = new_root()
     say = (lambda text: print(text, flush=True)) if plain else (lambda text: None)
     d = Demo(root, fault, duration, say)
-    say(f"demo: fleet of 3 simulated nodes in {root}; jobs: web (service x2), etl (batch), train (training)")
+    say(f"demo: fleet of 3 simulated nodes in {root}; jobs: web (service x2, routed), etl (batch), train (training)")
     d.submit_jobs()
     thread = d.loop.start_thread()
     story = threading.Thread(target=d.scenario, name="gridctl-demo", daemon=True)
@@ -40,22 +40,20 @@ def demo(
     interrupted = False
     try:
         follow(d.db_path, d.fleet, loop=d.loop, interval=1.0, plain=plain, stop_when=d.done.is_set,
-               note=lambda: f"demo: {d.status}")
+               note=lambda: f"demo: {d.status}{_traffic_note(d)}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        stop_loop(d.loop, thread)
-        outcomes, final_jobs = d.outcomes(), d.final_jobs()     # the story's end, before the jobs end
-        ended = _end_jobs(d, keep)
+        try:
+            d.traffic.stop()            # the load, then the router: nothing in flight when the jobs end
+        finally:
+            stop_loop(d.loop, thread)
+            outcomes, final_jobs = d.outcomes(), d.final_jobs()     # the story's end, before the jobs end
+            ended = _end_jobs(d, keep)
     from rich.table import Table
-    table = Table(title="Recovery", show_edge=False, header_style="bold")
-    for h in ("FAULT", "JOB", "DETECTED AFTER", "RECOVERED AFTER", "STATE NOW"):
-        table.add_column(h)
-    for o in outcomes:
-        table.add_row(o.fault, o.job, "-" if o.detect_s is None else f"{o.detect_s:.1f}s",
-                      "not recovered" if o.recover_s is None else f"{o.recover_s:.1f}s", o.state)
     console.print()
-    console.print(table if outcomes else "no fault was injected")
+    console.print(_recovery_table(outcomes, d.request_figures()) if outcomes else "no fault was injected")
+    console.print(_requests_line(d), markup=False, soft_wrap=True)
     final = Table(title="Jobs at the end", show_edge=False, header_style="bold")
     for h in ("JOB", "CLASS", "STATE", "NODES", "REASON"):
         final.add_column(h, overflow="fold")
@@ -77,6 +75,52 @@ def demo(
         console.print(f"\nevery affected job recovered ({len(d.faults)} faults, {len(outcomes)} job moves)")
         return
     raise typer.Exit(1)
+
+
+def _traffic_note(d) -> str:
+    requests, failed = d.traffic.counts()
+    return f" · router: {requests} requests, {failed} failed" if requests else ""
+
+
+def _recovery_table(outcomes, figures):
+    """One row per job a fault moved (a rich Table); the router's figures of a fault on its first row
+    (the routed service's, when the fault hit it: Demo.outcomes lists it first)."""
+    from rich.table import Table
+    table = Table(title="Recovery", show_edge=False, header_style="bold")
+    for h in ("FAULT", "JOB", "DETECTED\nAFTER", "RECOVERED\nAFTER", "STATE\nNOW", "REQUESTS", "FAILED",
+              "P50/P99\nBEFORE", "P50/P99\nDURING"):
+        table.add_column(h)
+    for i, o in enumerate(outcomes):
+        first = i == 0 or outcomes[i - 1].fault_index != o.fault_index
+        last = i == len(outcomes) - 1 or outcomes[i + 1].fault_index != o.fault_index
+        fig = figures[o.fault_index] if first and o.fault_index < len(figures) else None
+        traffic = ["", "", "", ""] if fig is None else \
+            [str(fig.requests), str(fig.failed), fig.before.text(), fig.during.text()]
+        table.add_row(o.fault, o.job, "-" if o.detect_s is None else f"{o.detect_s:.1f}s",
+                      "not recovered" if o.recover_s is None else f"{o.recover_s:.1f}s", o.state, *traffic,
+                      end_section=last)
+    return table
+
+
+def _requests_line(d) -> str:
+    """What the load through the router saw, in words; failures are named, never hidden."""
+    t = d.traffic
+    if not t.samples:
+        return f"router: {d.traffic_note or 'no requests were sent'}"
+    from ..demo import ROUTED
+    from ..demo_traffic import failure_kinds, latency
+    failed = [s for s in t.samples if not s.ok]
+    slowest = max(t.samples, key=lambda s: s.latency)
+    lines = [f"router (gridctl route {t.job}): {len(t.samples)} requests in {t.stopped_at - t.started_at:.1f}s, "
+             f"{len(failed)} failed; p50/p99 {latency(t.samples).text()}, slowest {slowest.latency * 1000:.0f} ms",
+             "  REQUESTS, FAILED: sent from the fault until the next one (or the end). P50/P99 BEFORE: since",
+             "  the previous fault recovered; DURING: from the fault until every job it hit recovered."]
+    lines += [f"  {f.mode} on {f.node} hit no replica of {ROUTED}: its row shows no failover"
+              for f in d.faults if ROUTED not in f.jobs]
+    first = d.faults[0].at if d.faults else t.started_at
+    lines += [f"  failed: {k.count} {k.kind}, sent from {k.first - first:+.1f}s to {k.last - first:+.1f}s "
+              "after the first fault" for k in failure_kinds(failed)[:4]]
+    return "\n".join(lines)
 
 
 def _end_jobs(d, keep: bool) -> str:

@@ -13,7 +13,7 @@ from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
 from ..styles import GPUS_HEADER, SEVERITY
 from ..textsafe import safe
-from .common import FleetOption, JsonOption, OutputOption, interval_seconds, load
+from .common import FleetOption, JsonOption, MetricsAddrOption, OutputOption, interval_seconds, load
 from .nodes import gpus_cell
 from .render import HEALTH_STYLE, Cell, cell, console, emit, err_console, iso, output_format
 
@@ -27,6 +27,13 @@ def validate(fleet_path: Optional[Path] = FleetOption) -> None:
     fleet, _ = load(fleet_path)
     import providers
     console.print(f"ok: {len(fleet.pools)} pools, {fleet.node_count()} nodes")
+    if fleet.alerts:
+        from ..alerts.rules import label
+        for hook in fleet.alerts:
+            console.print(f"alert hook: {label(hook.webhook, hook.command)}: {hook.min_severity} and above, "
+                          f"{'kinds ' + ', '.join(hook.kinds) if hook.kinds is not None else 'every kind'}, "
+                          f"{hook.format}, timeout {hook.timeout:g}s, {hook.max_tries} tries",
+                          markup=False, soft_wrap=True)
     for pool in fleet.pools:
         try:
             providers.get(pool.provider)
@@ -120,18 +127,24 @@ def reconcile(
     wait_ready: Optional[bool] = typer.Option(None, "--wait-ready/--no-wait-ready",
                                               help="After a pass that launched cloud instances, keep passing until "
                                                    "they are ready (default: on a terminal)."),
+    metrics_addr: Optional[str] = MetricsAddrOption,
 ) -> None:
     """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron.
 
     Example: gridctl reconcile -f fleet.yaml --loop --interval 15s
     """
     from ..reconcile.loop import Busy, Loop, Skipped
+    from .metrics import start_exporter
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
     if wait_ready is None:
         wait_ready = console.is_terminal and not loop
+    exporter = start_exporter(metrics_addr, db_path, needs=None if loop else
+                              "only with --loop (after one pass from cron, use `gridctl metrics --textfile PATH`)")
 
     def show(report) -> None:
+        if exporter is not None:
+            exporter.observe(report)
         if isinstance(report, Busy):
             console.print(f"another reconcile is running (pid {report.pid or '?'}, since {iso(report.since) or '?'})")
         elif isinstance(report, Skipped):
@@ -139,9 +152,10 @@ def reconcile(
         else:
             _print_report(report, quiet)
 
-    runner = Loop(fleet, db_path, every, show)
+    runner = Loop(fleet, db_path, every, show, deliver=True)
     try:
         runner.run(once=not loop)
+        _warn_undelivered(runner)
         launched = [] if loop or runner.last is None else \
             [e for e in runner.last.events if e.kind == "instance-launch"]
         if wait_ready and launched:
@@ -150,6 +164,21 @@ def reconcile(
         if runner.in_pass.is_set():
             err_console.print("interrupted mid-pass: nothing half-written; the next pass picks up from the store")
         raise typer.Exit(130) from None
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def _warn_undelivered(runner) -> None:
+    """After a one-shot pass: a line per alert hook that did not take its batch (kept for a later pass)."""
+    for batch, sent in runner.alert_sends:
+        if not sent.ok:
+            err_console.print(f"warning: alert hook {batch.hook.label}: {sent.error}; {len(batch.deliveries)} "
+                              "event(s) kept for a later pass (gridctl events --undelivered)", markup=False,
+                              soft_wrap=True)
+    if runner.alert_error is not None:
+        err_console.print(f"warning: alert hooks not served this pass: {runner.alert_error}", markup=False,
+                          soft_wrap=True)
 
 
 def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -> None:

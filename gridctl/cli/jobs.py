@@ -14,6 +14,7 @@ from ..errors import ConfigError, NotFoundError
 from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, load, open_store, store_path
+from .status import warn_unsupervised
 from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, esc, iso, \
     output_format, print_events, print_fields, section, styled, table
 
@@ -58,9 +59,12 @@ def run(
     ready_http: Optional[str] = typer.Option(None, "--ready-http", help="Readiness: GET this path, 2xx = ready."),
     ready_tcp: bool = typer.Option(False, "--ready-tcp", help="Readiness: the port accepts a connection."),
     wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler to take the lock."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say where it would go now (node, or pool that would grow), "
+                                 "or why not; record nothing."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Record a job, place it and start it (or say why it is pending).
+    """Record a job, place it and start it (or say why it is pending). A job no pool could ever fit
+    (GPU type, count, memory per GPU) is refused.
 
     Example: gridctl run -f fleet.yaml --name train-1 --class batch --gpus 2 -- python train.py
     """
@@ -80,7 +84,30 @@ def run(
         spec = job_from_flags({"name": name, "class": job_class, "command": list(args), "gpus": gpus,
                                "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env),
                                "port": port, "readiness": readiness})
+    if dry_run:
+        _show_dry_run(spec, *ops.dry_run(fleet, db_path, spec), as_json)
+        return
     _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
+    warn_unsupervised(db_path)
+
+
+def _show_dry_run(spec, places, seen: float | None, as_json: bool) -> None:
+    rows = [{"replica": w.replica, "node": w.node, "gpus": list(w.gpus), "pool": w.pool, "reason": w.why}
+            for w in places]
+    if as_json:
+        print(json.dumps([{"name": spec.name, "dry_run": True, "nodes_seen_at": iso(seen), "replicas": rows}],
+                         indent=2))
+        return
+    console.print(f"dry run: job {spec.name} ({spec.job_class}, {spec.gpus} GPU(s) x {spec.replicas}) would go, as "
+                  f"nodes were last seen {ago(seen)}; nothing recorded", markup=False, soft_wrap=True)
+
+    def where(r: dict) -> str:
+        if r["node"]:
+            return esc(f"node {r['node']}, GPUs {','.join(map(str, r['gpus'])) or 'none'}")
+        if r["pool"]:
+            return esc(f"pool {r['pool']} would grow by one instance (no node now: {r['reason']})")
+        return esc(f"pending: {r['reason']}")
+    emit(rows, [("replica", "REPLICA", None), ("where", "WHERE", where)], as_json=False)
 
 
 def _show_job_line(now, as_json: bool) -> None:
@@ -140,6 +167,7 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
         ("reason", "REASON", lambda r: Cell("" if r["state"] == "running" and r["reason_code"] == "running"
                                             and r["replicas"] == 1 else r["reason"])),
     ], output=fmt, empty="no jobs yet")
+    warn_unsupervised(db_path)
 
 
 def _ts(value: str | None) -> float | None:

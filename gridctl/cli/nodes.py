@@ -11,19 +11,20 @@ from ..errors import ConfigError, NotFoundError
 from ..styles import GPUS_HEADER, SEVERITY
 from ..textsafe import safe
 from . import app, describe_app
-from .common import FleetOption, JsonOption, OutputOption, node_json, open_store, store_path
+from .common import FleetOption, JsonOption, OutputOption, load, node_json, open_store, store_path
+from .status import warn_unsupervised
 from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, dump, duration, emit, err_console, iso, \
     output_format, print_events, print_fields, say, section, table
 
 
-def _store_or_none(fleet_path):
+def _store_or_none(fleet_path, warn: bool = False):
     db_path = store_path(fleet_path)
     if not db_path.exists():
         err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first", markup=False)
         return None
+    if warn:
+        warn_unsupervised(db_path)
     return open_store(db_path)
-
-
 
 
 def gpus_cell(seen: int | None, expected: int) -> Cell:
@@ -40,7 +41,7 @@ def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
     """
     from ..store import queries
     fmt = output_format(as_json, output)
-    conn = _store_or_none(fleet_path)
+    conn = _store_or_none(fleet_path, warn=True)
     if conn is None:
         emit([], [], output=fmt, empty="no nodes recorded yet")
         return
@@ -165,6 +166,8 @@ def events(
     node: Optional[str] = typer.Option(None, "--node", help="Only events of this node."),
     job: Optional[str] = typer.Option(None, "--job", help="Only events of this job."),
     limit: int = typer.Option(200, "--limit", min=1, help="At most this many (the newest)."),
+    undelivered: bool = typer.Option(False, "--undelivered", help="Only events an alert hook has not taken yet "
+                                     "(delivery pending or failed), one row per event and hook."),
     as_json: bool = JsonOption,
     output: Optional[str] = OutputOption,
 ) -> None:
@@ -185,6 +188,12 @@ def events(
     if conn is None:
         emit([], [], output=fmt, empty="no events")
         return
+    if undelivered:
+        from ..alerts.rules import hook_from_spec
+        hooks = {hook_from_spec(h).key for h in load(fleet_path)[0].alerts}
+        with conn:
+            _emit_undelivered(conn, hooks, cutoff, node, job, limit, fmt)
+        return
     with conn:
         rows = [_event_json(e) for e in queries.list_events(conn, since=cutoff, node=node, limit=limit, job=job)]
     emit(rows, [
@@ -193,3 +202,24 @@ def events(
         ("severity", "SEVERITY", None, {"wide": True}),
         ("message", "MESSAGE", lambda r: Cell(r["message"], SEVERITY.get(r["severity"], ""))),
     ], output=fmt, empty="no events")
+
+
+def _emit_undelivered(conn, hooks: set[str], cutoff: float | None, node: str | None, job: str | None, limit: int,
+                      fmt: str) -> None:
+    """`events --undelivered`: each event with a hook delivery pending or failed, and where it stands
+    (a hook since removed from the spec is said to be: nothing will send those)."""
+    from ..alerts.rules import describe
+    from ..store import deliveries
+    now = time.time()
+    rows = [{**_event_json(e), "id": event_id, "hook": label, "delivery": d.state, "tries": d.tries,
+             "error": d.error or None, "next_try_at": iso(d.next_try_at),
+             "status": describe(d, now) + ("" if d.hook in hooks else " (hook no longer in the spec)")}
+            for event_id, e, d, label in deliveries.undelivered(conn)
+            if (cutoff is None or e.time >= cutoff) and node in (None, e.node) and job in (None, e.job)][-limit:]
+    emit(rows, [
+        ("time", "TIME", None), ("kind", "KIND", None), ("node", "NODE", None, {"drop": 2}),
+        ("job", "JOB", None, {"wide": True}), ("hook", "HOOK", None, {"drop": 1}),
+        ("tries", "TRIES", None, {"wide": True}), ("next_try_at", "NEXT TRY", None, {"wide": True}),
+        ("status", "DELIVERY", lambda r: Cell(r["status"], "bold red" if r["delivery"] == "failed" else "yellow")),
+        ("message", "MESSAGE", None),
+    ], output=fmt, empty="no undelivered events")

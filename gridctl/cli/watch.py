@@ -11,7 +11,7 @@ import typer
 
 from ..errors import GridctlError
 from . import app
-from .common import FleetOption, interval_seconds, load, open_store
+from .common import FleetOption, MetricsAddrOption, interval_seconds, load, open_store
 from .render import console, err_console
 
 REFRESH_S = 0.5
@@ -101,16 +101,20 @@ def watch(
     no_reconcile: bool = typer.Option(False, "--no-reconcile", help="Only view a store another reconciler maintains."),
     once: bool = typer.Option(False, "--once", help="One pass (unless --no-reconcile), print one snapshot, exit."),
     plain: bool = typer.Option(False, "--plain", help="One line per event instead of redrawing (default without a TTY)."),
+    metrics_addr: Optional[str] = MetricsAddrOption,
 ) -> None:
     """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second).
 
     Example: gridctl watch -f fleet.yaml --interval 10s
     """
     from ..reconcile.loop import Loop
+    from .metrics import start_exporter
     fleet, db_path = load(fleet_path)
     every = interval_seconds(interval, fleet)
     plain = plain or not console.is_terminal
-    loop = None if no_reconcile else Loop(fleet, db_path, every)
+    exporter = start_exporter(metrics_addr, db_path, needs="not with --once (use `gridctl metrics`)" if once else None)
+    loop = None if no_reconcile else Loop(fleet, db_path, every, exporter.observe if exporter else None,
+                                       deliver=True)
     thread = None
     try:
         if once:
@@ -125,3 +129,5 @@ def watch(
         pass
     finally:
         stop_loop(loop, thread)
+        if exporter is not None:
+            exporter.close()

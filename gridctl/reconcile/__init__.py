@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import Event, NodeRecord
+from ..models import Event, NodeRecord, PassRecord
 from ..spec import Fleet
 from .act import act
 from .apply import apply, record, record_intent
@@ -36,6 +37,16 @@ class PassReport:
     failed_pools: dict[str, str]
     launches: int = 0
     stops: int = 0
+    probe_s: dict[str, float] = field(default_factory=dict)    # node -> how long its probe took this pass
+
+
+@dataclass(frozen=True)
+class Driver:
+    """What runs a pass, recorded with it: a loop (and its interval), `gridctl reconcile` once, or a
+    writing command's own pass (`run`, `cancel`...), which supervises nothing after it returns."""
+
+    mode: str = "once"                # loop | once | command
+    interval_s: float | None = None
 
 
 class PassLock:
@@ -80,11 +91,13 @@ class PassLock:
             self._fd = None
 
 
-def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transports, state_dir: Path) -> PassReport:
+def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transports, state_dir: Path,
+                   driver: Driver = Driver()) -> PassReport:
     """One idempotent pass in five steps: read the facts (one read transaction); observe (inventory
     and probes, no transaction open); plan (pure); apply the plan (one write transaction: attempts
     are recorded `starting` before anything is launched); act, then record the answers (one write
-    transaction, plus one per fallback cloud launch intent, written before that call). Killed
+    transaction, plus one per fallback cloud launch intent, written before that call; the pass's own
+    row, who ran it and how long it took, is part of that last transaction). Killed
     anywhere, the next pass heals: an attempt recorded `starting` but never launched is found
     missing; an attempt ended in the store but still alive is on its node's kill list until the
     node confirms it is gone."""
@@ -109,7 +122,11 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
                   decided.jobs.stops, decided.pools.calls, state_dir, intent, facts.key)
     done = time.time()
     answers = after_actions(facts, decided, results, done)
-    record(conn, answers, done, done - started)
+    keep = fleet.retention
+    record(conn, answers, done, PassRecord(socket.gethostname(), os.getpid(), driver.mode, driver.interval_s,
+                                           started, done - started, len(inventory.nodes),
+                                           len(decided.jobs.launches), len(decided.jobs.stops)),
+           (keep.jobs and done - keep.jobs, keep.events and done - keep.events))
     return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
-                      len(decided.jobs.stops))
+                      len(decided.jobs.stops), {name: o.duration_s for name, o in observations.items()})

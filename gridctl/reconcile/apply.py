@@ -3,13 +3,15 @@
 Called by reconcile_once. `apply` writes the decisions (nodes, observations, attempts recorded
 `starting` before anything is launched, jobs, events, reaped attempts, new cloud launch intents)
 in one BEGIN IMMEDIATE transaction; `record` writes what the launches, stops and cloud calls
-answered, as decided by plan.after_actions. Neither decides anything.
+answered, as decided by plan.after_actions, and the pass's own row. Neither decides anything.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from ..lifecycle import prune_store
+from ..models import PassRecord
 from ..store import queries, write_tx
 from .facts import BACKOFF_PREFIX, PARTITION_KEY
 from .plan import Answers, Plan
@@ -41,7 +43,9 @@ def record_intent(conn: sqlite3.Connection, pool: str, request_id: str, count: i
         queries.record_launch(conn, request_id, pool, count, now)
 
 
-def record(conn: sqlite3.Connection, answers: Answers, now: float, pass_s: float) -> None:
+def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: PassRecord,
+           retention: tuple[float | None, float | None] = (None, None)) -> None:
+    """`retention`: (jobs, events) older than these times go, a batch per pass (lifecycle.prune_store)."""
     with write_tx(conn):
         for job in answers.jobs.values():
             queries.save_job(conn, job)
@@ -54,4 +58,7 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, pass_s: float
         for node in answers.pools.nodes:
             queries.save_node(conn, node, now)
         queries.add_events(conn, answers.all_events)
-        queries.set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
+        queries.record_pass_done(conn, now, this_pass.duration_s)
+        queries.record_pass(conn, this_pass)
+        if retention != (None, None):
+            prune_store(conn, jobs_before=retention[0], events_before=retention[1], now=now, limit=True)

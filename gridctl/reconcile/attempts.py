@@ -32,7 +32,7 @@ def judge(jp: JobPass) -> None:
             jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} is no longer in the fleet")
         elif view.rebooted:
             jp.end(a, S.LOST, Outcome.NODE, f"node {a.node} rebooted")
-        elif view.answered and view.condemned:
+        elif view.answered and view.condemned and not spared(jp, a, view):
             # evidence from this very probe (a fatal finding, or failures confirmed); a node
             # quarantined for silence that now answers, or one slow probe of a quarantined node,
             # is not: its attempts are judged by their own reports below
@@ -43,6 +43,17 @@ def judge(jp: JobPass) -> None:
         elif not view.answered:
             _silent(jp, a, view)
         # answered but incomplete and not quarantined: no news about this attempt this pass
+
+
+def spared(jp: JobPass, a: Attempt, view: NodeView) -> bool:
+    """A service replica on a condemned node whose faults are on GPUs it does not hold: it serves on
+    until its replacement is ready (replicas.keep_placed moves it, make-before-break). Its own GPU
+    faulty, a node-wide fault, or an incomplete probe: no."""
+    spec = jp.specs.get(a.job)
+    if spec is None or spec.job_class != "service" or not view.complete or view.fault_gpus is None or not a.gpus:
+        return False
+    index = {g.uuid: g.index for g in view.gpus}
+    return all(u in index and index[u] not in view.fault_gpus for u in a.gpus)
 
 
 def _answered(jp: JobPass, a: Attempt, view: NodeView) -> None:

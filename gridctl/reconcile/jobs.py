@@ -49,6 +49,7 @@ class NodeView:
     partitioned: bool = False                # silent while our side looks partitioned
     rebooted: bool = False
     condemned: bool = False                  # its probe is evidence its attempts are gone (health.condemns_attempts)
+    fault_gpus: frozenset[int] | None = None  # condemned by faults on these GPU indexes only (health.fault_gpus)
     foreign: frozenset[str] = frozenset()    # attempt dirs there without their token (not ours, or swapped)
     busy_gpus: frozenset[str] = frozenset()  # GPU UUIDs with compute processes (ours or not)
     reports: dict[str, AttemptReport] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from ..spec import Fleet
 from ..errors import StoreError
 from ..models import Event
 from ..store import connect, queries, write_tx
-from . import PassLock, PassReport, reconcile_once
+from . import Driver, PassLock, PassReport, reconcile_once
 from .observe import Transports
 
 
@@ -54,8 +54,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 class Loop:
     def __init__(self, fleet: Fleet, db_path: Path, interval: float,
-                 on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None):
+                 on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None, *, deliver: bool = False,
+                 single: str = "once"):
+        """`deliver`: send alert hooks their events after each pass. `single`: how a pass of
+        run(once=True) is recorded: "once" (`gridctl reconcile`) or "command" (a writing command's
+        own pass, which supervises nothing afterwards)."""
         self.fleet = fleet
+        self.deliver = deliver                       # send alert hooks their events after each pass
         self.db_path = db_path
         self.interval = interval
         self.on_pass = on_pass or (lambda report: None)
@@ -65,6 +70,9 @@ class Loop:
         self.last: PassReport | None = None
         self.cycles = 0                              # passes run or skipped (lock busy) so far
         self.error: BaseException | None = None
+        self.single = single
+        self.alert_error: BaseException | None = None   # the last delivery round's own error (never raised)
+        self.alert_sends: list = []                      # a one-shot pass's round: [(alerts.deliver.Batch, Sent)]
 
     def run(self, once: bool = False, wait_s: float = 0.0) -> None:
         """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
@@ -74,7 +82,10 @@ class Loop:
         lock = PassLock(self.db_path)
         transports = Transports(keep=not once)
         skipped: list[tuple[float, str]] = []
+        driver = Driver(self.single) if once else Driver("loop", self.interval)
+        alerts: _Alerts | None = None
         try:
+            alerts = _Alerts(self, conn, once)
             while not self.stop.is_set():
                 began = time.monotonic()
                 if _identity(self.db_path) != identity:
@@ -83,7 +94,7 @@ class Loop:
                 if lock.acquire(wait_s if once else 0.0):
                     self.in_pass.set()
                     try:
-                        report = reconcile_once(self.fleet, conn, transports, self.db_path.parent)
+                        report = reconcile_once(self.fleet, conn, transports, self.db_path.parent, driver)
                     except sqlite3.OperationalError as e:
                         if once or not _store_busy(e):
                             raise StoreError(f"state file {self.db_path}: {e} (held by another writer past the "
@@ -100,6 +111,7 @@ class Loop:
                             skipped = []
                         self.last = report
                         self.on_pass(report)
+                        alerts.after_pass()
                 else:
                     self.on_pass(Busy(*lock.holder()))
                 self.cycles += 1
@@ -109,6 +121,8 @@ class Loop:
                 self.next_pass_at = time.time() + wait
                 self.stop.wait(wait)
         finally:
+            if alerts is not None:
+                alerts.close()
             transports.close()
             conn.close()
 
@@ -123,6 +137,43 @@ class Loop:
         thread = threading.Thread(target=target, name="gridctl-loop", daemon=True)
         thread.start()
         return thread
+
+
+class _Alerts:
+    """The loop's alert hooks (gridctl.alerts): registered when the loop starts, so events of its
+    first pass are theirs; with `deliver`, a round after each pass: in a one-shot pass right away,
+    bounded by the hooks' timeouts; in a loop in a background worker, so no pass waits for a hook."""
+
+    def __init__(self, loop: Loop, conn: sqlite3.Connection, once: bool):
+        self.loop, self.conn, self.once = loop, conn, once
+        self.hooks: list = []
+        self.worker = None
+        if not loop.fleet.alerts:
+            return
+        from ..alerts.deliver import Worker, hooks_of, register
+        self.hooks = hooks_of(loop.fleet)
+        try:
+            register(conn, self.hooks)
+        except sqlite3.Error as e:     # a busy store: registered by the next round (or the next loop)
+            loop.alert_error = e
+        if loop.deliver and not once:
+            self.worker = Worker(loop.db_path, loop.fleet.fleet, self.hooks)
+
+    def after_pass(self) -> None:
+        if not self.hooks or not self.loop.deliver:
+            return
+        if self.worker is not None:
+            self.worker.kick()
+            return
+        from ..alerts.deliver import deliver_round
+        try:
+            self.loop.alert_sends = deliver_round(self.conn, self.loop.fleet.fleet, self.hooks)
+        except Exception as e:      # a busy store: the deliveries stay pending for the next pass
+            self.loop.alert_error = e
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
 
 
 def _note_skipped(conn: sqlite3.Connection, skipped: list[tuple[float, str]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from ..health import Thresholds, classify, condemns_attempts, next_node, rebooted
+from ..health import Thresholds, classify, condemns_attempts, fault_gpus, next_node, rebooted
 from ..models import Contact, Event, Finding, InventoryNode, NodeRecord, NodeState, Observation, Severity, Verdict
 from ..placement import Gpu
 from .jobs import NodeView
@@ -144,6 +144,7 @@ def node_views(plan: NodePlan, inventory: list[InventoryNode], observations: dic
             rec = replace(rec, draining=True)   # the planner moves its jobs (services first); the flag is not stored
         views[inv.name] = NodeView(rec, answered, full, partitioned=cut and not answered, rebooted=was_rebooted,
                                    condemned=answered and condemns_attempts(rec, th),
+                                   fault_gpus=fault_gpus(rec, th) if answered else None,
                                    foreign=frozenset(obs.foreign_attempts) if full else frozenset(),
                                    busy_gpus=frozenset(uuid for uuid, _ in obs.compute_apps) if full else frozenset(),
                                    reports={r.id: r for r in obs.attempts} if full else {},

@@ -12,10 +12,22 @@ from dataclasses import replace
 
 from ..jobspec import JobSpec
 from ..launcher import LaunchSpec, build_env
-from ..models import Attempt, JobRecord, JobState, NodeState, Outcome, service_host
+from ..models import Attempt, JobRecord, JobState, NodeRecord, NodeState, Outcome, service_host
 from ..placement import Offer, Placement, Request, free_port, place
 from ..recovery import Decision, Policy, Step, decide
 from .jobs import S, JobPass, Launch, ReplicaState, Stop, ago, short
+
+
+def unavailable(rec: NodeRecord) -> str | None:
+    """Why a node takes no new work now (draining, cordoned, not ready), None if it does. Also
+    what `run --dry-run` reads from the store."""
+    if rec.draining:
+        return "draining"
+    if rec.cordoned:
+        return "cordoned"
+    if rec.state is not NodeState.READY:
+        return f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
+    return None
 
 
 def offers(jp: JobPass) -> dict[str, Offer]:
@@ -28,13 +40,7 @@ def offers(jp: JobPass) -> dict[str, Offer]:
             ports_at.setdefault(host_of.get(a.node, a.node), set()).add(a.port)
     for name, v in sorted(jp.views.items()):
         rec = v.record
-        why = None
-        if rec.draining:
-            why = "draining"
-        elif rec.cordoned:
-            why = "cordoned"
-        elif rec.state is not NodeState.READY:
-            why = f"{rec.state.value} ({short(rec.reason, 50)})" if rec.reason else rec.state.value
+        why = unavailable(rec)
         here = [a for a in jp.attempts.values() if a.node == name and a.state.live]
         replicas: dict[str, int] = {}
         for a in here:
@@ -97,6 +103,8 @@ def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -
                       next_try_at=None)
         _finish(jp, job, before)
         return
+    if job.restart_asked > job.restart_done:
+        job = _restart(jp, job)
     job = _apply_ended(jp, job, spec)
     jp.jobs[job.name] = job     # the decision (counters, backoff) is what the replicas see
     if job.state.terminal:
@@ -138,6 +146,22 @@ def _job(jp: JobPass, job: JobRecord, spec: JobSpec, offers: dict[str, Offer]) -
     _finish(jp, job, before)
 
 
+def _restart(jp: JobPass, job: JobRecord) -> JobRecord:
+    """`gridctl restart`: every live copy stops through the usual stop (TERM, the grace, KILL; a copy
+    on a silent node is fenced when it answers), the counters start again, and the new attempts
+    start after the stop grace: break-before-make, also for services."""
+    live = jp.live(job.name)
+    for a in live:
+        jp.end(a, S.KILLED, Outcome.CANCEL, "restarted by user", stop=a.state is not S.SILENT)
+        jp.event("attempt-ended", f"attempt {a.id} on {a.node} killed: restarted by user", job=job.name, node=a.node)
+    stopped = {a.id for a in live}
+    jp.ended = [e for e in jp.ended if e.attempt.id not in stopped]     # no recovery decision for these
+    jp.event("job-restart", f"restarted by user ({len(live)} live attempt(s) stopped)", job=job.name)
+    return replace(job, state=JobState.PENDING, reason="restarted by user", reason_code="restart", restarts=0,
+                   failures=0, pending_since=jp.now, next_try_at=jp.now + jp.grace_s if live else None,
+                   restart_done=job.restart_asked)
+
+
 def _where(jp: JobPass, name: str) -> str:
     live = [a for a in jp.live(name) if a.state in (S.RUNNING, S.STARTING)]
     if not live:
@@ -161,18 +185,14 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
     live = jp.live(job.name, r)
     active = [a for a in live if a.state in (S.RUNNING, S.STARTING)]
     silent = [a for a in live if a.state is S.SILENT]
-    draining = [a for a in active if jp.views.get(a.node) and jp.views[a.node].record.draining]
-    if draining and len(active) == len(draining):
-        a = draining[0]
+    # copies to move off their node: draining, or quarantined for faults on GPUs they do not hold
+    # (attempts.spared kept those running)
+    leaving = [a for a in active if jp.views.get(a.node) and (jp.views[a.node].record.draining
+                                                              or jp.views[a.node].condemned)]
+    if leaving and len(active) == len(leaving):
+        a = leaving[0]
         if spec.job_class == "service":
-            view = jp.views[a.node]
-            old = Stop(a.id, a.job, a.node, view.work_dir, f"drained: {view.record.cordon_reason or 'drain'}",
-                       jp.grace_s)
-            # with readiness, the old copy serves until its replacement is ready (a later pass);
-            # without, until the replacement runs (act stops it right after the launch)
-            then_stop = () if spec.readiness is not None else (old,)
-            placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=then_stop, why="drain")
-            return ReplicaState.RUNNING, "" if placed is True else f"drain of {a.node} waits: {placed}"
+            return _move(jp, job, spec, r, offers, a)
         jp.end(a, S.KILLED, Outcome.DRAIN, f"node {a.node} is draining", stop=True)
         job = _apply_ended(jp, jp.jobs[job.name], spec)
         jp.jobs[job.name] = job
@@ -218,6 +238,27 @@ def _backoff_note(jp: JobPass, job: JobRecord, r: int) -> str:
     return f"{cause}: next attempt in {ago(job.next_try_at - jp.now)}"
 
 
+def _move(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer],
+          a: Attempt) -> tuple[ReplicaState, str]:
+    """Make-before-break for a service copy that must leave its node: with readiness, the old copy
+    serves until its replacement is ready (a later pass, _hand_over_when_ready); without, until the
+    replacement runs (act stops it right after the launch)."""
+    view = jp.views[a.node]
+    condemned = view.condemned and not view.record.draining
+    why = (f"node {a.node} quarantined: {short(view.record.reason)}" if condemned
+           else f"drained: {view.record.cordon_reason or 'drain'}")
+    then_stop = () if spec.readiness is not None else (Stop(a.id, a.job, a.node, view.work_dir, why, jp.grace_s),)
+    placed = _start(jp, job, spec, r, offers, exclude={a.node}, then_stop=then_stop,
+                    why="quarantine" if condemned else "drain")
+    if placed is not True:
+        return ReplicaState.RUNNING, f"{'quarantine' if condemned else 'drain'} of {a.node} waits: {placed}"
+    if condemned:
+        jp.event("attempt-moving", f"attempt {a.id} on {a.node}: {why}; its own GPUs are fine, so it serves until "
+                 f"its replacement is {'ready' if spec.readiness is not None else 'running'}", job=job.name,
+                 node=a.node, severity="warning")
+    return ReplicaState.RUNNING, ""
+
+
 def _hand_over_when_ready(jp: JobPass, active: list[Attempt]) -> tuple[ReplicaState, str]:
     """Two live copies of one replica of a service with readiness (a drain's replacement, or a hedge
     whose silent original answers again): the newest ready copy stays and the others stop; while
@@ -234,6 +275,8 @@ def _hand_over_when_ready(jp: JobPass, active: list[Attempt]) -> tuple[ReplicaSt
         view = jp.views.get(old.node)
         drained = view is not None and view.record.draining
         reason = (f"drained: replaced by attempt {keep.n}, ready on {keep.node}" if drained else
+                  f"node {old.node} quarantined: replaced by attempt {keep.n}, ready on {keep.node}"
+                  if view is not None and view.condemned else
                   f"superseded: attempt {keep.n} is ready on {keep.node}")
         jp.put(replace(old, state=S.KILLED, ended_at=jp.now, outcome=Outcome.DRAIN if drained else Outcome.SUPERSEDED,
                        reason=reason, ready=False))

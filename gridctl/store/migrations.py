@@ -153,8 +153,58 @@ def _v7_attempt_key_log_position(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE observations ADD COLUMN uptime_s REAL")
 
 
+def _v8_passes_job_lifecycle(conn: sqlite3.Connection) -> None:
+    """Every pass records itself (who ran it, how, when, how long: `gridctl status` and the
+    "nothing is reconciling" warning read them); a user's restart is a counter the pass catches
+    up with (so a restart asked mid-pass is never lost); a deleted job leaves its last attempt
+    number, so a new job of that name never reuses an attempt id (and dir) a node may still keep."""
+    conn.execute("""
+        CREATE TABLE passes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            mode TEXT NOT NULL,
+            interval_s REAL,
+            started_at REAL NOT NULL,
+            duration_s REAL NOT NULL,
+            nodes INTEGER NOT NULL,
+            launches INTEGER NOT NULL DEFAULT 0,
+            stops INTEGER NOT NULL DEFAULT 0
+        )""")
+    conn.execute("CREATE INDEX passes_mode ON passes(mode, id)")
+    conn.execute("ALTER TABLE jobs ADD COLUMN restart_asked INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE jobs ADD COLUMN restart_done INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE TABLE deleted_jobs (name TEXT PRIMARY KEY, attempts_made INTEGER NOT NULL,"
+                 " deleted_at REAL NOT NULL)")
+
+
+def _v9_alert_deliveries(conn: sqlite3.Connection) -> None:
+    """Alert hooks (gridctl.alerts): each hook's cursor in the event stream, and one delivery row per
+    event and hook (pending until a 2xx answer or exit 0; failed after max_tries)."""
+    conn.execute("""
+        CREATE TABLE alert_hooks (
+            hook TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            after_event INTEGER NOT NULL
+        )""")
+    conn.execute("""
+        CREATE TABLE deliveries (
+            event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+            hook TEXT NOT NULL REFERENCES alert_hooks(hook) ON DELETE CASCADE,
+            state TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL,
+            error TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (event_id, hook)
+        )""")
+    conn.execute("CREATE INDEX deliveries_open ON deliveries(state, hook, event_id)")
+    # events' idempotency keys name the store, so a new store's event ids never repeat an old store's keys
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (secrets.token_hex(8),))
+
+
 MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
-              _v6_job_cancel_by, _v7_attempt_key_log_position]
+              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle, _v9_alert_deliveries]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

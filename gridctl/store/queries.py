@@ -12,7 +12,7 @@ from dataclasses import asdict, fields, replace
 from typing import Iterable
 
 from ..models import (Attempt, AttemptState, Endpoint, Event, Finding, Health, JobRecord, JobState, LogPosition,
-                      NodeRecord, NodeState, Observation, Outcome, Severity, Verdict, service_host)
+                      NodeRecord, NodeState, Observation, Outcome, PassRecord, Severity, Verdict, service_host)
 
 OBSERVATIONS_KEPT = 50
 
@@ -130,9 +130,12 @@ def add_events(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
 
 
 def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: str | None = None,
-                limit: int = 1000, job: str | None = None) -> list[Event]:
+                limit: int = 1000, job: str | None = None, severity: str | None = None) -> list[Event]:
     """Newest last; at most `limit` of the newest that match."""
     where, args = [], []
+    if severity is not None:
+        where.append("severity = ?")
+        args.append(severity)
     if since is not None:
         where.append("time >= ?")
         args.append(since)
@@ -146,6 +149,13 @@ def list_events(conn: sqlite3.Connection, *, since: float | None = None, node: s
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
     return [Event(time=r["time"], kind=r["kind"], message=r["message"], node=r["node"], job=r["job"],
                   severity=r["severity"]) for r in reversed(rows)]
+
+
+def state_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """(nodes by state, jobs by state)."""
+    nodes = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state")}
+    jobs = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+    return nodes, jobs
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -164,6 +174,19 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
 def meta_with_prefix(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
     rows = conn.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
     return {r["key"]: r["value"] for r in rows}
+
+
+def record_pass_done(conn: sqlite3.Connection, now: float, pass_s: float) -> None:
+    """A pass recorded its answers: it completed, at `now`, after `pass_s` seconds (inside write_tx)."""
+    set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
+    set_meta(conn, "last_pass_done", repr(now))
+
+
+def last_pass_done(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
+    """(when the last completed pass ended, how long it took); None before the first. A store whose
+    passes predate the `last_pass_done` stamp answers with its last pass's plan time."""
+    done, took = get_meta(conn, "last_pass_done") or get_meta(conn, "last_pass"), get_meta(conn, "last_pass_s")
+    return (float(done) if done else None), (float(took) if took else None)
 
 
 def set_cordon(conn: sqlite3.Connection, name: str, cordoned: bool, reason: str, now: float,
@@ -201,7 +224,8 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
                      updated_at=row["updated_at"], restarts=row["restarts"], failures=row["failures"],
                      next_try_at=row["next_try_at"], pending_since=row["pending_since"],
                      cancel_requested=bool(row["cancel_requested"]), attempts_made=row["attempts_made"],
-                     cancel_by=row["cancel_by"])
+                     cancel_by=row["cancel_by"], restart_asked=row["restart_asked"],
+                     restart_done=row["restart_done"])
 
 
 def _attempt_from_row(row: sqlite3.Row) -> Attempt:
@@ -218,9 +242,46 @@ def insert_job(conn: sqlite3.Connection, job: JobRecord) -> bool:
     """Record a new job (inside write_tx). False when the name is taken."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO jobs (name, spec, class, state, reason, reason_code, created_at, updated_at,"
-        " pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " pending_since, attempts_made) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " COALESCE((SELECT attempts_made FROM deleted_jobs WHERE name = ?), 0))",
         (job.name, json.dumps(job.spec), job.job_class, job.state.value, job.reason, job.reason_code,
-         job.created_at, job.updated_at, job.pending_since))
+         job.created_at, job.updated_at, job.pending_since, job.name))
+    return cur.rowcount == 1
+
+
+def delete_job(conn: sqlite3.Connection, name: str, now: float) -> None:
+    """Remove a job, its attempts and its events (inside write_tx); keep its last attempt number
+    so a new job of that name numbers its attempts after it (lifecycle.py says why)."""
+    conn.execute("INSERT INTO deleted_jobs (name, attempts_made, deleted_at) SELECT name, attempts_made, ? FROM jobs"
+                 " WHERE name = ? ON CONFLICT(name) DO UPDATE SET attempts_made = MAX(attempts_made,"
+                 " excluded.attempts_made), deleted_at = excluded.deleted_at", (now, name))
+    conn.execute("DELETE FROM events WHERE job = ?", (name,))
+    conn.execute("DELETE FROM jobs WHERE name = ?", (name,))     # attempts follow (ON DELETE CASCADE)
+
+
+def ended_jobs_before(conn: sqlite3.Connection, before: float, limit: int | None = None) -> list[JobRecord]:
+    """Ended jobs last changed before `before`: those with no unreaped attempt first (so a batch is
+    not filled by jobs a silent node keeps), then oldest first."""
+    rows = conn.execute("SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND updated_at < ?"
+                        " ORDER BY EXISTS (SELECT 1 FROM attempts a WHERE a.job = jobs.name AND a.reaped = 0),"
+                        " updated_at LIMIT ?", (before, -1 if limit is None else limit)).fetchall()
+    return [_job_from_row(r) for r in rows]
+
+
+def delete_events_before(conn: sqlite3.Connection, before: float, limit: int | None = None) -> int:
+    cur = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY id LIMIT ?)",
+                       (before, -1 if limit is None else limit))
+    return cur.rowcount
+
+
+def forget_deleted_jobs(conn: sqlite3.Connection, before: float) -> None:
+    conn.execute("DELETE FROM deleted_jobs WHERE deleted_at < ?", (before,))
+
+
+def request_restart(conn: sqlite3.Connection, name: str) -> bool:
+    """The user's restart (a counter the pass catches up with); it also withdraws a cancel."""
+    cur = conn.execute("UPDATE jobs SET restart_asked = restart_asked + 1, cancel_requested = 0 WHERE name = ?",
+                       (name,))
     return cur.rowcount == 1
 
 
@@ -228,9 +289,9 @@ def save_job(conn: sqlite3.Connection, job: JobRecord) -> None:
     """Write the pass's decision for a job; the user's cancel flag is never cleared here."""
     conn.execute(
         "UPDATE jobs SET state = ?, reason = ?, reason_code = ?, updated_at = ?, restarts = ?, failures = ?,"
-        " next_try_at = ?, pending_since = ?, attempts_made = ? WHERE name = ?",
+        " next_try_at = ?, pending_since = ?, attempts_made = ?, restart_done = ? WHERE name = ?",
         (job.state.value, job.reason, job.reason_code, job.updated_at, job.restarts, job.failures,
-         job.next_try_at, job.pending_since, job.attempts_made, job.name))
+         job.next_try_at, job.pending_since, job.attempts_made, job.restart_done, job.name))
 
 
 def request_cancel(conn: sqlite3.Connection, name: str, by: str = "user") -> bool:
@@ -244,10 +305,11 @@ def get_job(conn: sqlite3.Connection, name: str) -> JobRecord | None:
 
 
 def load_jobs(conn: sqlite3.Connection, *, active_only: bool = False) -> dict[str, JobRecord]:
-    """Jobs by name. active_only: not terminal, or terminal with attempts still live or unreaped."""
+    """Jobs by name. active_only: not terminal, or terminal with attempts still live, or a restart asked."""
     if active_only:
         rows = conn.execute(
             "SELECT * FROM jobs WHERE state IN ('pending', 'running') OR cancel_requested = 1 AND state != 'cancelled'"
+            " OR restart_asked > restart_done"
             " OR name IN (SELECT job FROM attempts WHERE state IN ('starting', 'running', 'silent'))"
             " ORDER BY created_at, name").fetchall()
     else:
@@ -328,6 +390,28 @@ def last_event_id(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
 
+# ---------------------------------------------------------------- passes
+
+PASSES_KEPT = 1000
+
+
+def record_pass(conn: sqlite3.Connection, p: PassRecord) -> None:
+    """Append one pass and keep the newest PASSES_KEPT (inside the pass's last write_tx)."""
+    conn.execute("INSERT INTO passes (host, pid, mode, interval_s, started_at, duration_s, nodes, launches, stops)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (p.host, p.pid, p.mode, p.interval_s, p.started_at,
+                                                        p.duration_s, p.nodes, p.launches, p.stops))
+    conn.execute("DELETE FROM passes WHERE id <= (SELECT id FROM passes ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                 (PASSES_KEPT,))
+
+
+def latest_passes(conn: sqlite3.Connection) -> dict[str, PassRecord]:
+    """mode -> the newest pass of that mode (loop, once, command)."""
+    rows = conn.execute("SELECT * FROM passes WHERE id IN (SELECT MAX(id) FROM passes GROUP BY mode)").fetchall()
+    return {r["mode"]: PassRecord(host=r["host"], pid=r["pid"], mode=r["mode"], interval_s=r["interval_s"],
+                                  started_at=r["started_at"], duration_s=r["duration_s"], nodes=r["nodes"],
+                                  launches=r["launches"], stops=r["stops"]) for r in rows}
+
+
 
 # ---------------------------------------------------------------- cloud launch intents
 
@@ -350,3 +434,52 @@ def last_work_by_node(conn: sqlite3.Connection) -> dict[str, float]:
     """node -> when its latest attempt ended (for idle scale-down)."""
     rows = conn.execute("SELECT node, MAX(ended_at) AS t FROM attempts WHERE ended_at IS NOT NULL GROUP BY node")
     return {r["node"]: r["t"] for r in rows}
+
+
+# ---------------------------------------------------------------- metrics (read side; gridctl/metrics)
+
+def job_counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(class, state) -> how many jobs."""
+    rows = conn.execute("SELECT class, state, COUNT(*) AS n FROM jobs GROUP BY class, state")
+    return {(r["class"], r["state"]): r["n"] for r in rows}
+
+
+def job_restarts(conn: sqlite3.Connection) -> dict[str, int]:
+    """class -> node-failure requeues of its jobs so far (the jobs table's `restarts`)."""
+    rows = conn.execute("SELECT class, SUM(restarts) AS n FROM jobs GROUP BY class")
+    return {r["class"]: r["n"] or 0 for r in rows}
+
+
+def attempt_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """(class -> attempts confirmed started, (class, outcome) -> attempts ended), over the attempts kept."""
+    started = {r["class"]: r["n"] for r in conn.execute(
+        "SELECT j.class, COUNT(*) AS n FROM attempts a JOIN jobs j ON j.name = a.job"
+        " WHERE a.started_at IS NOT NULL GROUP BY j.class")}
+    ended = {(r["class"], r["outcome"]): r["n"] for r in conn.execute(
+        "SELECT j.class, a.outcome, COUNT(*) AS n FROM attempts a JOIN jobs j ON j.name = a.job"
+        " WHERE a.outcome != '' GROUP BY j.class, a.outcome")}
+    return started, ended
+
+
+def latest_probe_durations(conn: sqlite3.Connection) -> dict[str, float]:
+    """node -> how long its latest probe took."""
+    rows = conn.execute("SELECT node, duration_s FROM observations WHERE id IN "
+                        "(SELECT MAX(id) FROM observations GROUP BY node)")
+    return {r["node"]: r["duration_s"] for r in rows}
+
+
+def last_healthy_probe_before(conn: sqlite3.Connection, node: str, before: float) -> float | None:
+    """When the latest probe of `node` that found it healthy, before `before`, started (None when
+    the kept history, OBSERVATIONS_KEPT per node, no longer reaches back that far)."""
+    row = conn.execute("SELECT MAX(time) AS t FROM observations WHERE node = ? AND time < ? AND health = 'healthy'",
+                       (node, before)).fetchone()
+    return row["t"]
+
+
+def latest_node_failure_attempt(conn: sqlite3.Connection) -> Attempt | None:
+    """The attempt most recently taken off its node because the node failed or fell silent: silent
+    now, or ended with the `node` outcome, or `superseded` (its replacement took over while the node
+    was silent); the latest by when it went silent or ended."""
+    row = conn.execute("SELECT * FROM attempts WHERE silent_since IS NOT NULL OR outcome IN ('node', 'superseded')"
+                       " ORDER BY COALESCE(silent_since, ended_at) DESC, id DESC LIMIT 1").fetchone()
+    return _attempt_from_row(row) if row else None

@@ -242,10 +242,8 @@ def test_pending_job_says_why_each_node_rejects_it_and_starts_when_one_frees(mak
     c0, c1 = lab.names
     lab.run_job(job("half", "batch", gpus=2))
     assert where(lab, "half") == {c0}
-    lab.run_job(job("big", "batch", gpus=5, recovery={"pending_timeout": "4s"}))
-    big = lab.job("big")
-    assert big.state is JobState.PENDING
-    assert big.reason == f"no node fits 5xGPU: {c0} has 2 free GPUs, {c1} has 4 free GPUs", big.reason
+    lab.run_job(job("three", "batch", gpus=3))
+    assert where(lab, "three") == {c1}
     assert lab.cli("cordon", c0).returncode == 0 and lab.cli("cordon", c1).returncode == 0
     lab.run_job(job("small", "batch"))
     small = lab.job("small")
@@ -259,13 +257,20 @@ def test_pending_job_says_why_each_node_rejects_it_and_starts_when_one_frees(mak
     lab.reconcile()
     assert lab.job("small").state is JobState.RUNNING and where(lab, "small") == {c1}
     assert "small.1" in lab.alive_ids()
-    # pending_timeout: the job that fits nowhere fails with a no-capacity reason
+    assert lab.cli("uncordon", c0).returncode == 0
+    # a job no node could ever fit (5 of 4 GPUs) is refused when submitted (test_cli_lifecycle);
+    # this one fits a node, but no node has 4 free GPUs now
+    lab.run_job(job("big", "batch", gpus=4, recovery={"pending_timeout": "4s"}))
+    big = lab.job("big")
+    assert big.state is JobState.PENDING
+    assert big.reason == f"no node fits 4xGPU: {c0} has 2 free GPUs, {c1} has 0 free GPUs", big.reason
+    # pending_timeout: the job that fits nowhere now fails with a no-capacity reason
     lab.reconcile_until(lambda: lab.job("big").state is JobState.FAILED, timeout=10, pause=0.5,
                         what="pending_timeout fails the job")
     big = lab.job("big")
     assert big.reason_code == "no-capacity"
     assert big.reason.startswith("no-capacity after pending ") and "(pending_timeout 4s)" in big.reason
-    assert f"{c1} has 3 free GPUs" in big.reason, big.reason       # `small` holds one of c1's four
+    assert f"{c1} has 0 free GPUs" in big.reason, big.reason       # `three` and `small` hold c1's four
     assert not lab.attempts("big")
 
 

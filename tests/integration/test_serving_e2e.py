@@ -21,16 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from fleetsim import requires_root
 from helpers import GRIDCTL, gridctl_json
 from jobs_support import JobLab
 
+from gridctl import demo_replica
+from gridctl.loadgen import Load
 from gridctl.models import Attempt, AttemptState
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "servers"))
-from fleetsim import requires_root  # noqa: E402
-from loadgen import Load  # noqa: E402
-
-REPLICA = Path(__file__).resolve().parent.parent / "servers" / "replica.py"
+REPLICA = Path(demo_replica.__file__)
 JOB = "web"
 WAIT_S = 60.0
 _LABS = count()                 # node names of every lab differ: the sshd fixture is shared

@@ -15,7 +15,9 @@ import pytest
 
 from helpers import gridctl, gridctl_json, stop_attempts, write_local_fleet
 
-REPLICA = Path(__file__).resolve().parent.parent / "servers" / "replica.py"
+from gridctl import demo_replica
+
+REPLICA = Path(demo_replica.__file__)
 
 
 @pytest.fixture

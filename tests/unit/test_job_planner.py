@@ -745,3 +745,33 @@ def test_pending_reason_in_backoff_never_repeats_a_clause_across_passes(replicas
     assert reason.count("next attempt in") == replicas and reason.count("exit code 1") == replicas, reason
     assert reason.startswith("replica 0: exit code 1: next attempt in " if replicas > 1 else
                              "exit code 1: next attempt in 45s"), reason
+
+
+# ---------------------------------------------------------------- restart by user
+
+def test_restart_stops_every_live_copy_and_starts_anew_after_the_stop_grace():
+    j = replace(job("web", replicas=2, attempts_made=2, spread=True), restarts=2, failures=1, restart_asked=1)
+    a1, a2 = att("web", 1, "n1"), att("web", 2, "n2", replica=1)
+    p = plan([j], [a1, a2], [up("n1", alive(a1)), up("n2", alive(a2))])
+    assert sorted((s.attempt_id, s.reason) for s in p.stops) == [("web.1", "restarted by user"),
+                                                                 ("web.2", "restarted by user")]
+    assert {a.id: (a.state, a.reason) for a in p.attempts.values()} == {
+        "web.1": (S.KILLED, "restarted by user"), "web.2": (S.KILLED, "restarted by user")}
+    assert p.launches == []                       # break-before-make: the stops have their grace first
+    done = p.jobs["web"]
+    assert (done.state, done.restarts, done.failures, done.restart_done) == (JobState.PENDING, 0, 0, 1)
+    assert done.reason.startswith("replica 0: restarted by user: next attempt in 5s")
+    assert "job-restart" in kinds(p)
+    jobs, attempts = advance([j], [a1, a2], p, NOW)
+    later = plan(jobs, attempts, [up("n1"), up("n2")], now=NOW + 6)
+    assert sorted((l.attempt.id, l.node) for l in later.launches) == [("web.3", "n1"), ("web.4", "n2")]
+    assert later.jobs["web"].restart_done == 1     # nothing left to restart
+
+
+def test_restart_of_an_ended_job_starts_it_at_once_with_fresh_counters():
+    j = replace(job("etl", "batch", state=JobState.FAILED, attempts_made=4), failures=3, restart_asked=1)
+    old = att("etl", 4, "n1", S.EXITED, exit_code=1, reaped=True)
+    p = plan([j], [old], [up("n1")])
+    assert [(l.attempt.id, l.node) for l in p.launches] == [("etl.5", "n1")]
+    assert (p.jobs["etl"].failures, p.jobs["etl"].restart_done) == (0, 1)
+    assert p.stops == []

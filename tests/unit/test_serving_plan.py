@@ -156,3 +156,40 @@ def test_without_readiness_a_returning_silent_copy_is_fenced_at_once():
     hedge = att(2, "n2", port=None)
     p = run([job], [old, hedge], [view("n1", alive(old)), view("n2", alive(hedge))])
     assert [s.attempt_id for s in p.stops] == ["llm.1"]
+
+
+def condemned(name: str, *reports: AttemptReport, gpu: int | None) -> NodeView:
+    """A node quarantined by this very probe: a fatal XID 79 on GPU `gpu` (None: a node-wide finding)."""
+    from gridctl.models import Finding, Severity
+    v = view(name, *reports)
+    xid = Finding("xid", Severity.FATAL, f"xid 79 on GPU {gpu}: fell off the bus", gpu=gpu, needs_reset=True)
+    rec = replace(v.record, state=NodeState.QUARANTINED, health=Health.UNHEALTHY, reason=xid.message, findings=(xid,))
+    from gridctl.health import Thresholds, condemns_attempts, fault_gpus
+    return replace(v, record=rec, condemned=condemns_attempts(rec, Thresholds()), fault_gpus=fault_gpus(rec, Thresholds()))
+
+
+def test_a_fault_on_a_gpu_the_replica_does_not_use_replaces_it_before_stopping_it():
+    old = att(1, "n1", ready=True, ready_since=NOW - 80)               # runs on GPU-n1-0
+    sick = condemned("n1", alive(old), gpu=1)
+    p = run([svc()], [old], [sick, view("n2")])
+    assert p.attempts.get("llm.1", old).state is S.RUNNING and p.stops == []
+    (launch,) = p.launches
+    assert launch.node == "n2" and launch.then_stop == ()
+    assert [e.kind for e in p.events if e.job == "llm"] == ["attempt-starting", "attempt-moving"]
+    new = replace(launch.attempt, state=S.RUNNING, started_at=NOW, pid=7)
+    kept = p.attempts.get("llm.1", old)
+    # the replacement runs but is not ready: the old copy keeps serving
+    p = run([svc(attempts_made=2)], [kept, new], [sick, view("n2", alive(new))], {"llm.2": bad()})
+    assert p.stops == [] and p.launches == []
+    # ready: now the old copy goes
+    p = run([svc(attempts_made=2)], [kept, new], [sick, view("n2", alive(new))], {"llm.2": ok()})
+    assert [s.attempt_id for s in p.stops] == ["llm.1"]
+    assert p.attempts["llm.1"].state is S.KILLED and "quarantined" in p.attempts["llm.1"].reason
+
+
+@pytest.mark.parametrize("gpu", [0, None], ids=["its-own-gpu", "node-wide"])
+def test_a_fault_on_the_replicas_own_gpu_or_the_whole_node_stops_it_at_once(gpu):
+    old = att(1, "n1", ready=True, ready_since=NOW - 80)               # runs on GPU-n1-0
+    p = run([svc()], [old], [condemned("n1", alive(old), gpu=gpu), view("n2")])
+    assert (p.attempts["llm.1"].state, p.attempts["llm.1"].outcome) == (S.LOST, Outcome.NODE)
+    assert [s.attempt_id for s in p.stops] == ["llm.1"]

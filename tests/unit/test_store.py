@@ -16,10 +16,10 @@ from dataclasses import replace
 import pytest
 
 from gridctl.errors import StoreError
-from gridctl.models import (Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
+from gridctl.models import (PassRecord, Contact, Event, Finding, GpuReading, Health, NodeRecord, NodeState, Observation,
                             Severity, Verdict)
 from gridctl.store import connect, write_tx
-from gridctl.store import migrations, queries
+from gridctl.store import deliveries, migrations, queries
 
 
 @pytest.fixture
@@ -382,15 +382,36 @@ def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, 
                 ("web.3", "running", "gpu-b", ("GPU-7",), 77, None, False)]
             assert list(queries.load_jobs(conn, active_only=True)) == ["web"]
             assert job.cancel_by == "user"                   # v6's default for jobs written before it
+            assert (job.restart_asked, job.restart_done) == (0, 0)   # v8: no restart asked
             assert [(a.port, a.ready, a.check_failures) for a in queries.load_attempts(conn, jobs=["web"])] == \
                 [(None, False, 0), (None, False, 0)]         # v5's defaults: no port, not ready
         else:
             assert events[1:] == [] and queries.load_jobs(conn) == {}
         assert queries.open_launches(conn) == ({"aws-l4": ("req-1", 2, 99.0)} if version >= 3 else {})
+        assert queries.latest_passes(conn) == {}            # v8: no pass recorded before it
         # and the migrated store takes the writes of this version
         with write_tx(conn):
             queries.save_node(conn, replace(nodes["gpu-b"], reason="4 GPUs healthy"), 200.0)
             queries.record_launch(conn, "req-2", "gcp-a100", 1, 200.0)
+            queries.record_pass(conn, PassRecord("ctl.example", 7, "loop", 15.0, 199.0, 1.0, nodes=2))
         assert queries.get_node(conn, "gpu-b").reason == "4 GPUs healthy"
+        assert queries.latest_passes(conn)["loop"].ended_at == 200.0
+        # v9: alert hooks start after the events already there, and record deliveries of new ones
+        assert deliveries.undelivered(conn) == [] and len(deliveries.store_id(conn)) == 16
+        with write_tx(conn):
+            assert deliveries.ensure_hook(conn, "k1", "webhook https://hooks.example/…") == len(events)
+            queries.add_events(conn, [Event(200.0, "alert", "host key changed", node="gpu-b", severity="alert")])
+            deliveries.queue(conn, "k1", [len(events) + 1], 200.0)
+        assert [(i, e.kind, dl.state) for i, e, dl, _ in deliveries.undelivered(conn)] == \
+            [(len(events) + 1, "alert", "pending")]
     finally:
         conn.close()
+
+
+def test_the_passes_table_keeps_only_the_newest(db, monkeypatch):
+    monkeypatch.setattr(queries, "PASSES_KEPT", 3)
+    for i in range(5):
+        with write_tx(db):
+            queries.record_pass(db, PassRecord("ctl.example", 100 + i, "loop", 15.0, float(i), 0.5, nodes=2))
+    assert [r["pid"] for r in db.execute("SELECT pid FROM passes ORDER BY id")] == [102, 103, 104]
+    assert queries.latest_passes(db)["loop"].pid == 104

@@ -1,4 +1,5 @@
-"""A paced closed-loop HTTP load for the serving end-to-end tests and benchmarks/serving.py.
+"""A paced closed-loop HTTP load: `gridctl demo` sends it through its router (demo_traffic.py); the
+serving end-to-end tests and benchmarks/serving.py use it too.
 
 `workers` connections each send one GET at a time, spaced so that together they aim at `rate`
 requests per second; a worker whose answer came late sends its next request at once, never a
