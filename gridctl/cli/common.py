@@ -48,7 +48,12 @@ def load(fleet_path: Optional[Path]):
 
 
 def store_path(fleet_path: Optional[Path]) -> Path:
-    """The store a read command reads, from the spec's `fleet:` and `state:` alone, without building
+    """The store a read command reads, from the spec's `fleet:` and `state:` alone (fleet_and_store)."""
+    return fleet_and_store(fleet_path)[1]
+
+
+def fleet_and_store(fleet_path: Optional[Path]) -> tuple[str, Path]:
+    """-> (fleet name, store path), read from the spec's `fleet:` and `state:` alone, without building
     the whole validated spec (pydantic models of every provider: most of a read command's start-up).
     Anything unusual takes the full `load`, so a spec that cannot be read still gets its precise error;
     `gridctl validate` checks the rest."""
@@ -60,19 +65,24 @@ def store_path(fleet_path: Optional[Path]) -> Path:
         import yaml
         data = yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, UnicodeError, ValueError, ImportError, yaml.YAMLError):
-        return load(fleet_path)[1]
+        return _full(fleet_path)
     name, state = (data.get("fleet"), data.get("state")) if isinstance(data, dict) else (None, None)
     # the name becomes a file name: the same rule as providers.schema.NAME_RE, which imports pydantic
     if not isinstance(name, str) or not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}\Z", name) or \
             not isinstance(state, (str, type(None))):
-        return load(fleet_path)[1]
+        return _full(fleet_path)
     if state is not None:
         db_path = Path(os.path.expanduser(os.path.expandvars(state)))
         db_path = db_path if db_path.is_absolute() else Path(path).parent.resolve() / db_path
     else:
         db_path = default_state_path(name)
     _warn_if_open_to_others(db_path.parent)
-    return db_path
+    return name, db_path
+
+
+def _full(fleet_path: Optional[Path]) -> tuple[str, Path]:
+    fleet, db_path = load(fleet_path)
+    return fleet.fleet, db_path
 
 
 def _warn_if_open_to_others(state_dir: Path) -> None:

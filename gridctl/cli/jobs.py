@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,8 +14,8 @@ from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, load, open_store, store_path
 from .status import warn_unsupervised
-from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, esc, iso, \
-    output_format, print_events, print_fields, section, styled, table
+from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, iso, \
+    output_format, print_events, print_fields, say, section, table, warn
 
 
 
@@ -62,6 +61,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say where it would go now (node, or pool that would grow), "
                                  "or why not; record nothing."),
     as_json: bool = JsonOption,
+    output: Optional[str] = OutputOption,
 ) -> None:
     """Record a job, place it and start it (or say why it is pending). A job no pool could ever fit
     (GPU type, count, memory per GPU) is refused.
@@ -70,7 +70,7 @@ def run(
     """
     from .. import ops
     from ..jobspec import job_from_flags, load_job
-    as_json = output_format(as_json) == "json"      # checked before anything is recorded
+    fmt = output_format(as_json, output)        # checked before anything is recorded
     fleet, db_path = load(fleet_path)
     args = args or []
     if name is None:
@@ -85,45 +85,45 @@ def run(
                                "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env),
                                "port": port, "readiness": readiness})
     if dry_run:
-        _show_dry_run(spec, *ops.dry_run(fleet, db_path, spec), as_json)
+        _show_dry_run(spec, *ops.dry_run(fleet, db_path, spec), fmt)
         return
-    _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
+    _show_job_line(ops.submit(fleet, db_path, spec, wait), fmt)
     warn_unsupervised(db_path)
 
 
-def _show_dry_run(spec, places, seen: float | None, as_json: bool) -> None:
+def _show_dry_run(spec, places, seen: float | None, fmt: str) -> None:
+    """`run --dry-run`: where each replica would go; -o json|yaml|name: one object (the job's name)."""
     rows = [{"replica": w.replica, "node": w.node, "gpus": list(w.gpus), "pool": w.pool, "reason": w.why}
             for w in places]
-    if as_json:
-        print(json.dumps([{"name": spec.name, "dry_run": True, "nodes_seen_at": iso(seen), "replicas": rows}],
-                         indent=2))
+    if fmt in ("json", "yaml", "name"):
+        dump([{"name": spec.name, "dry_run": True, "nodes_seen_at": iso(seen), "replicas": rows}], fmt)
         return
-    console.print(f"dry run: job {spec.name} ({spec.job_class}, {spec.gpus} GPU(s) x {spec.replicas}) would go, as "
-                  f"nodes were last seen {ago(seen)}; nothing recorded", markup=False, soft_wrap=True)
+    say(safe(f"dry run: job {spec.name} ({spec.job_class}, {spec.gpus} GPU(s) x {spec.replicas}) would go, as "
+             f"nodes were last seen {ago(seen)}; nothing recorded"))
 
-    def where(r: dict) -> str:
+    def where(r: dict) -> Cell:
         if r["node"]:
-            return esc(f"node {r['node']}, GPUs {','.join(map(str, r['gpus'])) or 'none'}")
+            return Cell(f"node {r['node']}, GPUs {','.join(map(str, r['gpus'])) or 'none'}")
         if r["pool"]:
-            return esc(f"pool {r['pool']} would grow by one instance (no node now: {r['reason']})")
-        return esc(f"pending: {r['reason']}")
-    emit(rows, [("replica", "REPLICA", None), ("where", "WHERE", where)], as_json=False)
+            return Cell(f"pool {r['pool']} would grow by one instance (no node now: {r['reason']})")
+        return Cell(f"pending: {r['reason']}", "yellow")
+    emit(rows, [("replica", "REPLICA", None), ("where", "WHERE", where)], output=fmt)
 
 
-def _show_job_line(now, as_json: bool) -> None:
-    """The job after run / cancel: its state and reason, and each live attempt."""
+def _show_job_line(now, fmt: str) -> None:
+    """The job after run / restart / cancel: its state and reason, and each live attempt;
+    -o json|yaml|name: the job's object (as `jobs --json`)."""
     job, attempts = now.job, now.attempts
-    if as_json:
-        print(json.dumps([job_json(job, attempts)], indent=2))
+    if fmt in ("json", "yaml", "name"):
+        dump([job_json(job, attempts)], fmt)
         return
-    console.print(f"job [bold]{esc(job.name)}[/bold]: {styled(job.state.value, JOB_STYLE)} - {esc(job.reason)}",
-                  soft_wrap=True)
+    say(safe(f"job {job.name}: {job.state.value} - {job.reason}"), JOB_STYLE.get(job.state.value, ""))
     for a in attempts:
         if a.state.live:
-            console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
-                          f"GPUs {safe(','.join(a.gpus)) or 'none'}", markup=False, soft_wrap=True)
+            say(safe(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
+                     f"GPUs {','.join(a.gpus) or 'none'}"))
     if now.note:
-        err_console.print(now.note, markup=False)
+        warn(safe(now.note), "")
 
 
 @app.command("jobs")
@@ -333,9 +333,9 @@ def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optio
     fleet, db_path = load(fleet_path)
     now = ops.cancel(fleet, db_path, job_name, wait)
     if now.unchanged:
-        console.print(f"job {job_name} already {now.job.state.value}: {safe(now.job.reason)}", markup=False)
+        say(safe(f"job {job_name} already {now.job.state.value}: {now.job.reason}"))
         return
-    _show_job_line(now, False)
+    _show_job_line(now, "table")
 
 
 @app.command()

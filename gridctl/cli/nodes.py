@@ -13,16 +13,16 @@ from ..textsafe import safe
 from . import app, describe_app
 from .common import FleetOption, JsonOption, OutputOption, load, node_json, open_store, store_path
 from .status import warn_unsupervised
-from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, dump, duration, emit, err_console, iso, \
-    output_format, print_events, print_fields, say, section, table
+from .render import HEALTH_STYLE, STATE_STYLE, Cell, ago, cell, dump, duration, emit, iso, \
+    output_format, print_events, print_fields, say, section, table, warn
 
 
-def _store_or_none(fleet_path, warn: bool = False):
+def _store_or_none(fleet_path, check_supervision: bool = False):
     db_path = store_path(fleet_path)
     if not db_path.exists():
-        err_console.print(f"no state yet at {db_path}: run `gridctl reconcile` first", markup=False)
+        warn(safe(f"no state yet at {db_path}: run `gridctl reconcile` first"), "")
         return None
-    if warn:
+    if check_supervision:
         warn_unsupervised(db_path)
     return open_store(db_path)
 
@@ -41,7 +41,7 @@ def nodes(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
     """
     from ..store import queries
     fmt = output_format(as_json, output)
-    conn = _store_or_none(fleet_path, warn=True)
+    conn = _store_or_none(fleet_path, check_supervision=True)
     if conn is None:
         emit([], [], output=fmt, empty="no nodes recorded yet")
         return

@@ -72,16 +72,18 @@ def ago(t: float | None, now: float | None = None) -> str:
     return "never" if t is None else age((now or time.time()) - t) + " ago"
 
 
-def is_terminal() -> bool:
-    """Whether stdout is a terminal, decided as rich decides it (TTY_COMPATIBLE, FORCE_COLOR)."""
-    if console._console is not None:
-        return console._console.is_terminal
+def is_terminal(stderr: bool = False) -> bool:
+    """Whether stdout (or stderr) is a terminal, decided as rich decides it (TTY_COMPATIBLE, FORCE_COLOR)."""
+    lazy = err_console if stderr else console
+    if lazy._console is not None:
+        return lazy._console.is_terminal
     forced = os.environ.get("TTY_COMPATIBLE", "")
     if forced in ("0", "1"):
         return forced == "1"
     if os.environ.get("FORCE_COLOR"):
         return True
-    return sys.stdout.isatty()
+    stream = sys.stderr if stderr else sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 def output_format(as_json: bool = False, output: str | None = None) -> str:
@@ -213,6 +215,17 @@ def say(text: str, style: str = "") -> None:
     else:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def warn(text: str, style: str = "bold red") -> None:
+    """One line on stderr (plain text, already made safe), never wrapped; styled on a terminal, and
+    without rich otherwise (a piped read command stays light even when it warns)."""
+    if is_terminal(stderr=True):
+        from rich.text import Text
+        err_console.print(Text(text, style=style), soft_wrap=True)
+    else:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
 def print_fields(fields: Sequence[Field]) -> None:

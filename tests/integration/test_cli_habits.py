@@ -24,10 +24,12 @@ LONG_REASON = "waiting for a replacement fan from the vendor, ticket 4711, do no
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("habits")
     path = write_local_fleet(root, "habits", count=2, gpus=2)
+    # a hook that takes nothing: every event stays undelivered (events --undelivered has rows)
+    path.write_text(path.read_text() + "alerts:\n  - command: [\"false\"]\n    min_severity: info\n")
     assert gridctl("reconcile", "-q", "-f", path).returncode == 0
     runs = [["--name", "talk", "--class", "batch", "--", "sh", "-c", "echo o1; echo o2; echo e1 >&2"],
             ["--name", "web", "--port", "auto", "--replicas", "2", "--", "sleep", "300"],
-            ["--name", "huge", "--class", "batch", "--gpus", "8", "--", "true"]]
+            ["--name", "huge", "--class", "batch", "--gpus", "2", "--", "true"]]   # web holds one GPU of each node
     try:
         for args in runs:
             res = gridctl("run", "-f", path, *args)
@@ -48,26 +50,43 @@ def _job(path, name: str) -> dict:
     return rows[0]
 
 
-READS = [("nodes",), ("jobs",), ("events",), ("endpoints",), ("describe", "node", "sim-0"),
-         ("describe", "job", "talk"), ("probe",)]
+DRY_RUN = ("run", "--dry-run", "--name", "maybe", "--gpus", "2", "--", "sleep", "1")
+READS = [("nodes",), ("jobs",), ("events",), ("events", "--undelivered"), ("endpoints",), ("describe", "node", "sim-0"),
+         ("describe", "job", "talk"), ("probe",), ("status",), DRY_RUN, ("prune", "--older-than", "300d")]
 
 
-@pytest.mark.parametrize("command", READS, ids=[" ".join(c) for c in READS])
+def read(lab, command: tuple, *flags: str):
+    """The command, then -f and flags (before `--` when the command ends with `-- ARGS`)."""
+    cut = command.index("--") if "--" in command else len(command)
+    return gridctl(*command[:cut], "-f", lab, *flags, *command[cut:])
+
+
+@pytest.mark.parametrize("command", READS, ids=[" ".join(c[:2]) for c in READS])
 def test_read_commands_through_a_pipe_print_plain_aligned_text_without_box_characters(lab, command):
-    res = gridctl(*command, "-f", lab)
+    res = read(lab, command)
     assert res.returncode == 0, res.stderr
-    assert not BOX.search(res.stdout), res.stdout
-    if command[0] != "describe":
+    assert not BOX.search(res.stdout + res.stderr), res.stdout
+    assert "\x1b[" not in res.stdout + res.stderr, res.stdout + res.stderr     # no colour either
+    if command[0] == "status":      # a summary line, then one table (or a "no ..." line) per block
+        summary, *blocks = res.stdout.split("\n\n")
+        assert summary.startswith("habits  ") and "\n" not in summary, res.stdout
+        assert blocks[0].startswith("NODES   COUNT\nready   2"), res.stdout
+        for block in blocks[:2]:
+            _assert_aligned(block, columns=2)
+    elif command[0] == "run":       # a line saying what it is, then a table
+        assert res.stdout.startswith("dry run: job maybe "), res.stdout
+        _assert_aligned(res.stdout.split("\n", 1)[1], columns=2)
+    elif command[0] not in ("describe", "prune"):
         _assert_aligned(res.stdout)
 
 
-def _assert_aligned(text: str) -> None:
+def _assert_aligned(text: str, columns: int = 3) -> None:
     """A header in capitals, then rows whose every column starts where its header starts, with at
     least two spaces before it: what `awk` and `cut -c` need."""
     header, *rows = text.splitlines()
     assert header.split()[0].isupper() and rows, text
     starts = [m.start() for m in re.finditer(r"(?:(?<=^)|(?<=  ))\S", header)]
-    assert len(starts) >= 3, header
+    assert len(starts) >= columns, header
     for row in rows:
         for start in starts[1:]:
             assert row[start - 2:start] == "  " and row[start] != " ", f"column at {start} off in:\n{header}\n{row}"
@@ -98,10 +117,14 @@ def test_fleet_and_output_options_work_before_or_after_the_command_and_the_comma
     assert gridctl("-o", "yaml", "nodes", "-f", lab, "-o", "name").stdout == "sim-0\nsim-1\n"
 
 
-@pytest.mark.parametrize("command", [("nodes",), ("jobs",), ("events",), ("endpoints",), ("describe", "job", "web")])
+YAML_READS = [("nodes",), ("jobs",), ("events",), ("events", "--undelivered"), ("endpoints",),
+              ("describe", "job", "web"), ("prune", "--older-than", "300d"), DRY_RUN]
+
+
+@pytest.mark.parametrize("command", YAML_READS, ids=[" ".join(c[:2]) for c in YAML_READS])
 def test_yaml_output_is_the_same_objects_as_json(lab, command):
-    as_json = json.loads(gridctl(*command, "-f", lab, "--json").stdout)
-    as_yaml = yaml.safe_load(gridctl(*command, "-f", lab, "-o", "yaml").stdout)
+    as_json = json.loads(read(lab, command, "--json").stdout)
+    as_yaml = yaml.safe_load(read(lab, command, "-o", "yaml").stdout)
     if command[0] == "describe":      # the object is the same; its "ago" fields are not part of it
         assert as_yaml[0]["attempts"] == as_json[0]["attempts"] and as_yaml[0]["spec"] == as_json[0]["spec"]
     else:
@@ -151,14 +174,40 @@ def test_logs_dash_f_without_a_file_says_it_means_fleet_and_how_to_follow(lab):
     assert res.returncode == 2 and "-f is --fleet" in res.stderr and "-F/--follow" in res.stderr, res.stderr
 
 
+LIGHT_PROBE = ("import sys\nsys.argv = ['gridctl', *sys.argv[1:]]\nfrom gridctl.cli import main\n"
+               "try:\n    main()\nexcept SystemExit:\n    pass\n"
+               "print(sorted(m for m in ('paramiko', 'aiohttp', 'rich', 'boto3', 'prometheus_client', 'urllib.request',"
+               " 'http.client') if m in sys.modules), file=sys.stderr)")
+
+
 def test_a_read_command_imports_neither_ssh_nor_http_nor_rich_when_piped(lab):
-    probe = ("import sys\nsys.argv = ['gridctl', *sys.argv[1:]]\nfrom gridctl.cli import main\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('paramiko', 'aiohttp', 'rich', 'boto3') if m in sys.modules), file=sys.stderr)")
-    for args in (["nodes", "--help"], ["nodes", "-f", str(lab)], ["jobs", "-f", str(lab)],
-                 ["describe", "node", "sim-0", "-f", str(lab)]):
-        res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    for args in (["nodes", "--help"], ["metrics", "--help"], ["nodes", "-f", str(lab)], ["jobs", "-f", str(lab)],
+                 ["describe", "node", "sim-0", "-f", str(lab)], ["status", "-f", str(lab)],
+                 ["events", "-f", str(lab)], ["events", "--undelivered", "-f", str(lab)]):
+        res = subprocess.run([sys.executable, "-c", LIGHT_PROBE, *args], capture_output=True, text=True, timeout=60)
         assert res.stderr.splitlines()[-1] == "[]", (args, res.stderr)
+
+
+def test_the_nothing_reconciles_warning_through_a_pipe_is_one_plain_line_without_rich(tmp_path):
+    path = write_local_fleet(tmp_path, "alone", count=1, gpus=1)
+    try:
+        ran = gridctl("run", "-f", path, "--name", "once", "--class", "batch", "--", "true")   # its own pass only
+        assert ran.returncode == 0, ran.stderr
+        res = subprocess.run([sys.executable, "-c", LIGHT_PROBE, "jobs", "-f", str(path)], capture_output=True,
+                             text=True, timeout=60)
+        *warning, imported = res.stderr.splitlines()
+        assert warning == ["warning: no reconcile pass recorded: nothing is reconciling this fleet "
+                           "(start `gridctl reconcile --loop`)"], res.stderr
+        assert imported == "[]"
+    finally:
+        stop_attempts(tmp_path)
+
+
+def test_status_and_prune_take_output_formats(lab):
+    assert gridctl("status", "-f", lab, "-o", "name").stdout == "habits\n"
+    (status,) = yaml.safe_load(gridctl("-o", "yaml", "status", "-f", lab).stdout)
+    assert (status["fleet"], status["nodes"]) == ("habits", {"ready": 2})
+    assert gridctl("prune", "--older-than", "300d", "-f", lab, "-o", "name").stdout == ""
 
 
 def test_every_command_help_has_an_example():
