@@ -4,7 +4,7 @@
     python benchmarks/startup.py [--nodes 500] [--repeat 5] [--keep DIR]
 
 Builds a real store: a `provider: local` fleet of N simulated nodes (4 GPUs each), jobs recorded with
-gridctl's own `ops.record_job` (batch jobs that finish, services with a port, jobs too big to fit), and
+gridctl's own `ops.record_job` (batch jobs that finish, services with a port, whole-node jobs), and
 one real `gridctl reconcile` pass that probes every node and places the jobs. Then it times each command
 as a fresh subprocess with stdout a pipe (plain output), `--repeat` times, and prints median / min / max.
 It also lists which heavy modules a read command imports. It prints figures and asserts nothing.
@@ -43,12 +43,14 @@ def build(root: Path, nodes: int) -> Path:
     from gridctl.spec import load_fleet, state_path
     from integration.helpers import write_local_fleet
     path = write_local_fleet(root, "startup-bench", count=nodes, gpus=4, probe_timeout="30s")
+    # a hook that takes nothing, so `events --undelivered` has a row per event
+    path.write_text(path.read_text() + 'alerts:\n  - command: ["false"]\n    min_severity: info\n')
     fleet = load_fleet(path)
     db_path = state_path(fleet)
     jobs = ([{"name": f"batch-{i}", "class": "batch", "command": ["true"], "gpus": 1} for i in range(30)]
             + [{"name": f"svc-{i}", "class": "service", "command": ["sleep", "600"], "gpus": 1, "replicas": 2,
                 "port": "auto"} for i in range(10)]
-            + [{"name": f"huge-{i}", "class": "batch", "command": ["true"], "gpus": 8} for i in range(10)])
+            + [{"name": f"whole-{i}", "class": "batch", "command": ["true"], "gpus": 4} for i in range(10)])
     for job in jobs:
         record_job(fleet, db_path, job_from_flags(job))
     started = time.monotonic()
@@ -114,7 +116,7 @@ def main() -> None:
         commands = [["--help"], ["--version"], ["nodes", "-f", fleet], ["nodes", "-f", fleet, "-o", "wide"],
                     ["jobs", "-f", fleet], ["events", "-f", fleet], ["describe", "node", "sim-7", "-f", fleet],
                     ["describe", "job", "svc-0", "-f", fleet], ["endpoints", "-f", fleet],
-                    ["nodes", "-f", fleet, "--json"]]
+                    ["nodes", "-f", fleet, "--json"], ["status", "-f", fleet], ["events", "--undelivered", "-f", fleet]]
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print(f"\n{'command (stdout a pipe)':<34} {'median':>7} {'min':>7} {'max':>7} {'CPU':>7}   heavy modules imported")
         rows = [(" ".join(a if a != fleet else "F" for a in args), *time_command(args, root, opts.repeat), args)
