@@ -250,20 +250,38 @@ def stop_script(work_dir: str, attempt_id: str, reason: str, token: str, grace_s
     )
 
 
-def log_command(work_dir: str, attempt_id: str, stream: str, follow: bool) -> str:
+STREAM_MARKERS = {"stdout": "[stdout] ", "stderr": "[stderr] "}   # `gridctl logs` with both streams
+
+
+def log_command(work_dir: str, attempt_id: str, stream: str, follow: bool, tail: int | None = None) -> str:
     """A remote command printing an attempt's log; with follow, until its process ends. Exits 1
-    printing nothing when the log is absent, or is not a plain file in a dir no stranger can change."""
+    printing nothing when the log is absent, or is not a plain file in a dir no stranger can change.
+
+    stream: stdout | stderr (the bytes as written) | both: every line of each stream starts with its
+    marker (STREAM_MARKERS), added on the node line by line, so a line of one stream can never pass
+    for the other's; without follow stdout comes first. tail: only the last N lines of each stream."""
     attempt_dir(work_dir, attempt_id)   # validates the id
-    if stream not in ("stdout", "stderr"):
+    streams = ("stdout", "stderr") if stream == "both" else (stream,)
+    if any(s not in STREAM_MARKERS for s in streams):
         raise ValueError(f"unknown stream {stream!r}")
+    start = "-c +1" if tail is None else f"-n {int(tail)}"
     head = (f"WD={shlex.quote(work_dir)}\n" + EXPAND_WD + TRUST_FN +
             'safe_wd "$WD" || { echo "gridctl: work dir unsafe: $WHY" >&2; exit 1; }\n'
-            f'D="$R/attempts/"{shlex.quote(attempt_id)}; F="$D/{stream}"\n'
-            'owned "$D" && [ -f "$F" ] && [ ! -L "$F" ] || exit 1\n')
-    if not follow:
-        return head + 'cat "$F"'
-    return head + ('P=$(head -c 20 "$D/pid" 2>/dev/null); if [ -n "$P" ] && [ ! -f "$D/exit" ]; '
-                   'then exec tail -c +1 --pid="$P" -f "$F"; else cat "$F"; fi')
+            f'D="$R/attempts/"{shlex.quote(attempt_id)}\n'
+            'plain() { [ -f "$D/$1" ] && [ ! -L "$D/$1" ]; }\n'
+            f'owned "$D" || exit 1; found=0; for S in {" ".join(streams)}; do plain "$S" && found=1; done\n'
+            '[ "$found" = 1 ] || exit 1\n'
+            'P=$(head -c 20 "$D/pid" 2>/dev/null); case "$P" in *[!0-9]*) P= ;; esac\n'
+            f'if [ -n "$P" ] && [ ! -f "$D/exit" ] && [ {int(follow)} = 1 ]; then F="tail {start} --pid=$P -f"; '
+            f'else F="tail {start}"; fi\n')
+    if len(streams) == 1:
+        return head + f'exec $F "$D/{streams[0]}"'
+    out, err = shlex.quote(STREAM_MARKERS["stdout"]), shlex.quote(STREAM_MARKERS["stderr"])
+    # mawk reads a pipe in blocks unless told it is interactive: a followed line would wait for 4 KiB more
+    return head + ('A=awk; case "$(awk -W version 2>&1)" in mawk*) A="awk -W interactive" ;; esac\n'
+                   'marked() { plain "$2" || return 0; $F "$D/$2" | $A -v m="$1" \'{ print m $0; fflush() }\'; }\n'
+                   f'case "$F" in *--pid*) marked {out} stdout & marked {err} stderr & wait ;; '
+                   f'*) marked {out} stdout; marked {err} stderr ;; esac')
 
 
 @dataclass(frozen=True)

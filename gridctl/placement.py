@@ -73,15 +73,15 @@ def _matches(gpu: Gpu, req: Request) -> bool:
 
 
 def _why_not(offer: Offer, req: Request) -> str | None:
-    """None when the node fits; otherwise a short phrase for the pending reason."""
+    """None when the node fits; otherwise a short phrase, after the node's name, for the pending reason."""
     if offer.node in req.exclude:
-        return f"{offer.node} silent"
+        return "silent"
     if offer.unavailable:
-        return f"{offer.node} {offer.unavailable}"
+        return offer.unavailable
     if req.pool and offer.pool != req.pool:
-        return f"{offer.node} in pool {offer.pool}"
+        return f"in pool {offer.pool}"
     if req.port is not None and req.port in offer.ports:
-        return f"{offer.node} has port {req.port} in use"
+        return f"has port {req.port} in use"
     if req.gpus == 0:
         return None
     fitting = [g for g in offer.gpus if _matches(g, req)]
@@ -89,12 +89,12 @@ def _why_not(offer: Offer, req: Request) -> str | None:
         have = offer.gpus[0].name if offer.gpus else "no GPUs"
         if req.gpu_memory_gb and offer.gpus and all(type_matches(req.gpu_type, g.name) for g in offer.gpus):
             size_gb = marketed_gb(offer.gpus[0].memory_mib, offer.gpus[0].name)
-            return f"{offer.node} GPUs have {size_gb}GB" if size_gb else f"{offer.node} GPU memory unknown"
-        return f"{offer.node} has {have}"
+            return f"GPUs have {size_gb}GB" if size_gb else "GPU memory unknown"
+        return f"has {have}"
     free = [g for g in fitting if g.uuid not in offer.used and g.uuid not in offer.foreign]
     if len(free) < req.gpus:
         busy = len([g for g in fitting if g.uuid in offer.foreign and g.uuid not in offer.used])
-        return (f"{offer.node} has {len(free)} free GPU{'' if len(free) == 1 else 's'}"
+        return (f"has {len(free)} free GPU{'' if len(free) == 1 else 's'}"
                 + (f" ({busy} busy with processes gridctl did not start)" if busy else ""))
     return None
 
@@ -102,11 +102,11 @@ def _why_not(offer: Offer, req: Request) -> str | None:
 def place(req: Request, offers: list[Offer]) -> Placement | str:
     """The chosen node and GPUs, or the pending reason naming why each node was rejected."""
     fits: list[tuple[tuple, Offer, tuple[Gpu, ...]]] = []
-    rejected: list[str] = []
+    rejected: dict[str, list[str]] = {}     # phrase -> the nodes it applies to, in offer order
     for offer in offers:
         why = _why_not(offer, req)
         if why is not None:
-            rejected.append(why)
+            rejected.setdefault(why, []).append(offer.node)
             continue
         taken = offer.used | offer.foreign
         free = [g for g in offer.gpus if _matches(g, req) and g.uuid not in taken] if req.gpus else []
@@ -120,4 +120,16 @@ def place(req: Request, offers: list[Offer]) -> Placement | str:
         return Placement(offer.node, chosen)
     if not offers:
         return f"no node fits {req.describe()}: the fleet has no nodes yet"
-    return f"no node fits {req.describe()}: " + ", ".join(rejected)
+    return f"no node fits {req.describe()}: " + ", ".join(_grouped(phrase, nodes) for phrase, nodes in rejected.items())
+
+
+NAMED_NODES = 3   # a reason names at most this many nodes per clause, then counts the rest
+
+
+def _grouped(phrase: str, nodes: list[str]) -> str:
+    """One clause per distinct phrase, never one per node: `a, b have 0 free GPUs`,
+    `n1, n2, n3 and 497 more cordoned` (a 500-node fleet gets a readable reason)."""
+    if len(nodes) == 1:
+        return f"{nodes[0]} {phrase}"
+    names = ", ".join(nodes[:NAMED_NODES]) + (f" and {len(nodes) - NAMED_NODES} more" if len(nodes) > NAMED_NODES else "")
+    return f"{names} {'have ' + phrase[4:] if phrase.startswith('has ') else phrase}"

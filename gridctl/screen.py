@@ -17,7 +17,8 @@ from rich.text import Text
 from .models import Attempt, Event, JobRecord, NodeRecord
 from .store import queries
 from .textsafe import safe
-from .styles import JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
+from .timefmt import age  # noqa: F401  (screen.age: the watch screen's durations)
+from .styles import GPUS_HEADER, JOB_STATE as JOB_STYLE, NODE_STATE as STATE_STYLE, SEVERITY as EVENT_STYLE
 
 
 @dataclass(frozen=True)
@@ -64,20 +65,6 @@ def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_aft
                     partitions=tuple(parts.split(",")) if parts else (), note=note)
 
 
-def age(seconds: float | None) -> str:
-    """A duration as 42s, 5m, 3h, 2d."""
-    if seconds is None:
-        return "never"
-    s = max(0.0, seconds)
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 5400:
-        return f"{s / 60:.0f}m"
-    if s < 172800:
-        return f"{s / 3600:.0f}h"
-    return f"{s / 86400:.0f}d"
-
-
 def _seen(snap: Snapshot, node: NodeRecord) -> Text:
     if node.last_seen is None:
         return Text("never", style="red")
@@ -121,14 +108,16 @@ def nodes_table(snap: Snapshot, width: int) -> Table:
         rows.append({
             "NODE": Text(n.name), "POOL": Text(n.pool),
             "STATE": Text(state + (" (drain)" if n.draining else ""), style=STATE_STYLE.get(state, "")),
-            "GPUS": Text(f"{used.get(n.name, 0)}/{n.gpus_seen if n.gpus_seen is not None else n.gpus_expected}"),
+            GPUS_HEADER: Text(f"{'-' if n.gpus_seen is None else n.gpus_seen}/{n.gpus_expected}",
+                              style="red" if n.gpus_seen is not None and n.gpus_seen < n.gpus_expected else ""),
+            "USED": Text(str(used.get(n.name, 0))),
             "TEMP": Text(f"{gpu.max_temp_c:.0f}°C" if gpu and gpu.max_temp_c is not None else "-"),
             "UTIL": Text(f"{gpu.util_pct:.0f}%" if gpu and gpu.util_pct is not None else "-"),
             "SEEN": _seen(snap, n),
             "REASON": Text(safe(n.reason + (f" [cordoned: {n.cordon_reason}]" if n.cordoned else ""))),
         })
     return _table(width, [
-        ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), ("GPUS", 1, {}),
+        ("NODE", 0, {"max_width": 24}), ("POOL", 6, {"max_width": 16}), ("STATE", 0, {}), (GPUS_HEADER, 1, {}), ("USED", 4, {}),
         ("TEMP", 5, {}), ("UTIL", 6, {}), ("SEEN", 2, {}), ("REASON", 3, {"min_width": 20, "ratio": 1}),
     ], rows)
 

@@ -23,6 +23,8 @@ from providers.schema import (NAME_RE, CloudPoolSpec, Duration, Endpoint, GpuSpe
                               PositiveDuration, SshSettings, StrictModel, expand_path, parse_duration)
 
 from .errors import ConfigError
+from .wording import ours, with_input
+from .statepath import default_fleet_path, default_state_path  # noqa: F401  (spec.default_fleet_path)
 from .models import EVENT_KINDS, EVENT_SEVERITIES
 from .yamlsrc import format_loc, line_of, load_with_lines
 
@@ -258,9 +260,7 @@ def _describe(err: dict, data: Any, root: Any = None) -> tuple[tuple, str]:
         return loc + ("provider",), err["msg"]
     if kind == "missing":
         return loc, "required field is missing"
-    message = err["msg"]
-    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
-    return loc, message
+    return loc, with_input(kind, ours(err["msg"]), err.get("input"))
 
 
 def _dig(data: Any, loc: tuple) -> Any:
@@ -298,14 +298,6 @@ def _inner_model(annotation: Any, item: Any) -> Any:
     return annotation
 
 
-def default_fleet_path() -> Path:
-    """-f/--fleet, else $GRIDCTL_FLEET, else ./fleet.yaml (DESIGN section 8)."""
-    return Path(os.environ.get("GRIDCTL_FLEET") or "fleet.yaml")
-
-
 def state_path(fleet: Fleet) -> Path:
     """`state:` in the spec, else $XDG_STATE_HOME/gridctl/<fleet>.db."""
-    if fleet.state is not None:
-        return fleet.state
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "gridctl" / f"{fleet.fleet}.db"
+    return fleet.state if fleet.state is not None else default_state_path(fleet.fleet)

@@ -10,3 +10,6 @@ JOB_STATE = {"running": "green", "pending": "yellow", "succeeded": "cyan", "fail
 ATTEMPT_STATE = {"running": "green", "starting": "cyan", "silent": "yellow", "exited": "grey50", "lost": "red",
                  "hung": "red", "killed": "grey50", "failed_to_start": "red"}
 SEVERITY = {"alert": "bold red", "warning": "yellow"}
+
+# the GPU column of every node table (nodes, probe, watch): one meaning, named in its header
+GPUS_HEADER = "GPUS SEEN/EXP"   # GPUs the last probe saw / GPUs the pool spec expects

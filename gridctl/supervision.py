@@ -30,7 +30,7 @@ class Supervision:
 
     def summary(self) -> str:
         """One line for a person: who reconciles and when it last did, or that nothing does."""
-        from .screen import age
+        from .timefmt import age
         if self.last is None:
             return "no reconcile pass recorded: nothing is reconciling this fleet (start `gridctl reconcile --loop`)"
         how = (f"loop every {age(self.last.interval_s)}" if self.last.mode == "loop" and self.last.interval_s

@@ -16,7 +16,10 @@ from .render import console
 @app.command()
 def cordon(name: str, reason: str = typer.Option(None, "--reason", help="Why (shown in nodes and events)."),
            fleet_path: Optional[Path] = FleetOption) -> None:
-    """Stop placing new work on a node. Running work stays."""
+    """Stop placing new work on a node. Running work stays.
+
+    Example: gridctl cordon h100-a --reason "fan noise" -f fleet.yaml
+    """
     from .. import ops
     _, db_path = load(fleet_path)
     node = ops.cordon(db_path, name, reason)
@@ -25,7 +28,10 @@ def cordon(name: str, reason: str = typer.Option(None, "--reason", help="Why (sh
 
 @app.command()
 def uncordon(name: str, fleet_path: Optional[Path] = FleetOption) -> None:
-    """Allow work on a node again; a quarantined node is released to suspect, then needs good probes."""
+    """Allow work on a node again; a quarantined node is released to suspect, then needs good probes.
+
+    Example: gridctl uncordon h100-a -f fleet.yaml
+    """
     from .. import ops
     _, db_path = load(fleet_path)
     console.print(f"{name}: {ops.release(db_path, name)}", markup=False)
@@ -36,7 +42,10 @@ def chaos(name: str = typer.Argument(..., metavar="NODE"),
           mode: str = typer.Argument(..., metavar="MODE",
                                      help="healthy | xid79 | ecc | driver | hang | missing-gpu | hot | row-remap | down"),
           fleet_path: Optional[Path] = FleetOption) -> None:
-    """Change a simulated (`provider: local`) node's state to inject a fault, or heal it."""
+    """Change a simulated (`provider: local`) node's state to inject a fault, or heal it.
+
+    Example: gridctl chaos sim-0 xid79 -f fleet.yaml
+    """
     from providers.local import MODES, write_node
     from ..errors import ConfigError
     from ..reconcile.observe import take_inventory
@@ -62,7 +71,10 @@ def init(provider: str = typer.Option("local", "--provider", help="ssh | local |
          name: Optional[str] = typer.Option(None, "--name", help="Fleet name (default: this directory's name)."),
          force: bool = typer.Option(False, "--force", help="Overwrite an existing fleet.yaml."),
          path: Path = typer.Option(Path("fleet.yaml"), "--output", "-o", help="Where to write it.")) -> None:
-    """Write a commented fleet.yaml for a provider; `gridctl validate` accepts it as written."""
+    """Write a commented fleet.yaml for a provider; `gridctl validate` accepts it as written.
+
+    Example: gridctl init --provider ssh --name prod-inference
+    """
     import re
     from ..errors import ConfigError
     from ..templates import TEMPLATES, render

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import typer
-from rich.table import Table
 
 from ..errors import ConfigError
 from . import app
@@ -19,7 +18,10 @@ def demo(
     keep: bool = typer.Option(False, "--keep", help="Keep the fleet dir (spec, store, node state) to explore afterwards; its jobs end cancelled."),
     plain: bool = typer.Option(False, "--plain", help="One line per event instead of the live screen (default without a TTY)."),
 ) -> None:
-    """A temporary fleet of 3 simulated GPU nodes, 4 jobs, two injected faults, and the recovery."""
+    """A temporary fleet of 3 simulated GPU nodes, 4 jobs, two injected faults, and the recovery.
+
+    Example: gridctl demo
+    """
     from ..demo import FAULTS, Demo, new_root, remove_root
     from .watch import follow, stop_loop
     if fault not in FAULTS:
@@ -48,6 +50,7 @@ def demo(
             stop_loop(d.loop, thread)
             outcomes, final_jobs = d.outcomes(), d.final_jobs()     # the story's end, before the jobs end
             ended = _end_jobs(d, keep)
+    from rich.table import Table
     console.print()
     console.print(_recovery_table(outcomes, d.request_figures()) if outcomes else "no fault was injected")
     console.print(_requests_line(d), markup=False, soft_wrap=True)
@@ -79,9 +82,10 @@ def _traffic_note(d) -> str:
     return f" · router: {requests} requests, {failed} failed" if requests else ""
 
 
-def _recovery_table(outcomes, figures) -> Table:
-    """One row per job a fault moved; the router's figures of a fault on its first row (the routed
-    service's, when the fault hit it: Demo.outcomes lists it first)."""
+def _recovery_table(outcomes, figures):
+    """One row per job a fault moved (a rich Table); the router's figures of a fault on its first row
+    (the routed service's, when the fault hit it: Demo.outcomes lists it first)."""
+    from rich.table import Table
     table = Table(title="Recovery", show_edge=False, header_style="bold")
     for h in ("FAULT", "JOB", "DETECTED\nAFTER", "RECOVERED\nAFTER", "STATE\nNOW", "REQUESTS", "FAILED",
               "P50/P99\nBEFORE", "P50/P99\nDURING"):

@@ -10,8 +10,8 @@ import typer
 
 from ..errors import NotFoundError
 from . import app
-from .common import FleetOption, JsonOption, load, open_store
-from .render import ago, emit, iso
+from .common import FleetOption, JsonOption, OutputOption, open_store, store_path
+from .render import Cell, ago, emit, iso, output_format
 
 
 def endpoint_json(e) -> dict:
@@ -21,12 +21,17 @@ def endpoint_json(e) -> dict:
 
 @app.command()
 def endpoints(job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="Only this service."),
-              fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
-    """List service replicas with their address and whether routers send them requests."""
+              fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+              output: Optional[str] = OutputOption) -> None:
+    """List service replicas with their address and whether routers send them requests.
+
+    Example: gridctl endpoints llama-serve -f fleet.yaml -o json
+    """
     from ..store import queries
-    _, db_path = load(fleet_path)
+    fmt = output_format(as_json, output)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
-        emit([], [], as_json=as_json, empty="no endpoints yet")
+        emit([], [], output=fmt, empty="no endpoints yet")
         return
     conn = open_store(db_path)
     try:
@@ -40,8 +45,9 @@ def endpoints(job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="O
     now = time.time()
     emit(rows, [
         ("job", "JOB", None), ("replica", "REPLICA", None), ("attempt", "ATTEMPT", None), ("node", "NODE", None),
-        ("address", "ADDRESS", lambda r: f"{r['host']}:{r['port']}"),
-        ("ready", "READY", lambda r: ("[green]ready[/green] " + ago(since[r["attempt"]], now).replace(" ago", "")
-                                      if r["ready"] else "[yellow]not ready[/yellow]")
-         + (" [dim](draining)[/dim]" if r["draining"] else "")),
-    ], as_json=as_json, empty="no endpoints (no service with a port is running)")
+        ("address", "ADDRESS", lambda r: Cell(f"{r['host']}:{r['port']}")),
+        ("ready_since", "READY SINCE", None, {"wide": True}),
+        ("ready", "READY", lambda r: Cell(("ready " + ago(since[r["attempt"]], now).replace(" ago", "")
+                                           if r["ready"] else "not ready") + (" (draining)" if r["draining"] else ""),
+                                          "green" if r["ready"] else "yellow")),
+    ], output=fmt, empty="no endpoints (no service with a port is running)", name_key="attempt")

@@ -11,17 +11,19 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, ConfigError
 from . import app
-from .common import FleetOption, JsonOption, MetricsAddrOption, interval_seconds, load
-from rich.text import Text
-
-from ..styles import SEVERITY
+from ..styles import GPUS_HEADER, SEVERITY
 from ..textsafe import safe
-from .render import HEALTH_STYLE, console, emit, err_console, esc, iso, styled
+from .common import FleetOption, JsonOption, MetricsAddrOption, OutputOption, interval_seconds, load
+from .nodes import gpus_cell
+from .render import HEALTH_STYLE, Cell, cell, console, emit, err_console, iso, output_format
 
 
 @app.command()
 def validate(fleet_path: Optional[Path] = FleetOption) -> None:
-    """Check a fleet spec: every problem with file, line and field."""
+    """Check a fleet spec: every problem with file, line and field.
+
+    Example: gridctl validate -f fleet.yaml
+    """
     fleet, _ = load(fleet_path)
     import providers
     console.print(f"ok: {len(fleet.pools)} pools, {fleet.node_count()} nodes")
@@ -44,14 +46,18 @@ def probe(
     nodes: List[str] = typer.Argument(None, help="Only these nodes (default: all)."),
     fleet_path: Optional[Path] = FleetOption,
     as_json: bool = JsonOption,
+    output: Optional[str] = OutputOption,
 ) -> None:
     """Probe every node once over SSH, concurrently, and show what each one says. Changes no state.
 
     Exit 0 when every node probed is healthy, 1 otherwise.
+
+    Example: gridctl probe h100-a h100-b -f fleet.yaml -o wide
     """
     from ..health import classify
     from ..reconcile.observe import Transports, sweep, take_inventory
 
+    fmt = output_format(as_json, output)
     fleet, db_path = load(fleet_path)
     inventory = take_inventory(fleet, db_path.parent)
     chosen = inventory.nodes
@@ -84,12 +90,15 @@ def probe(
         })
     emit(rows, [
         ("name", "NODE", None),
-        ("health", "HEALTH", lambda r: styled(r["health"], HEALTH_STYLE)),
-        ("reason", "FINDINGS", lambda r: esc(r["reason"])),
-        ("gpus", "GPUS", lambda r: f"{r['gpus_seen'] if r['gpus_seen'] is not None else '-'}/{r['gpus_expected']}"),
-        ("max_temp_c", "MAX TEMP", lambda r: "-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
-        ("probe_s", "PROBE", lambda r: f"{r['probe_s']:.2f}s"),
-    ], as_json=as_json, empty="no nodes in the fleet")
+        ("health", "HEALTH", lambda r: cell(r["health"], HEALTH_STYLE)),
+        ("gpus", GPUS_HEADER, lambda r: gpus_cell(r["gpus_seen"], r["gpus_expected"])),
+        ("max_temp_c", "MAX TEMP", lambda r: Cell("-" if r["max_temp_c"] is None else f"{r['max_temp_c']:g}°C"),
+         {"drop": 1}),
+        ("probe_s", "PROBE", lambda r: Cell(f"{r['probe_s']:.2f}s"), {"drop": 2}),
+        ("pool", "POOL", None, {"wide": True}), ("host", "HOST", None, {"wide": True}),
+        ("state", "STATE", None, {"wide": True}),
+        ("reason", "FINDINGS", None),
+    ], output=fmt, empty="no nodes in the fleet")
     raise typer.Exit(EXIT_OK if all(r["health"] == "healthy" for r in rows) else EXIT_FAILED)
 
 
@@ -120,7 +129,10 @@ def reconcile(
                                                    "they are ready (default: on a terminal)."),
     metrics_addr: Optional[str] = MetricsAddrOption,
 ) -> None:
-    """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron."""
+    """One idempotent pass: inventory, probe, judge nodes, move jobs, record events. Safe from cron.
+
+    Example: gridctl reconcile -f fleet.yaml --loop --interval 15s
+    """
     from ..reconcile.loop import Busy, Loop, Skipped
     from .metrics import start_exporter
     fleet, db_path = load(fleet_path)
@@ -181,7 +193,7 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
     runner = Loop(fleet, db_path, every, lambda report: None if quiet or console.is_terminal else
                   _print_report(report, True))
     with Progress(TextColumn("waiting for new instances"), BarColumn(), TextColumn("{task.completed}/{task.total} ready"),
-                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as bar:
+                  TimeElapsedColumn(), console=console.real, disable=not console.is_terminal) as bar:
         task = bar.add_task("ready", total=None)
         while time.monotonic() < deadline:
             runner.run(once=True)
@@ -197,6 +209,7 @@ def _wait_ready(fleet, db_path: Path, every: float, quiet: bool, since: float) -
 
 
 def _print_report(report, quiet: bool) -> None:
+    from rich.text import Text
     for event in report.events:
         style = SEVERITY.get(event.severity, "")
         who = f"{event.node}: " if event.node else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,12 +10,12 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError, NotFoundError
-from ..models import AttemptState
 from ..textsafe import safe
 from . import app, describe_app
-from .common import FleetOption, JsonOption, load, open_store
+from .common import FleetOption, JsonOption, OutputOption, load, open_store, store_path
 from .status import warn_unsupervised
-from .render import ATTEMPT_STYLE, JOB_STYLE, ago, console, emit, err_console, esc, iso, print_events, styled
+from .render import ATTEMPT_STYLE, JOB_STYLE, Cell, ago, cell, console, dump, duration, emit, err_console, iso, \
+    output_format, print_events, print_fields, say, section, table, warn
 
 
 
@@ -62,11 +61,16 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say where it would go now (node, or pool that would grow), "
                                  "or why not; record nothing."),
     as_json: bool = JsonOption,
+    output: Optional[str] = OutputOption,
 ) -> None:
     """Record a job, place it and start it (or say why it is pending). A job no pool could ever fit
-    (GPU type, count, memory per GPU) is refused."""
+    (GPU type, count, memory per GPU) is refused.
+
+    Example: gridctl run -f fleet.yaml --name train-1 --class batch --gpus 2 -- python train.py
+    """
     from .. import ops
     from ..jobspec import job_from_flags, load_job
+    fmt = output_format(as_json, output)        # checked before anything is recorded
     fleet, db_path = load(fleet_path)
     args = args or []
     if name is None:
@@ -81,55 +85,60 @@ def run(
                                "replicas": replicas, "gpu_type": gpu_type, "pool": pool, "env": _parse_env(env),
                                "port": port, "readiness": readiness})
     if dry_run:
-        _show_dry_run(spec, *ops.dry_run(fleet, db_path, spec), as_json)
+        _show_dry_run(spec, *ops.dry_run(fleet, db_path, spec), fmt)
         return
-    _show_job_line(ops.submit(fleet, db_path, spec, wait), as_json)
+    _show_job_line(ops.submit(fleet, db_path, spec, wait), fmt)
     warn_unsupervised(db_path)
 
 
-def _show_dry_run(spec, places, seen: float | None, as_json: bool) -> None:
+def _show_dry_run(spec, places, seen: float | None, fmt: str) -> None:
+    """`run --dry-run`: where each replica would go; -o json|yaml|name: one object (the job's name)."""
     rows = [{"replica": w.replica, "node": w.node, "gpus": list(w.gpus), "pool": w.pool, "reason": w.why}
             for w in places]
-    if as_json:
-        print(json.dumps([{"name": spec.name, "dry_run": True, "nodes_seen_at": iso(seen), "replicas": rows}],
-                         indent=2))
+    if fmt in ("json", "yaml", "name"):
+        dump([{"name": spec.name, "dry_run": True, "nodes_seen_at": iso(seen), "replicas": rows}], fmt)
         return
-    console.print(f"dry run: job {spec.name} ({spec.job_class}, {spec.gpus} GPU(s) x {spec.replicas}) would go, as "
-                  f"nodes were last seen {ago(seen)}; nothing recorded", markup=False, soft_wrap=True)
+    say(safe(f"dry run: job {spec.name} ({spec.job_class}, {spec.gpus} GPU(s) x {spec.replicas}) would go, as "
+             f"nodes were last seen {ago(seen)}; nothing recorded"))
 
-    def where(r: dict) -> str:
+    def where(r: dict) -> Cell:
         if r["node"]:
-            return esc(f"node {r['node']}, GPUs {','.join(map(str, r['gpus'])) or 'none'}")
+            return Cell(f"node {r['node']}, GPUs {','.join(map(str, r['gpus'])) or 'none'}")
         if r["pool"]:
-            return esc(f"pool {r['pool']} would grow by one instance (no node now: {r['reason']})")
-        return esc(f"pending: {r['reason']}")
-    emit(rows, [("replica", "REPLICA", None), ("where", "WHERE", where)], as_json=False)
+            return Cell(f"pool {r['pool']} would grow by one instance (no node now: {r['reason']})")
+        return Cell(f"pending: {r['reason']}", "yellow")
+    emit(rows, [("replica", "REPLICA", None), ("where", "WHERE", where)], output=fmt)
 
 
-def _show_job_line(now, as_json: bool) -> None:
-    """The job after run / cancel: its state and reason, and each live attempt."""
+def _show_job_line(now, fmt: str) -> None:
+    """The job after run / restart / cancel: its state and reason, and each live attempt;
+    -o json|yaml|name: the job's object (as `jobs --json`)."""
     job, attempts = now.job, now.attempts
-    if as_json:
-        print(json.dumps([job_json(job, attempts)], indent=2))
+    if fmt in ("json", "yaml", "name"):
+        dump([job_json(job, attempts)], fmt)
         return
-    console.print(f"job [bold]{esc(job.name)}[/bold]: {styled(job.state.value, JOB_STYLE)} - {esc(job.reason)}",
-                  soft_wrap=True)
+    say(safe(f"job {job.name}: {job.state.value} - {job.reason}"), JOB_STYLE.get(job.state.value, ""))
     for a in attempts:
         if a.state.live:
-            console.print(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
-                          f"GPUs {safe(','.join(a.gpus)) or 'none'}", markup=False, soft_wrap=True)
+            say(safe(f"  attempt {a.n} (replica {a.replica}) {a.state.value} on {a.node}, "
+                     f"GPUs {','.join(a.gpus) or 'none'}"))
     if now.note:
-        err_console.print(now.note, markup=False)
+        warn(safe(now.note), "")
 
 
 @app.command("jobs")
 def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+             output: Optional[str] = OutputOption,
              all_jobs: bool = typer.Option(True, "--all/--active", help="Include finished jobs (default) or only active ones.")) -> None:
-    """List jobs with their state, where they run, and the reason for anything not running."""
+    """List jobs with their state, where they run, and the reason for anything not running.
+
+    Example: gridctl jobs -f fleet.yaml --active -o wide
+    """
     from ..store import queries
-    _, db_path = load(fleet_path)
+    fmt = output_format(as_json, output)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
-        emit([], [], as_json=as_json, empty="no jobs yet")
+        emit([], [], output=fmt, empty="no jobs yet")
         return
     conn = open_store(db_path)
     try:
@@ -140,23 +149,24 @@ def jobs_cmd(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOptio
     rows = [job_json(j, [a for a in attempts if a.job == j.name]) for j in jobs.values()]
     now = time.time()
 
-    def where(r: dict) -> str:
+    def where(r: dict) -> Cell:
         live = [a for a in r["attempts"] if a["state"] in ("running", "starting", "silent")]
-        return esc(",".join(sorted({a["node"] for a in live})) or "-")
-
-    def attempt(r: dict) -> str:
-        return str(max((a["n"] for a in r["attempts"]), default=0))
+        return Cell(",".join(sorted({a["node"] for a in live})) or "-")
 
     emit(rows, [
-        ("name", "JOB", None), ("class", "CLASS", None),
-        ("state", "STATE", lambda r: styled(r["state"], JOB_STYLE)),
+        ("name", "JOB", None), ("class", "CLASS", None, {"drop": 3}),
+        ("state", "STATE", lambda r: cell(r["state"], JOB_STYLE)),
         ("node", "NODE", where),
-        ("gpus", "GPUS", lambda r: f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"])),
-        ("attempt", "ATTEMPT", attempt), ("restarts", "RESTARTS", lambda r: str(r["restarts"] + r["failures"])),
-        ("age", "AGE", lambda r: ago(_ts(r["created_at"]), now).replace(" ago", "")),
-        ("reason", "REASON", lambda r: "" if r["state"] == "running" and r["reason_code"] == "running"
-         and r["replicas"] == 1 else esc(r["reason"])),
-    ], as_json=as_json, empty="no jobs yet")
+        ("gpus", "GPUS", lambda r: Cell(f"{r['gpus']}x{r['replicas']}" if r["replicas"] > 1 else str(r["gpus"])),
+         {"drop": 5}),
+        ("attempt", "ATTEMPT", lambda r: Cell(str(max((a["n"] for a in r["attempts"]), default=0))), {"drop": 1}),
+        ("restarts", "RESTARTS", lambda r: Cell(str(r["restarts"] + r["failures"])), {"drop": 4}),
+        ("age", "AGE", lambda r: Cell(ago(_ts(r["created_at"]), now).replace(" ago", "")), {"drop": 2}),
+        ("created_at", "CREATED", None, {"wide": True}),
+        ("reason_code", "REASON CODE", None, {"wide": True}),
+        ("reason", "REASON", lambda r: Cell("" if r["state"] == "running" and r["reason_code"] == "running"
+                                            and r["replicas"] == 1 else r["reason"])),
+    ], output=fmt, empty="no jobs yet")
     warn_unsupervised(db_path)
 
 
@@ -166,11 +176,15 @@ def _ts(value: str | None) -> float | None:
 
 
 @describe_app.command("job")
-def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
-    """Spec, state, reason, every attempt, and the job's events."""
-    from rich.table import Table
+def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+                 output: Optional[str] = OutputOption) -> None:
+    """Spec, state, reason, every attempt, and the job's events.
+
+    Example: gridctl describe job llama-serve -f fleet.yaml
+    """
     from ..store import queries
-    _, db_path = load(fleet_path)
+    fmt = output_format(as_json, output)
+    db_path = store_path(fleet_path)
     if not db_path.exists():
         raise NotFoundError(f"no job named {name}: no state recorded yet")
     conn = open_store(db_path)
@@ -183,76 +197,84 @@ def describe_job(name: str, fleet_path: Optional[Path] = FleetOption, as_json: b
         events = queries.job_events(conn, name)
     finally:
         conn.close()
-    if as_json:
+    if fmt in ("json", "yaml", "name"):
         out = job_json(job, attempts)
         out["spec"] = job.spec
         out["events"] = [{"time": iso(e.time), "kind": e.kind, "severity": e.severity, "node": e.node,
                           "job": e.job, "message": e.message} for e in events]
-        print(json.dumps([out], indent=2))
+        dump([out], fmt)
         return
+    _show_job(job, attempts, events)
+
+
+RECOVERY_DURATIONS = ("backoff", "max_backoff", "hang_timeout", "unreachable_grace", "max_duration", "pending_timeout")
+
+
+def _show_job(job, attempts, events) -> None:
     spec = job.spec
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("Job", f"[bold]{esc(job.name)}[/bold]  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
-                 + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else ""))
-    grid.add_row("State", styled(job.state.value, JOB_STYLE) + f"  {esc(job.reason)}")
     command = spec.get("command")
-    grid.add_row("Command", esc(command if isinstance(command, str) else " ".join(command)))
-    grid.add_row("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
-                 f"{job.failures} process failures")
+    fields = [
+        ("Job", f"{job.name}  class {spec.get('class')}, {spec.get('gpus')} GPU(s)"
+         + (f" x {spec.get('replicas')} replicas" if spec.get("replicas", 1) > 1 else "")),
+        ("State", [cell(job.state.value, JOB_STYLE), Cell(f"  {job.reason}")]),
+        ("Created", f"{iso(job.created_at)} ({duration(max(0.0, time.time() - job.created_at))} ago)"),
+        ("Command", command if isinstance(command, str) else " ".join(command)),
+        ("Counters", f"{job.attempts_made} attempts, {job.restarts} node-failure requeues, "
+                     f"{job.failures} process failures"),
+    ]
     recovery = {k: v for k, v in (spec.get("recovery") or {}).items() if v not in (None, [])}
     if recovery:
-        grid.add_row("Recovery", esc(", ".join(f"{k}={v}" for k, v in recovery.items())))
-    console.print(grid)
-    table = Table(title="Attempts", show_edge=False, header_style="bold")
-    for h in ("#", "REPLICA", "NODE", "STATE", "GPUS", "STARTED", "ENDED", "EXIT", "REASON"):
-        table.add_column(h, overflow="fold")
-    for a in attempts:
-        table.add_row(str(a.n), str(a.replica), esc(a.node), styled(a.state.value, ATTEMPT_STYLE),
-                      str(len(a.gpus)), iso(a.started_at) or "-", iso(a.ended_at) or "-",
-                      "-" if a.exit_code is None else str(a.exit_code), esc(a.reason))
-    console.print()
-    console.print(table)
+        fields.append(("Recovery", ", ".join(f"{k} {duration(v) if k in RECOVERY_DURATIONS else v}"
+                                             for k, v in recovery.items())))
+    print_fields(fields)
+    section("Attempts")
+    table([_attempt_json(a) for a in attempts], [
+        ("n", "#", None), ("replica", "REPLICA", None), ("node", "NODE", None),
+        ("state", "STATE", lambda r: cell(r["state"], ATTEMPT_STYLE)),
+        ("gpus", "GPUS", lambda r: Cell(str(len(r["gpus"])))),
+        ("started_at", "STARTED", None), ("ended_at", "ENDED", None),
+        ("ran", "RAN", lambda r: Cell(_ran(r))),
+        ("exit_code", "EXIT", None), ("reason", "REASON", None),
+    ])
     print_events(events)
+
+
+def _ran(r: dict) -> str:
+    if r["started_at"] is None:
+        return "-"
+    end = _ts(r["ended_at"]) or time.time()
+    return duration(max(0.0, end - _ts(r["started_at"])))
 
 
 @app.command()
 def logs(
     job_name: str = typer.Argument(..., metavar="JOB"),
-    fleet_path: Optional[Path] = typer.Option(None, "--fleet", help="Fleet spec (-f means --follow here)."),
+    fleet_path: Optional[Path] = FleetOption,
     attempt_n: Optional[int] = typer.Option(None, "--attempt", help="Attempt number (default: the live or latest one)."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the attempt ends."),
-    stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
+    replica: Optional[int] = typer.Option(None, "--replica", min=0, help="The live or latest attempt of this replica."),
+    follow: bool = typer.Option(False, "-F", "--follow", help="Keep printing until the attempt ends (-f is --fleet)."),
+    only_stdout: bool = typer.Option(False, "--stdout", help="Only stdout, as written (no markers)."),
+    only_stderr: bool = typer.Option(False, "--stderr", help="Only stderr, as written (no markers)."),
+    tail: Optional[int] = typer.Option(None, "--tail", min=0, metavar="N", help="Only the last N lines of each stream."),
 ) -> None:
-    """Print an attempt's stdout (or stderr) from its node."""
+    """Print an attempt's stdout and stderr from its node, each line marked with its stream.
+
+    Example: gridctl logs llama-serve -f fleet.yaml --replica 1 --tail 100 -F
+    """
     from ..errors import GridctlError
     from ..launcher import log_command
     from ..reconcile.observe import Transports, take_inventory
-    from ..store import queries
+    if fleet_path is not None and not fleet_path.exists():
+        raise ConfigError(f"-f {fleet_path}: no such fleet file (-f is --fleet, as in every command; "
+                          "to follow logs use -F/--follow)")
+    stream = "stdout" if only_stdout and not only_stderr else "stderr" if only_stderr and not only_stdout else "both"
     fleet, db_path = load(fleet_path)
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
-    conn = open_store(db_path)
-    try:
-        if queries.get_job(conn, job_name) is None:
-            raise NotFoundError(f"no job named {job_name}")
-        attempts = queries.load_attempts(conn, jobs=[job_name])
-    finally:
-        conn.close()
-    if not attempts:
-        raise NotFoundError(f"job {job_name} has no attempts yet")
-    if attempt_n is not None:
-        chosen = next((a for a in attempts if a.n == attempt_n), None)
-        if chosen is None:
-            raise NotFoundError(f"job {job_name} has no attempt {attempt_n} (attempts: "
-                                f"{', '.join(str(a.n) for a in attempts)})")
-    else:
-        live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
-        chosen = live[-1] if live else attempts[-1]
+    chosen = _log_attempt(db_path, job_name, attempt_n, replica)
     inventory = take_inventory(fleet, db_path.parent)
     node = next((n for n in inventory.nodes if n.name == chosen.node), None)
     if node is None:
         raise NotFoundError(f"attempt {chosen.n} ran on {chosen.node}, which is no longer in the fleet")
-    command = log_command(node.work_dir, chosen.id, "stderr" if stderr else "stdout", follow)
+    command = log_command(node.work_dir, chosen.id, stream, follow, tail)
     transports = Transports(keep=False)
     try:
         transport = transports.for_target(node.target)
@@ -264,29 +286,66 @@ def logs(
     finally:
         transports.close()
     if code not in (0, None):
-        err_console.print(f"no {'stderr' if stderr else 'stdout'} for attempt {chosen.n} on {chosen.node} "
+        err_console.print(f"no {'output' if stream == 'both' else stream} for attempt {chosen.n} on {chosen.node} "
                           "(cleaned up, or never written)", markup=False)
         raise typer.Exit(1)
+
+
+def _log_attempt(db_path: Path, job_name: str, attempt_n: int | None, replica: int | None):
+    """The attempt `logs` reads: the one asked for, else the live or latest one (of the replica)."""
+    from ..store import queries
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {job_name}: no state recorded yet")
+    conn = open_store(db_path)
+    try:
+        if queries.get_job(conn, job_name) is None:
+            raise NotFoundError(f"no job named {job_name}")
+        attempts = queries.load_attempts(conn, jobs=[job_name])
+    finally:
+        conn.close()
+    if not attempts:
+        raise NotFoundError(f"job {job_name} has no attempts yet")
+    if replica is not None:
+        replicas = sorted({a.replica for a in attempts})
+        attempts = [a for a in attempts if a.replica == replica]
+        if not attempts:
+            raise NotFoundError(f"job {job_name} has no replica {replica} (replicas: {', '.join(map(str, replicas))})")
+    if attempt_n is not None:
+        chosen = next((a for a in attempts if a.n == attempt_n), None)
+        if chosen is None:
+            raise NotFoundError(f"job {job_name} has no attempt {attempt_n}"
+                                + (f" of replica {replica}" if replica is not None else "")
+                                + f" (attempts: {', '.join(str(a.n) for a in attempts)})")
+        return chosen
+    from ..models import AttemptState
+    live = [a for a in attempts if a.state in (AttemptState.RUNNING, AttemptState.STARTING)]
+    return live[-1] if live else attempts[-1]
 
 
 @app.command()
 def cancel(job_name: str = typer.Argument(..., metavar="JOB"), fleet_path: Optional[Path] = FleetOption,
            wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
-    """Stop a job's live attempts; the job ends `cancelled`."""
+    """Stop a job's live attempts; the job ends `cancelled`.
+
+    Example: gridctl cancel train-1 -f fleet.yaml
+    """
     from .. import ops
     fleet, db_path = load(fleet_path)
     now = ops.cancel(fleet, db_path, job_name, wait)
     if now.unchanged:
-        console.print(f"job {job_name} already {now.job.state.value}: {safe(now.job.reason)}", markup=False)
+        say(safe(f"job {job_name} already {now.job.state.value}: {now.job.reason}"))
         return
-    _show_job_line(now, False)
+    _show_job_line(now, "table")
 
 
 @app.command()
 def drain(node_name: str = typer.Argument(..., metavar="NODE"), fleet_path: Optional[Path] = FleetOption,
           reason: Optional[str] = typer.Option(None, "--reason", help="Why (shown in nodes and events)."),
           wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for a running reconciler.")) -> None:
-    """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues."""
+    """Cordon a node and move its jobs: services start elsewhere first, then stop here; batch requeues.
+
+    Example: gridctl drain h100-a --reason "maintenance" -f fleet.yaml
+    """
     from .. import ops
     fleet, db_path = load(fleet_path)
     left, note = ops.drain(fleet, db_path, node_name, reason, wait)

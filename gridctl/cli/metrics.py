@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from ..textsafe import safe
 from . import app
-from .common import FleetOption, load, open_store
-from .render import err_console
+from .common import FleetOption, open_store, store_path
+from .render import warn
 
 
 @app.command()
@@ -27,7 +28,7 @@ def metrics(
     Example: gridctl metrics --textfile /var/lib/node_exporter/textfile/gridctl.prom
     """
     from ..metrics.exporter import exposition, store_registry, write_textfile
-    _, db_path = load(fleet_path)
+    db_path = store_path(fleet_path)
     open_store(db_path).close()        # no store yet, or one this gridctl cannot read: one clear line
     registry, collector = store_registry(db_path)
     try:
@@ -36,8 +37,7 @@ def metrics(
             sys.stdout.flush()
             return
         if textfile.suffix != ".prom":
-            err_console.print(f"note: node_exporter's textfile collector reads only *.prom files, not {textfile.name}",
-                              markup=False)
+            warn(safe(f"note: node_exporter's textfile collector reads only *.prom files, not {textfile.name}"), "")
         write_textfile(textfile, registry)
     finally:
         collector.close()

@@ -29,7 +29,10 @@ def route(
                                     help="Try another replica when an idempotent request has no answer within this."),
     fleet_path: Optional[Path] = FleetOption,
 ) -> None:
-    """Send requests to the job's ready replicas until Ctrl-C / SIGTERM (runs under systemd)."""
+    """Send requests to the job's ready replicas until Ctrl-C / SIGTERM (runs under systemd).
+
+    Example: gridctl route llama-serve --listen 127.0.0.1:8000 -f fleet.yaml
+    """
     from ..errors import ConfigError
     from ..route import Settings, check_free, parse_listen, service_readiness
     host, port = parse_listen(listen)

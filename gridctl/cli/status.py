@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
+from ..textsafe import safe
 from . import app
-from .common import FleetOption, JsonOption, load, open_store
-from .render import JOB_STYLE, STATE_STYLE, console, emit, err_console, esc, iso, styled
+from .common import FleetOption, JsonOption, OutputOption, fleet_and_store, open_store
+from .render import JOB_STYLE, STATE_STYLE, Cell, cell, dump, emit, iso, output_format, say, warn
 
 ALERTS_SHOWN = 5
 
@@ -27,7 +27,7 @@ def warn_unsupervised(db_path: Path) -> None:
     finally:
         conn.close()
     if not state.ok:
-        err_console.print(f"[bold red]warning: {esc(state.summary())}[/bold red]", soft_wrap=True)
+        warn(f"warning: {safe(state.summary())}")
 
 
 def _pass_json(p) -> dict | None:
@@ -38,13 +38,15 @@ def _pass_json(p) -> dict | None:
 
 
 @app.command()
-def status(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption) -> None:
+def status(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption,
+           output: Optional[str] = OutputOption) -> None:
     """Who reconciles this fleet and when it last did; nodes and jobs by state; recent alerts.
 
-    Example: gridctl status -f fleet.yaml --json"""
+    Example: gridctl status -f fleet.yaml -o yaml"""
     from ..store import queries
     from ..supervision import supervision
-    fleet, db_path = load(fleet_path)
+    fmt = output_format(as_json, output)
+    name, db_path = fleet_and_store(fleet_path)
     latest, nodes, jobs, alerts = {}, {}, {}, []
     if db_path.exists():
         conn = open_store(db_path)
@@ -55,27 +57,26 @@ def status(fleet_path: Optional[Path] = FleetOption, as_json: bool = JsonOption)
         finally:
             conn.close()
     state = supervision(latest, time.time())
-    if as_json:
-        out = {"fleet": fleet.fleet, "reconciling": state.ok, "summary": state.summary(),
+    if fmt in ("json", "yaml", "name"):
+        out = {"fleet": name, "reconciling": state.ok, "summary": state.summary(),
                "last_pass_age_s": None if state.age_s is None else round(state.age_s, 1),
                "stale_after_s": state.limit_s, "last_pass": _pass_json(state.last),
                "last_command_pass": _pass_json(latest.get("command")), "nodes": nodes, "jobs": jobs,
                "alerts": [{"time": iso(e.time), "kind": e.kind, "node": e.node, "job": e.job, "message": e.message}
                           for e in alerts]}
-        print(json.dumps([out], indent=2))
+        dump([out], fmt, name_key="fleet")
         return
-    line = esc(state.summary())
-    console.print(f"[bold]{esc(fleet.fleet)}[/bold]  " + (line if state.ok else f"[bold red]{line}[/bold red]"),
-                  soft_wrap=True)
-    console.print()
+    say(safe(f"{name}  {state.summary()}"), "" if state.ok else "bold red")
+    say("")
     emit([{"state": k, "count": v} for k, v in sorted(nodes.items())],
-         [("state", "NODES", lambda r: styled(r["state"], STATE_STYLE)), ("count", "COUNT", None)],
-         as_json=False, empty="no nodes recorded yet")
-    console.print()
+         [("state", "NODES", lambda r: cell(r["state"], STATE_STYLE)), ("count", "COUNT", None)],
+         output=fmt, empty="no nodes recorded yet")
+    say("")
     emit([{"state": k, "count": v} for k, v in sorted(jobs.items())],
-         [("state", "JOBS", lambda r: styled(r["state"], JOB_STYLE)), ("count", "COUNT", None)],
-         as_json=False, empty="no jobs yet")
-    console.print()
+         [("state", "JOBS", lambda r: cell(r["state"], JOB_STYLE)), ("count", "COUNT", None)],
+         output=fmt, empty="no jobs yet")
+    say("")
     emit([{"time": iso(e.time), "kind": e.kind, "where": e.node or e.job or "-", "message": e.message}
-          for e in alerts], [("time", "ALERT", None), ("kind", "KIND", None), ("where", "WHERE", None),
-                             ("message", "MESSAGE", None)], as_json=False, empty="no alerts")
+          for e in alerts], [("time", "ALERT", None), ("kind", "KIND", None, {"drop": 1}),
+                             ("where", "WHERE", None), ("message", "MESSAGE", lambda r: Cell(r["message"], "red"))],
+         output=fmt, empty="no alerts")

@@ -46,7 +46,7 @@ def follow(db_path: Path, fleet, *, loop=None, interval: float, plain: bool, onc
                 if check_loop():
                     return
                 time.sleep(REFRESH_S)
-        with Live(console=console, screen=True, auto_refresh=False, redirect_stderr=False) as live:
+        with Live(console=console.real, screen=True, auto_refresh=False, redirect_stderr=False) as live:
             while True:
                 live.update(screen.render(snap(conn), console.width), refresh=True)
                 if check_loop():
@@ -103,7 +103,10 @@ def watch(
     plain: bool = typer.Option(False, "--plain", help="One line per event instead of redrawing (default without a TTY)."),
     metrics_addr: Optional[str] = MetricsAddrOption,
 ) -> None:
-    """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second)."""
+    """Run the reconcile loop and show nodes, jobs and events live (refreshes twice a second).
+
+    Example: gridctl watch -f fleet.yaml --interval 10s
+    """
     from ..reconcile.loop import Loop
     from .metrics import start_exporter
     fleet, db_path = load(fleet_path)

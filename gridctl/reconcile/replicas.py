@@ -228,12 +228,20 @@ def _replica(jp: JobPass, job: JobRecord, spec: JobSpec, p: Policy, r: int, offe
         return ReplicaState.SILENT, f"node {a.node} silent; no node for a hedge: {placed}"
     job = jp.jobs[job.name]
     if job.next_try_at and jp.now < job.next_try_at:
-        return ReplicaState.PENDING, f"{job.reason} (next attempt in {ago(job.next_try_at - jp.now)})"
+        return ReplicaState.PENDING, _backoff_note(jp, job, r)
     placed = _start(jp, job, spec, r, offers, exclude=set(), why="")
     if placed is True:
         return ReplicaState.RUNNING, ""
     jp.plan.unplaced.append(job.name)
     return ReplicaState.PENDING, placed
+
+
+def _backoff_note(jp: JobPass, job: JobRecord, r: int) -> str:
+    """Why replica r waits, built afresh each pass from the attempt that ended (never from the job's
+    last reason, which already holds this note: it would repeat, and grow, with every pass)."""
+    ended = [a for a in jp.attempts.values() if a.job == job.name and a.replica == r and not a.state.live]
+    cause = max(ended, key=lambda a: a.n).reason if ended else "after a failure"
+    return f"{cause}: next attempt in {ago(job.next_try_at - jp.now)}"
 
 
 def _move(jp: JobPass, job: JobRecord, spec: JobSpec, r: int, offers: dict[str, Offer],

@@ -93,7 +93,7 @@ class JobLab:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """The real CLI with `-f FLEET` right after the verb (`run` takes no options after its
-        arguments; `logs` takes --fleet: call gridctl() for it)."""
+        arguments)."""
         verb = 2 if args[0] == "describe" else 1
         res = gridctl(*args[:verb], "-f", self.path, *args[verb:], timeout=timeout)
         assert "Traceback" not in res.stderr, res.stderr

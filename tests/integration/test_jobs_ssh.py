@@ -248,7 +248,7 @@ def test_pending_job_says_why_each_node_rejects_it_and_starts_when_one_frees(mak
     lab.run_job(job("small", "batch"))
     small = lab.job("small")
     assert small.state is JobState.PENDING and not lab.attempts("small")
-    assert small.reason == f"no node fits 1xGPU: {c0} cordoned, {c1} cordoned", small.reason
+    assert small.reason == f"no node fits 1xGPU: {c0}, {c1} cordoned", small.reason     # one clause, not one per node
     row = lab.jobs_json()["small"]
     assert row["state"] == "pending" and row["reason"] == small.reason
     assert where(lab, "half") == {c0}, "cordon stopped running work"
@@ -398,7 +398,7 @@ def test_run_prints_job_node_and_gpus_and_passes_values_to_the_node_literally(ma
     (f,) = lab.attempts("flags")
     assert res.stdout.startswith("job flags: ") and f"on {f.node}" in res.stdout and f"GPUs {f.gpus[0]}" in res.stdout
     lab.reconcile_until(lambda: lab.job("flags").state is JobState.SUCCEEDED, timeout=10, pause=0.3)
-    logs = gridctl("logs", "flags", "--fleet", lab.path)
+    logs = gridctl("logs", "flags", "--stdout", "-f", lab.path)
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.splitlines() == [f"env=$(touch {pwned})", "q=it's \"quoted\" `touch " + str(pwned) + "`",
                                         f"arg=;touch {pwned}", f"gpus={f.gpus[0]}"]
@@ -406,7 +406,7 @@ def test_run_prints_job_node_and_gpus_and_passes_values_to_the_node_literally(ma
     lab.run_job(job("ckpt", "training", command='printf "%s\\n" "$GRIDCTL_CHECKPOINT_DIR"; pwd',
                     checkpoint_dir=f"/tmp/$(touch {pwned})", work_dir=f"/nonexistent;touch {pwned}"))
     lab.reconcile_until(lambda: lab.job("ckpt").state is JobState.SUCCEEDED, timeout=10, pause=0.3)
-    out = gridctl("logs", "ckpt", "--fleet", lab.path).stdout.splitlines()
+    out = gridctl("logs", "ckpt", "--stdout", "-f", lab.path).stdout.splitlines()
     assert out[0] == f"/tmp/$(touch {pwned})"
     assert not pwned.exists(), "a value reached a shell on the node"
 

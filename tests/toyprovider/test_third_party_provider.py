@@ -53,8 +53,8 @@ def test_bad_value_of_a_plugin_pool_field_names_file_line_and_field(tmp_path):
     """)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        f"error: {path}:5 pools[0].flavour: Input should be 'vanilla' or 'mint'",
-        f"error: {path}:6 pools[0].machines: Input should be greater than or equal to 1",
+        f"error: {path}:5 pools[0].flavour: expected 'vanilla' or 'mint'; got 'strawberry'",
+        f"error: {path}:6 pools[0].machines: must be at least 1; got 0",
     ]
 
 

@@ -72,7 +72,7 @@ def test_dry_run_says_where_each_replica_would_go_and_records_nothing(fleet, tmp
     (out,) = json.loads(res.stdout)
     assert out["dry_run"] is True
     assert [(r["node"], r["gpus"]) for r in out["replicas"]] == [("sim-0", [0, 1]), ("sim-1", [0, 1]), (None, [])]
-    assert out["replicas"][2]["reason"] == "no node fits 2xGPU: sim-0 has 0 free GPUs, sim-1 has 0 free GPUs"
+    assert out["replicas"][2]["reason"] == "no node fits 2xGPU: sim-0, sim-1 have 0 free GPUs"
     assert dump(tmp_path / "state.db") == before
 
 
@@ -160,7 +160,7 @@ def test_restart_replaces_the_running_copy_with_a_new_attempt(fleet, tmp_path, c
     res = gridctl("restart", "web", "-f", fleet, "--json")
     assert res.returncode == 0, res.stderr
     (row,) = json.loads(res.stdout)
-    assert (row["state"], row["reason"]) == ("pending", "restarted by user (next attempt in 5s)")
+    assert (row["state"], row["reason"]) == ("pending", "restarted by user: next attempt in 5s")
     assert [(a["n"], a["state"], a["reason"]) for a in row["attempts"]] == [(1, "killed", "restarted by user")]
     until(lambda: not pid_alive(tmp_path, "web.1"), "the old copy is stopped (TERM, then KILL after the grace)")
     row = until(lambda: gridctl("reconcile", "-f", fleet) and (r := job_row(fleet, "web"))["state"] == "running" and r,

@@ -729,6 +729,24 @@ def test_after_launch_failure_is_retried_by_a_later_pass():
     assert events[0].severity == "warning"
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_pending_reason_in_backoff_never_repeats_a_clause_across_passes(replicas):
+    j = job("s", "service", replicas=replicas, recovery={"backoff": "60s"})
+    crashed = [att("s", r + 1, f"n{r + 1}", replica=r, k=r) for r in range(replicas)]
+    views = [up(f"n{r + 1}", exited(a, 1)) for r, a in enumerate(crashed)]
+    p = plan([j], crashed, views)
+    jobs, attempts = advance([j], crashed, p, NOW)
+    for later in (NOW + 5, NOW + 10, NOW + 15):        # passes during the backoff
+        p = plan(jobs, attempts, [up(v.record.name) for v in views], later)
+        jobs, attempts = advance(jobs, attempts, p, later)
+    reason = p.jobs["s"].reason
+    clauses = [c.strip() for c in reason.replace(";", "(").replace(")", "(").split("(") if c.strip()]
+    assert len(clauses) == len(set(clauses)), reason
+    assert reason.count("next attempt in") == replicas and reason.count("exit code 1") == replicas, reason
+    assert reason.startswith("replica 0: exit code 1: next attempt in " if replicas > 1 else
+                             "exit code 1: next attempt in 45s"), reason
+
+
 # ---------------------------------------------------------------- restart by user
 
 def test_restart_stops_every_live_copy_and_starts_anew_after_the_stop_grace():
@@ -742,7 +760,7 @@ def test_restart_stops_every_live_copy_and_starts_anew_after_the_stop_grace():
     assert p.launches == []                       # break-before-make: the stops have their grace first
     done = p.jobs["web"]
     assert (done.state, done.restarts, done.failures, done.restart_done) == (JobState.PENDING, 0, 0, 1)
-    assert done.reason.startswith("replica 0: restarted by user (next attempt in 5s)")
+    assert done.reason.startswith("replica 0: restarted by user: next attempt in 5s")
     assert "job-restart" in kinds(p)
     jobs, attempts = advance([j], [a1, a2], p, NOW)
     later = plan(jobs, attempts, [up("n1"), up("n2")], now=NOW + 6)

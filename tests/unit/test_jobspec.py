@@ -226,11 +226,11 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
 @pytest.mark.parametrize("body, expected", [
     ("name: t\ncommand: run\nenv:\n  GRIDCTL_ATTEMPT: x\n", ":3 env: GRIDCTL_ATTEMPT is set by gridctl"),
     ("name: t\ncommand: ''\n", ":2 command: command is empty"),
-    ("name: t\ncommand: run\ngpus: -2\n", ":3 gpus: Input should be greater than or equal to 0"),
+    ("name: t\ncommand: run\ngpus: -2\n", ":3 gpus: must be at least 0; got -2"),
     ("name: t\ncommand: run\nrecovery:\n  backoff: soon\n",
      ":4 recovery.backoff: expected a duration like 15s, 2m, 1h; got 'soon'"),
     ("name: T\ncommand: run\n", ":1 name: invalid name 'T'"),
-    ("name: t\nclass: daemon\ncommand: run\n", ":2 class: Input should be 'service', 'batch', 'training' or 'manual'"),
+    ("name: t\nclass: daemon\ncommand: run\n", ":2 class: expected 'service', 'batch', 'training' or 'manual'; got 'daemon'"),
 ], ids=["reserved-env", "empty-command", "negative-gpus", "bad-duration", "bad-name", "bad-class"])
 def test_load_job_errors_name_file_line_and_field(tmp_path, body, expected):
     path = write(tmp_path, body)
@@ -272,13 +272,13 @@ def test_missing_file(tmp_path):
     ({"name": "Bad", "command": ["x"]}, "--name: invalid name 'Bad'"),
     ({"name": "j", "command": []}, "--command: command is empty"),
     ({"name": "j", "command": ["a\0"]}, "--command: command contains a NUL byte"),
-    ({"name": "j", "command": ["x"], "gpus": -1}, "--gpus: Input should be greater than or equal to 0"),
-    ({"name": "j", "command": ["x"], "class": "daemon"}, "--class: Input should be"),
-    ({"name": "j", "command": ["x"], "gpu_type": 3}, "--gpu-type: Input should be a valid string"),
+    ({"name": "j", "command": ["x"], "gpus": -1}, "--gpus: must be at least 0; got -1"),
+    ({"name": "j", "command": ["x"], "class": "daemon"}, "--class: expected 'service', 'batch', 'training' or 'manual'; got 'daemon'"),
+    ({"name": "j", "command": ["x"], "gpu_type": 3}, "--gpu-type: expected text; got 3"),
     ({"name": "j", "command": ["x"], "env": {"A-B": "1"}}, "--env: invalid environment variable name 'A-B'"),
     ({"name": "j", "command": ["x"], "env": {"CUDA_VISIBLE_DEVICES": "0"}},
      "--env: CUDA_VISIBLE_DEVICES is set by gridctl"),
-    ({"name": "j", "command": ["x"], "replicas": 0}, "--replicas: Input should be greater than or equal to 1"),
+    ({"name": "j", "command": ["x"], "replicas": 0}, "--replicas: must be at least 1; got 0"),
 ], ids=["name", "empty-command", "nul", "gpus", "class", "gpu-type", "env-name", "env-reserved", "replicas"])
 def test_job_from_flags_errors_name_the_flag(data, expected):
     (p,) = flag_problems(data)

@@ -642,3 +642,31 @@ def test_logs_are_read_only_from_a_trusted_attempt_dir(work, follow):
                           capture_output=True, text=True, timeout=15)
     assert (read.returncode, read.stdout) == (1, "")
     assert read.stderr.startswith(f"gridctl: work dir unsafe: {work.root} ")
+
+
+def _logs(work, attempt_id: str, stream: str, follow: bool = False, tail: int | None = None):
+    return subprocess.run(["sh", "-c", log_command(str(work.root), attempt_id, stream, follow, tail)],
+                          capture_output=True, text=True, timeout=15)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_of_both_streams_mark_every_line_so_one_stream_cannot_pass_for_the_other(work, follow):
+    work.launch("job-m.1", "printf 'a\\n[stderr] forged\\n'; echo e1 >&2; printf 'no-newline'")
+    assert work.read("job-m.1", "exit") == "0\n"
+    read = _logs(work, "job-m.1", "both", follow)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout == "[stdout] a\n[stdout] [stderr] forged\n[stdout] no-newline\n[stderr] e1\n"
+    assert _logs(work, "job-m.1", "stderr", follow).stdout == "e1\n"     # one stream: as written
+
+
+def test_logs_tail_keeps_the_last_lines_of_each_stream(work):
+    work.launch("job-t.1", "seq 1 50; seq 100 105 >&2")
+    assert work.read("job-t.1", "exit") == "0\n"
+    assert _logs(work, "job-t.1", "both", tail=2).stdout == \
+        "[stdout] 49\n[stdout] 50\n[stderr] 104\n[stderr] 105\n"
+    assert _logs(work, "job-t.1", "stdout", tail=3).stdout == "48\n49\n50\n"
+
+
+def test_logs_of_an_attempt_with_no_log_files_exit_1_printing_nothing(work):
+    (work.root / "attempts").mkdir(mode=0o700)
+    assert (_logs(work, "job-x.1", "both").returncode, _logs(work, "job-x.1", "both").stdout) == (1, "")

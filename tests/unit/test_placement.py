@@ -176,3 +176,9 @@ def test_an_unavailable_node_never_fits_even_for_a_job_that_avoids_nothing():
     offers = [offer(n, 8, unavailable=why) for n, why in
               (("q", "quarantined (xid 79)"), ("c", "cordoned"), ("d", "draining"), ("s", "suspect (probe failed)"))]
     assert isinstance(place(req(1), offers), str)
+
+
+def test_pending_reason_names_each_rejection_once_not_once_per_node():
+    full = [offer(f"n{i}", 2, used=2) for i in range(500)]
+    got = place(req(1), [*full, offer("c0", 8, unavailable="cordoned"), offer("c1", 8, unavailable="cordoned")])
+    assert got == "no node fits 1xGPU: n0, n1, n2 and 497 more have 0 free GPUs, c0, c1 cordoned"

@@ -184,11 +184,12 @@ def test_80_columns_fit_and_keep_node_state_and_job_columns():
 
 def test_160_columns_show_every_column():
     text = rendered(make_snapshot(), 160)
-    assert header_of(text, "NODE") == ["NODE", "POOL", "STATE", "GPUS", "TEMP", "UTIL", "SEEN", "REASON"]
+    assert header_of(text, "NODE") == ["NODE", "POOL", "STATE", "GPUS", "SEEN/EXP", "USED", "TEMP", "UTIL", "SEEN",
+                                       "REASON"]
     assert header_of(text, "JOB") == ["JOB", "CLASS", "STATE", "NODE", "GPUS", "ATT", "AGE", "REASON"]
     assert max(len(ln) for ln in text.splitlines()) <= 160
     ready = row_of(text, "gpu-ready").split()
-    assert ready[:5] == ["gpu-ready", "onprem", "ready", "1/4", "61°C"]
+    assert ready[:6] == ["gpu-ready", "onprem", "ready", "4/4", "1", "61°C"]     # GPUS: as in `gridctl nodes`
     assert "37%" in ready
 
 
@@ -220,13 +221,13 @@ def test_age_wording(seconds, words):
     assert screen.age(seconds) == words
 
 
-def test_node_gpus_column_counts_live_attempts_only():
+def test_node_used_column_counts_live_attempts_only_and_gpus_means_seen_of_expected_as_in_nodes():
     text = rendered(make_snapshot(), 160)
     # gpu-ready holds web.1 (1 GPU, running); train.2 exited and old.1 was killed: they hold nothing
-    assert row_of(text, "gpu-ready").split()[3] == "1/4"
-    assert row_of(text, "gpu-quar").split()[3] == "0/3"
-    assert row_of(text, "gpu-prov").split()[3] == "0/4"
-    assert row_of(text, "gpu-drain").split()[2:5] == ["cordoned", "(drain)", "1/4"]
+    assert row_of(text, "gpu-ready").split()[3:5] == ["4/4", "1"]
+    assert row_of(text, "gpu-quar").split()[3:5] == ["3/4", "0"]
+    assert row_of(text, "gpu-prov").split()[3:5] == ["-/4", "0"]
+    assert row_of(text, "gpu-drain").split()[2:6] == ["cordoned", "(drain)", "4/4", "1"]
 
 
 def test_cordoned_and_draining_nodes_say_why():

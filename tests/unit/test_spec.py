@@ -192,7 +192,7 @@ def test_wrong_types_name_file_line_field(tmp_path):
     assert [p.split(": ", 1)[0] for p in ps] == [
         f"{path}:3 ssh.port", f"{path}:5 health.concurrency", f"{path}:6 health.unhealthy_after",
         f"{path}:10 pools[0].count", f"{path}:11 pools[0].gpu.count"]
-    assert "valid integer" in ps[0] and "greater than or equal to 1" in ps[2]
+    assert "expected a whole number" in ps[0] and "must be at least 1" in ps[2]
     assert all("pydantic" not in p and "https://" not in p for p in ps)
 
 
