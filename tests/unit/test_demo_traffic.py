@@ -1,5 +1,5 @@
 """The demo's per-fault router figures (demo_traffic.fault_figures, pure) and how the demo proves a
-pid in an attempt dir is that attempt's before it signals it (demo._attempt_pid).
+pid in an attempt dir is that attempt's before it signals it (launcher.local_attempt_pid).
 
 Guards against: figures that count requests of another fault, take "before" from a window the
 previous fault still disturbed, let failed requests into the latencies, or stop "during" at the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gridctl.demo import _attempt_pid
+from gridctl.launcher import local_attempt_pid
 from gridctl.demo_traffic import FailureKind, FaultWindow, Latency, failure_kinds, fault_figures
 from gridctl.loadgen import Sample
 
@@ -84,13 +84,13 @@ def test_attempt_pid_is_the_running_process_that_started_when_its_dir_says(tmp_p
     try:
         (tmp_path / "pid").write_text(f"{proc.pid}\n")
         (tmp_path / "pid_start").write_text(_start_ticks(proc.pid) + "\n")
-        assert _attempt_pid(tmp_path) == proc.pid
+        assert local_attempt_pid(tmp_path) == proc.pid
         # the same pid with another start time is another process: never signalled
         (tmp_path / "pid_start").write_text(str(int(_start_ticks(proc.pid)) - 1) + "\n")
-        assert _attempt_pid(tmp_path) is None
+        assert local_attempt_pid(tmp_path) is None
     finally:
         proc.kill()
         proc.wait()
     (tmp_path / "pid_start").write_text("1\n")
-    assert _attempt_pid(tmp_path) is None                 # gone
-    assert _attempt_pid(tmp_path / "missing") is None
+    assert local_attempt_pid(tmp_path) is None                 # gone
+    assert local_attempt_pid(tmp_path / "missing") is None
