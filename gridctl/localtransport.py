@@ -60,8 +60,47 @@ class LocalTransport:
                 _kill_group(proc)
         return proc.wait()
 
+    def open_stream(self, target: Target, command: str, sock=None) -> "ProcessStream":
+        """See SshTransport.open_stream: the command as a local subprocess of the simulated node."""
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        return ProcessStream(proc)
+
+    def forget(self, target: Target) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+class ProcessStream:
+    """A subprocess's stdin/stdout as the byte stream an agent session reads (see ChannelStream)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def read(self, n: int) -> bytes:
+        data = self.proc.stdout.read1(n)
+        if not data:
+            self.proc.stdout.close()
+        return data
+
+    def close(self) -> None:
+        # kill first: a writer blocked on a node that reads nothing holds stdin's lock until then, and
+        # the reader's pipe ends with the group (the reader closes stdout when it sees the end)
+        _kill_group(self.proc)
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
