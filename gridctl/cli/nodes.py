@@ -75,6 +75,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
     if as_json:
         out = node_json(node, obs["max_temp_c"] if obs else None)
         out["gpus"] = obs["gpus"] if obs else []
+        out["probe_path"] = obs["probe_path"] if obs else None
         out["events"] = [_event_json(e) for e in events]
         out["attempts"] = [{"id": a.id, "job": a.job, "state": a.state.value, "gpus": list(a.gpus)} for a in here]
         print(json.dumps([out], indent=2))
@@ -89,6 +90,9 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
     grid.add_row("Seen", f"last answer {ago(node.last_seen, now)}, last healthy {ago(node.last_good, now)}; "
                  f"{node.good} good / {node.failures} failed probes in a row")
     grid.add_row("Boot id", esc(node.boot_id or "-"))
+    if obs:
+        grid.add_row("Probe", "resident agent (NVML, pushed XIDs)" if obs["probe_path"] == "agent"
+                     else "sh probe (one exec per pass)")
     if node.cloud:
         grid.add_row("Instance", esc(", ".join(f"{k} {v}" for k, v in node.cloud if k != "launched_at")
                                      + (f", launched {ago(float(dict(node.cloud)['launched_at']), now)}"

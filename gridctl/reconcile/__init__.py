@@ -19,7 +19,7 @@ from pathlib import Path
 from ..models import Event, NodeRecord
 from ..spec import Fleet
 from .act import act
-from .apply import apply, record, record_intent
+from .apply import apply, record, record_agent_events, record_intent
 from .facts import read_facts
 from .observe import Transports, sweep, take_inventory
 from .plan import after_actions, plan
@@ -110,6 +110,7 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     done = time.time()
     answers = after_actions(facts, decided, results, done)
     record(conn, answers, done, done - started)
-    return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
+    noted = record_agent_events(conn, transports.agents.take_events()) if transports.agents is not None else []
+    return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events + noted,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
                       len(decided.jobs.stops))

@@ -12,6 +12,7 @@ import sqlite3
 
 from ..store import queries, write_tx
 from .facts import BACKOFF_PREFIX, PARTITION_KEY
+from ..models import Event
 from .plan import Answers, Plan
 
 
@@ -55,3 +56,11 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, pass_s: float
             queries.save_node(conn, node, now)
         queries.add_events(conn, answers.all_events)
         queries.set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
+
+
+def record_agent_events(conn: sqlite3.Connection, events: list[Event]) -> list[Event]:
+    """What the resident agent sessions saw between passes (started, lost, pushed XIDs): one short write."""
+    if events:
+        with write_tx(conn):
+            queries.add_events(conn, events)
+    return events
