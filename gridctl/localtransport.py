@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from .errors import ProbeTimeout, Unreachable
 from .models import Target
@@ -68,7 +69,7 @@ class LocalTransport:
         env = {**os.environ, **dict(target.local_env)}
         proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        return ProcessStream(proc)
+        return ProcessStream(proc, target.local_dir / "down")
 
     def forget(self, target: Target) -> None:
         pass
@@ -80,18 +81,24 @@ class LocalTransport:
 class ProcessStream:
     """A subprocess's stdin/stdout as the byte stream an agent session reads (see ChannelStream)."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, down: Path) -> None:
         self.proc = proc
+        self.down = down        # while this file exists the simulated node is dark: nothing passes
 
     def write(self, data: bytes) -> None:
+        if self.down.exists():
+            return
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
     def read(self, n: int) -> bytes:
-        data = self.proc.stdout.read1(n)
-        if not data:
-            self.proc.stdout.close()
-        return data
+        while True:
+            data = self.proc.stdout.read1(n)
+            if not data:
+                self.proc.stdout.close()
+                return data
+            if not self.down.exists():
+                return data
 
     def close(self) -> None:
         # kill first: a writer blocked on a node that reads nothing holds stdin's lock until then, and

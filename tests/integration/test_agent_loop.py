@@ -86,3 +86,23 @@ def test_agent_killed_on_node_is_reshipped_with_an_event_and_no_verdict_change(l
     node = lab.nodes()[name]
     assert node.state is NodeState.READY and node.failures == 0
     assert not any(e.kind == "node-state" and e.node == name for r in reports for e in r.events)
+
+
+@pytest.mark.root
+def test_silently_dropped_agent_session_makes_node_suspect_without_waiting_for_the_interval(lab):
+    from fleetsim import requires_root  # noqa: F401  (skip reason lives there)
+    if os.geteuid() != 0:
+        pytest.skip("needs root and iptables")
+    name = lab.names[0]
+    with running_loop(lab) as (loop, reports):
+        wait_for("agent started", lambda: any(e.kind == "agent-started" and e.node == name
+                                              for r in reports for e in r.events))
+        lab.blackhole(name)
+        try:
+            wait_for("node suspect", lambda: lab.nodes()[name].state is NodeState.SUSPECT)
+        finally:
+            lab.unblackhole(name)
+    suspecting = next(r for r in reports if any(e.kind == "node-state" and e.node == name and "-> suspect" in e.message
+                                                for e in r.events))
+    assert suspecting.started < reports[0].started + INTERVAL_S, "the pass waited for the interval"
+    assert "silent" in lab.nodes()[name].reason
