@@ -1,73 +1,163 @@
-"""Resident agent vs sh probe, on simulated (`provider: local`) nodes: prints figures, asserts nothing.
+#!/usr/bin/env python3
+"""Resident node agent vs the sh probe: prints figures, asserts nothing (issue 13).
 
-  PYTHONPATH=. python benchmarks/agent.py --nodes 100 --passes 4
+    PYTHONPATH=. python benchmarks/agent.py --nodes 100 [--passes 3] [--idle-s 5] [--local] [--xid-reps 5]
 
-Client CPU is this process's CPU (all threads) per sweep; node-side CPU is the CPU of the node-side
-processes (sh probe and its tools, or the agents), read as children's rusage once they are reaped:
-for the agents that is at close, so their start-up is included, amortised over the passes run.
-Local nodes run their commands as subprocesses (no sshd): SSH costs are not in these figures.
+Over a real sshd on loopback (tests/fleetsim.py) unless --local (simulated nodes as subprocesses):
+  fresh sh pass:   Transports(keep=False), one sweep: a new SSH connection and one sh exec per node;
+  reused sh pass:  kept connections, one sh exec per node (the loop before the agent);
+  agent pass:      kept agent sessions, one probe request per node (after the sessions started).
+Client CPU is this process's CPU (all threads) per sweep. Node-side CPU is the CPU of every process
+below the sshd listener (or below this process with --local): utime+stime of the live ones plus what
+their parents reaped (cutime+cstime), before and after. Idle: CPU of both sides over --idle-s with
+the N agent sessions open. --xid-reps: an in-process loop with --interval 10s over 2+reps nodes and one
+service job; per rep an XID 79 is injected through the fake NVML on the job's node and the time to a
+replacement attempt `running` in the store is measured (agent path, then the sh path for comparison).
 """
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-
-from helpers import write_local_fleet  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from gridctl.reconcile.observe import Transports, sweep, take_inventory  # noqa: E402
 from gridctl.spec import load_fleet  # noqa: E402
 
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+HZ = os.sysconf("SC_CLK_TCK")
 
 
-def run(nodes, transports: Transports, passes: int) -> tuple[list[float], float, float]:
-    """(client CPU of each sweep, node-side CPU per pass, wall per pass) for `passes` sweeps."""
-    client, c0, w0 = [], children_cpu(), time.monotonic()
+def tree_cpu(root: int, own: bool) -> float:
+    """CPU seconds of root's descendants (live, plus reaped into their parents); root's own time only
+    when `own` (the sshd listener), never for this process."""
+    parent, times = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = open(f"/proc/{name}/stat").read()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(")") + 2:].split()
+        parent[int(name)] = int(rest[1])
+        times[int(name)] = [int(x) for x in rest[11:15]]       # utime stime cutime cstime
+    total = sum(times.get(root, [0, 0, 0, 0])[2:]) + (sum(times.get(root, [0, 0])[:2]) if own else 0)
+    for pid in times:
+        p, seen = parent.get(pid), 0
+        while p and p != root and seen < 64:
+            p, seen = parent.get(p), seen + 1
+        if p == root and pid != root:
+            total += sum(times[pid])
+    return total / HZ
+
+
+def measure(nodes, transports: Transports, passes: int, root: int, own: bool) -> tuple[float, float]:
+    """(median client CPU per sweep, node CPU per sweep) over `passes` sweeps."""
+    client, n0 = [], tree_cpu(root, own)
     for _ in range(passes):
         t0 = time.process_time()
-        sweep(nodes, transports, probe_timeout=5, concurrency=64)
+        sweep(nodes, transports, probe_timeout=10, concurrency=64)
         client.append(time.process_time() - t0)
-    transports.close()
-    time.sleep(0.5)
-    return client, (children_cpu() - c0) / passes, (time.monotonic() - w0) / passes
+    return statistics.median(client), (tree_cpu(root, own) - n0) / passes
+
+
+def cpu_figures(nodes, passes: int, idle_s: float, root: int, own: bool) -> None:
+    fresh_c, fresh_n = measure(nodes, Transports(keep=False), passes, root, own)
+    kept = Transports(keep=True)
+    sweep(nodes, kept, probe_timeout=10, concurrency=64)
+    sh_c, sh_n = measure(nodes, kept, passes, root, own)
+    kept.close()
+    agents = Transports(agent=True)
+    t0, n0 = time.process_time(), tree_cpu(root, own)
+    first = sweep(nodes, agents, probe_timeout=10, concurrency=64)
+    start_c, start_n = time.process_time() - t0, tree_cpu(root, own) - n0
+    on_agent = sum(o.probe_path == "agent" for o in first.values())
+    ag_c, ag_n = measure(nodes, agents, passes, root, own)
+    t0, n0 = time.process_time(), tree_cpu(root, own)
+    time.sleep(idle_s)
+    idle_c, idle_n = (time.process_time() - t0) / idle_s, (tree_cpu(root, own) - n0) / idle_s
+    agents.close()
+    print(f"{len(nodes)} nodes, {passes} passes per figure; {on_agent} nodes on the agent path")
+    print(f"fresh sh pass:   client CPU {fresh_c:.3f}s  node CPU {fresh_n:.3f}s")
+    print(f"reused sh pass:  client CPU {sh_c:.3f}s  node CPU {sh_n:.3f}s")
+    print(f"agent start-up:  client CPU {start_c:.3f}s  node CPU {start_n:.3f}s (ship + first probe, once)")
+    print(f"agent pass:      client CPU {ag_c:.3f}s  node CPU {ag_n:.3f}s")
+    print(f"ratios:          client agent/fresh {ag_c / fresh_c:.2f}, agent/reused-sh {ag_c / sh_c:.2f}; "
+          f"node agent/reused-sh {ag_n / sh_n:.2f}")
+    print(f"idle, {len(nodes)} sessions: client {idle_c * 100:.1f}% of a core, node side {idle_n * 100:.1f}% of a core")
+
+
+def xid_latency(sim, root: Path, reps: int, agent: bool) -> list[float]:
+    """Seconds from an XID 79 (fake NVML event + kernel line) to the replacement attempt running."""
+    from jobs_support import LOOP, JobLab
+    from gridctl.reconcile.loop import Loop
+    from providers.local import inject_xid
+    lab = JobLab(sim, root / ("xa" if agent else "xs"), "xa" if agent else "xs", count=reps + 1, gpus=1,
+                 health={"interval": "10s"})
+    lab.reconcile()
+    lab.run_job({"name": "svc", "class": "service", "command": LOOP, "gpus": 1})
+    loop = Loop(lab.fleet, lab.db, 10.0, agent=agent)
+    thread = loop.start_thread()
+    out = []
+    try:
+        time.sleep(3)
+        for _ in range(reps):
+            [old] = lab.running("svc")
+            time.sleep(1 + (len(out) * 2.3) % 9)       # land anywhere in the 10 s cycle
+            t0 = time.time()
+            inject_xid(lab.sim.node_dir(old.node), 0, 79)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                new = [a for a in lab.running("svc") if a.id != old.id]
+                if new:
+                    out.append(time.time() - t0)
+                    break
+                time.sleep(0.02)
+    finally:
+        loop.stop.set()
+        thread.join(30)
+        lab.close()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=100)
-    ap.add_argument("--passes", type=int, default=4)
+    ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--idle-s", type=float, default=5.0)
+    ap.add_argument("--local", action="store_true", help="simulated nodes as local subprocesses (no sshd)")
+    ap.add_argument("--xid-reps", type=int, default=0)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gridctl-agent-bench-"))
-    fleet = load_fleet(write_local_fleet(root, "bench", count=args.nodes, gpus=4))
-    nodes = take_inventory(fleet, root).nodes
-    sh_client, sh_node, sh_wall = run(nodes, Transports(keep=True), args.passes)
-    ag = Transports(agent=True)
-    t0 = time.process_time()
-    sweep(nodes, ag, probe_timeout=5, concurrency=64)
-    start_client = time.process_time() - t0
-    i0 = time.process_time()
-    time.sleep(args.idle_s)
-    idle = (time.process_time() - i0) / args.idle_s
-    ag_client, ag_node, ag_wall = run(nodes, ag, args.passes)
-    med = statistics.median
-    print(f"{args.nodes} local nodes, {args.passes} passes each")
-    print(f"sh probe:     client CPU/pass {med(sh_client):.3f}s  node CPU/pass {sh_node:.3f}s  wall/pass {sh_wall:.2f}s")
-    print(f"agent start:  client CPU {start_client:.3f}s (ship + first probe)")
-    print(f"agent:        client CPU/pass {med(ag_client):.3f}s  node CPU/pass {ag_node:.3f}s (start-up and idle amortised over "
-          f"{args.passes} passes, with the idle wait)  wall/pass {ag_wall:.2f}s")
-    print(f"ratios:       client agent/sh {med(ag_client) / med(sh_client):.2f}  node agent/sh {ag_node / sh_node:.2f}")
-    print(f"idle:         client CPU {idle * 100:.1f}% of a core with {args.nodes} sessions open")
+    if args.local:
+        from helpers import write_local_fleet
+        fleet = load_fleet(write_local_fleet(root, "bench", count=args.nodes, gpus=4))
+        cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, os.getpid(), False)
+        return
+    from fleetsim import SshFleet
+    sim = SshFleet(root / "sim").start()
+    try:
+        names = [f"b{i}" for i in range(args.nodes)]
+        for name in names:
+            sim.add_node(name, sim.next_ip())
+        fleet = load_fleet(sim.write_fleet(root / "fleet.yaml", nodes=names, health={"concurrency": 64}))
+        cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, sim._proc.pid, True)
+        for agent in (True, False) if args.xid_reps else ():
+            took = xid_latency(sim, root, args.xid_reps, agent)
+            print(f"xid 79 -> replacement running, --interval 10s, {'agent' if agent else 'sh probe'} path: "
+                  f"median {statistics.median(took):.2f}s over {len(took)} (all: {', '.join(f'{t:.2f}' for t in took)})"
+                  if took else "xid latency: no replacement within 30 s")
+    finally:
+        sim.stop()
 
 
 if __name__ == "__main__":
