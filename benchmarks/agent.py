@@ -111,6 +111,12 @@ def xid_latency(sim, root: Path, reps: int, agent: bool) -> list[float]:
     try:
         time.sleep(3)
         for _ in range(reps):
+            deadline = time.monotonic() + 30
+            while len(lab.running("svc")) != 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if len(lab.running("svc")) != 1:
+                print(f"  rep {len(out) + 1}: the service did not settle on one running attempt; stopping")
+                break
             [old] = lab.running("svc")
             time.sleep(1 + (len(out) * 2.3) % 9)       # land anywhere in the 10 s cycle
             t0 = time.time()
@@ -136,6 +142,8 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=5.0)
     ap.add_argument("--local", action="store_true", help="simulated nodes as local subprocesses (no sshd)")
     ap.add_argument("--xid-reps", type=int, default=0)
+    ap.add_argument("--no-cpu", action="store_true", help="only the XID latency figures")
+    ap.add_argument("--paths", default="agent,sh", help="XID latency for these paths (default agent,sh)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gridctl-agent-bench-"))
     if args.local:
@@ -150,8 +158,9 @@ def main() -> None:
         for name in names:
             sim.add_node(name, sim.next_ip())
         fleet = load_fleet(sim.write_fleet(root / "fleet.yaml", nodes=names, health={"concurrency": 64}))
-        cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, sim._proc.pid, True)
-        for agent in (True, False) if args.xid_reps else ():
+        if not args.no_cpu:
+            cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, sim._proc.pid, True)
+        for agent in [p == "agent" for p in args.paths.split(",")] if args.xid_reps else ():
             took = xid_latency(sim, root, args.xid_reps, agent)
             print(f"xid 79 -> replacement running, --interval 10s, {'agent' if agent else 'sh probe'} path: "
                   f"median {statistics.median(took):.2f}s over {len(took)} (all: {', '.join(f'{t:.2f}' for t in took)})"

@@ -488,8 +488,9 @@ def serve(stdin, binding_source: bytes) -> None:
     caps = ["probe", "heartbeat"] + (["nvml", "xid-events"] if nvml.nv is not None else [])
     send({"t": "hello", "v": PROTOCOL, "caps": caps, "pid": os.getpid(), "python": sys.version.split()[0]})
     threading.Thread(target=_heartbeat, daemon=True).start()
-    if nvml.nv is not None and nvml.init():
-        threading.Thread(target=nvml.watch_xids, daemon=True).start()
+    if nvml.nv is not None:
+        # a wedged driver can hang nvmlInit: never in the thread that reads requests
+        threading.Thread(target=lambda: nvml.init() and nvml.watch_xids(), daemon=True).start()
     while True:
         line = stdin.readline(MAX_REQUEST)
         if not line or not line.endswith(b"\n"):

@@ -274,7 +274,7 @@ def nvmlEventSetWait(event_set: _EventSet, timeout_ms: int) -> _Struct:
             continue
         if time.monotonic() >= deadline:
             raise NVMLError(NVML_ERROR_TIMEOUT)
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 def nvmlEventSetFree(event_set: _EventSet) -> None:

@@ -177,3 +177,33 @@ def test_agent_over_ssh_matches_sh_probe(ssh_fleet, tmp_path):
         assert b.probe_path == "agent", b
         assert ({k: v for k, v in asdict(a).items() if k not in TIMING}
                 == {k: v for k, v in asdict(b).items() if k not in TIMING})
+
+
+PY38 = Path(os.path.expanduser("~/.pyenv/versions/3.8.18/bin/python3.8"))
+
+
+@pytest.mark.skipif(not PY38.exists(), reason="no python3.8 here (the oldest the agent supports)")
+def test_agent_runs_under_python38_with_the_shipped_nvml_binding(tmp_path):
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=2, mode="ecc")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(PY38)
+    env = {**os.environ, **dict(sim_env(node))}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    del env["GRIDCTL_PYNVML_PATH"]           # the real binding's source, shipped; no driver here: nvidia-smi
+    proc = subprocess.Popen(["sh", "-c", LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(bootstrap())
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["python"].startswith("3.8.")
+        from gridctl.probe import ProbeBudget, probe_request
+        req = probe_request(ProbeBudget(4), str(node / "work"))
+        proc.stdin.write((json.dumps({**req.agent_args, "id": 1, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        obs = req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    assert obs.complete and [g.ecc_uncorrected_volatile for g in obs.gpus] == [2, 0]
+    assert obs.nvml_error is not None and obs.nvml_error.startswith("12 ")
