@@ -1,8 +1,9 @@
 """gridctl's resident node agent: runs ON THE NODE under python3.8+, stdlib only, imports nothing
-from gridctl. Shipped by gridctl/agent/session.py over one SSH exec (`python3 -c LOADER`, its source
-and the NVML binding's source on stdin: nothing is written to the node's disk).
+from gridctl. Shipped by gridctl/agent/session.py over one SSH exec (`python3 -c LOADER`, its source,
+its modules node_attempts.py / node_host.py and the NVML binding's source on stdin: nothing is
+written to the node's disk).
 
-Protocol (line-delimited JSON, PROTOCOL version below): after the two sources, stdin carries requests
+Protocol (line-delimited JSON, PROTOCOL version below): after the sources, stdin carries requests
 {"id": N, "op": "probe", ...} and {"op": "bye"}; stdout carries {"t": "hello", "v", "caps", "pid"},
 {"t": "hb"} every second, {"t": "xid", ...} the moment NVML reports a critical XID, and one
 {"t": "result", "id": N, "out": TEXT} per request, TEXT being the same framed sections the sh probe
@@ -15,18 +16,12 @@ import ctypes
 import json
 import os
 import re
-import shutil
-import signal
-import stat
-import subprocess
 import sys
 import threading
 import time
 
 PROTOCOL = 1
 MAX_REQUEST = 1 << 20
-SMI_CAP = 262144
-LOG_CAP = 8 * 1024 * 1024
 SHOW_LINES = 1024
 _out_lock = threading.Lock()
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}\.[0-9]{1,9}\Z")
@@ -37,7 +32,8 @@ _CLOCK_BITS = {"clocks_throttle_reasons.hw_slowdown": 0x8, "clocks_event_reasons
                "clocks_event_reasons.hw_power_brake_slowdown": 0x80}
 _RECOVERY = {0: "None", 1: "GPU Reset", 2: "Node Reboot", 3: "Drain P2P", 4: "Drain and Reset"}
 _SMI_WORDS = {3: "[Not Supported]", 4: "[Insufficient Permissions]"}
-ATTEMPTS = None       # module gridctl_node_attempts, shipped beside this one (main installs it)
+ATTEMPTS = None       # modules gridctl_node_attempts and gridctl_node_host, shipped beside this one
+HOST = None           # (main installs them)
 
 
 def send(msg: dict) -> None:
@@ -248,13 +244,14 @@ def run_probe(req: dict, nvml: Nvml, boot: str) -> str:
     p.say("gridctl-probe", 2)
     p.say("time", int(time.time()))
     p.say("boot_id", boot or "unknown")
-    procs = _procs()
-    p.say("stuck", "nvidia-smi=%d" % _stuck_smi(procs))
+    procs = HOST.procs()
+    p.say("stuck", "nvidia-smi=%d" % HOST.stuck_smi(procs))
     _gpus(p, req, nvml, t)
-    _kernel_log(p, req, nvml, boot, tlog)
-    wd = _expand(str(req.get("wd", "~/.gridctl")))
-    _disk(p, wd)
-    _spot(p, str(req.get("md") or ""))
+    pushed, nvml.pending[:] = list(nvml.pending), []
+    HOST.kernel_log(p, req, pushed, boot, tlog)
+    wd = HOST.expand(str(req.get("wd", "~/.gridctl")))
+    HOST.disk(p, wd)
+    HOST.spot(p, str(req.get("md") or ""))
     ATTEMPTS.attempts(p, wd, req.get("kill") or [], boot, procs)
     p.say("end")
     return "\n".join(p.lines) + "\n"
@@ -291,168 +288,7 @@ def _gpus(p: Probe, req: dict, nvml: Nvml, t: float) -> None:
         return
     code, words = nvml.error or (999, "NVML unavailable")
     p.say("nvml", "error=%d" % code, words)
-    _smi_fallback(p, full, core, t)
-
-
-def _smi_fallback(p: Probe, full: str, core: str, t: float) -> None:
-    """NVML did not initialise: ask nvidia-smi the sh probe's questions."""
-    rc, out = _run(["nvidia-smi", "--query-gpu=" + full, "--format=csv,noheader,nounits"], t, SMI_CAP + 1)
-    query = full
-    if rc == 2 and core:
-        query = core
-        rc, out = _run(["nvidia-smi", "--query-gpu=" + core, "--format=csv,noheader,nounits"], t, SMI_CAP + 1)
-    p.say("nvidia-smi", "rc=%d" % rc, "query=" + query)
-    p.show(out[:SMI_CAP].decode("utf-8", "replace").splitlines())
-    if len(out) > SMI_CAP:
-        p.say("truncated", "nvidia-smi")
-    if rc == 0:
-        rc2, apps = _run(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader"], t, 65536)
-        p.say("apps")
-        p.show(apps.decode("utf-8", "replace").splitlines()[:256])
-
-
-def _run(argv: list[str], timeout: float, cap: int, tail: bool = False) -> tuple[int, bytes]:
-    """A fixed command of ours with a deadline; stdout capped as read (its newest part when tail)."""
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if not tail else subprocess.DEVNULL, start_new_session=True)
-    except OSError:
-        return 127, b""
-    timer = threading.Timer(timeout, lambda: _kill(proc))
-    timer.start()
-    buf = bytearray()
-    try:
-        while True:
-            chunk = proc.stdout.read(65536)
-            if not chunk:
-                break
-            buf += chunk
-            if len(buf) > cap:
-                if not tail:
-                    _kill(proc)
-                    break
-                del buf[:-cap]
-        rc = proc.wait()
-    finally:
-        timer.cancel()
-        proc.stdout.close()
-    return (124 if rc == -signal.SIGKILL else rc), bytes(buf)
-
-
-def _kill(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def _kernel_log(p: Probe, req: dict, nvml: Nvml, boot: str, tlog: float) -> None:
-    up = _head("/proc/uptime", 64)
-    up = up.split()[0] if up else ""
-    since = 0
-    pb, pu = str(req.get("pb") or ""), float(req.get("pu") or 0)
-    if pb and pb == boot and up:
-        since = max(int(time.time() - (float(up) - pu) - 5), 0)
-    src, out = "none", b""
-    if shutil.which("journalctl"):
-        argv = ["journalctl", "-k", "--no-pager", "-o", "short-iso"] + (["--since=@%d" % since] if since else [])
-        rc, out = _run(argv, tlog, LOG_CAP, tail=True)
-        if rc == 0:
-            src = "journalctl" if any(ln != b"-- No entries --" for ln in out.splitlines()) else "journalctl-empty"
-    if src != "journalctl":
-        rc, dout = _run(["dmesg", "--time-format", "iso"], tlog, LOG_CAP, tail=True)
-        if rc != 0:
-            rc, dout = _run(["dmesg"], tlog, LOG_CAP, tail=True)
-        if rc == 0:
-            src, out = "dmesg", dout
-        elif src == "journalctl-empty":
-            src = "journalctl"
-    p.say("xid", "source=" + src, "since=%d" % since, "uptime=" + (up or "-"))
-    lines = out.decode("utf-8", "replace").splitlines()
-    if len(out) >= LOG_CAP:
-        lines = lines[1:]
-    if src != "none":
-        p.show([ln for ln in lines if "NVRM" in ln][-400:])
-    # XIDs NVML pushed since the last probe, as the kernel would word them (one parser reads both)
-    pushed, nvml.pending[:] = list(nvml.pending), []
-    p.show(["%s nvml: NVRM: Xid (PCI:%s): %d, reported by an NVML event" %
-            (time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(e["at"])), e["bus_id"], e["xid"])
-            for e in pushed if e["bus_id"] != "unknown"])
-
-
-def _disk(p: Probe, wd: str) -> None:
-    d = wd
-    while d and d != "/" and not os.path.isdir(d):
-        d = os.path.dirname(d)
-    d = d or "/"
-    try:
-        st = os.statvfs(d)
-    except OSError:
-        return
-    kib = lambda blocks: -(-blocks * st.f_frsize // 1024) * 1024     # df -Pk rounds up to KiB
-    p.say("disk", d, kib(st.f_bavail), kib(st.f_blocks))
-
-
-def _spot(p: Probe, md: str) -> None:
-    if not md:
-        return
-    import urllib.request
-    try:
-        if md.startswith("gce:"):
-            r = urllib.request.Request(md[4:] + "/computeMetadata/v1/instance/preempted",
-                                       headers={"Metadata-Flavor": "Google"})
-            with urllib.request.urlopen(r, timeout=1) as resp:
-                if resp.read(64).decode("utf-8", "replace") == "TRUE":
-                    p.say("spot", "gce instance/preempted TRUE")
-            return
-        r = urllib.request.Request(md + "/latest/api/token", method="PUT",
-                                   headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        with urllib.request.urlopen(r, timeout=1) as resp:
-            tok = resp.read(256).decode("utf-8", "replace")
-        r = urllib.request.Request(md + "/latest/meta-data/spot/instance-action",
-                                   headers={"X-aws-ec2-metadata-token": tok})
-        with urllib.request.urlopen(r, timeout=1) as resp:
-            if resp.status == 200:
-                p.say("spot", resp.read(4096).decode("utf-8", "replace").replace("\r", "").replace("\n", "")[:400])
-    except Exception:           # no notice, no endpoint, 404: nothing to say
-        return
-
-
-def _expand(wd: str) -> str:
-    home = os.environ.get("HOME", "/")
-    if wd == "~":
-        return home
-    return home.rstrip("/") + "/" + wd[2:] if wd.startswith("~/") else wd
-
-
-# ------------------------------------------------------------------ processes
-
-def _procs() -> list[tuple[int, str, str, int, int]]:
-    """(pid, comm, state, pgid, start ticks) of every process, read once per probe."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                raw = f.read(4096).decode("utf-8", "replace")
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1:raw.rfind(")")]
-        rest = raw[raw.rfind(")") + 2:].split()
-        if len(rest) > 19:
-            out.append((int(name), comm, rest[0], int(rest[2]), int(rest[19])))
-    return out
-
-
-def _stuck_smi(procs) -> int:
-    up = _head("/proc/uptime", 64)
-    if not up:
-        return 0
-    hz = os.sysconf("SC_CLK_TCK")
-    uptime = float(up.split()[0])
-    return sum(1 for _, comm, st, _, start in procs
-               if comm == "nvidia-smi" and st.startswith("D") and 60 < uptime - start / hz < 31536000)
+    HOST.smi_fallback(p, full, core, t)
 
 
 # ------------------------------------------------------------------ main
@@ -472,13 +308,16 @@ def main(stdin) -> None:
     `COUNT\n`, then COUNT times `NAME LENGTH\n` + source (gridctl_node_attempts, and pynvml unless
     the controller has no binding to ship), then requests."""
     import types
-    global ATTEMPTS
+    global ATTEMPTS, HOST
     sources = {}
     for _ in range(int(stdin.readline(16))):
         name, size = stdin.readline(128).split()
         sources[name.decode()] = stdin.read(int(size))
-    ATTEMPTS = types.ModuleType("gridctl_node_attempts")
-    exec(compile(sources["gridctl_node_attempts"], "node_attempts.py", "exec"), ATTEMPTS.__dict__)
+    loaded = {}
+    for name in ("gridctl_node_attempts", "gridctl_node_host"):
+        loaded[name] = types.ModuleType(name)
+        exec(compile(sources[name], name + ".py", "exec"), loaded[name].__dict__)
+    ATTEMPTS, HOST = loaded["gridctl_node_attempts"], loaded["gridctl_node_host"]
     serve(stdin, sources.get("pynvml", b""))
 
 

@@ -55,7 +55,7 @@ def bootstrap() -> bytes:
     global _BOOTSTRAP
     if _BOOTSTRAP is None:
         agent = _source("node_agent.py")
-        modules = [("gridctl_node_attempts", _source("node_attempts.py"))]
+        modules = [("gridctl_node_attempts", _source("node_attempts.py")), ("gridctl_node_host", _source("node_host.py"))]
         binding = _binding_source()
         if binding is not None:
             modules.append(("pynvml", binding))

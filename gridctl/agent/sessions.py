@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..models import Event
-from .session import HEARTBEAT_S, LOADER, AgentSession, ProtocolError, SessionSilent
+from .session import HEARTBEAT_S, AgentSession, ProtocolError, SessionSilent
 
 SILENT_AFTER_S = 2 * HEARTBEAT_S
 START_TIMEOUT_S = 10.0

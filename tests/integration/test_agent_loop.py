@@ -90,7 +90,6 @@ def test_agent_killed_on_node_is_reshipped_with_an_event_and_no_verdict_change(l
 
 @pytest.mark.root
 def test_silently_dropped_agent_session_makes_node_suspect_without_waiting_for_the_interval(lab):
-    from fleetsim import requires_root  # noqa: F401  (skip reason lives there)
     if os.geteuid() != 0:
         pytest.skip("needs root and iptables")
     name = lab.names[0]

@@ -59,7 +59,7 @@ def test_bootstrap_ships_agent_then_its_modules_by_length():
         name, length = head.split()
         names.append(name.decode())
         rest = rest[int(length):]
-    assert names[0] == "gridctl_node_attempts" and rest == b""
+    assert names[:2] == ["gridctl_node_attempts", "gridctl_node_host"] and rest == b""
 
 
 def test_result_text_comes_back_for_its_request():
