@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -148,7 +149,10 @@ def main() -> None:
     if args.local:
         from helpers import write_local_fleet
         fleet = load_fleet(write_local_fleet(root, "bench", count=args.nodes, gpus=4))
-        cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, os.getpid(), False)
+        try:
+            cpu_figures(take_inventory(fleet, root).nodes, args.passes, args.idle_s, os.getpid(), False)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
         return
     from fleetsim import SshFleet
     sim = SshFleet(root / "sim").start()
@@ -166,6 +170,7 @@ def main() -> None:
                   if took else "xid latency: no replacement within 30 s")
     finally:
         sim.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
