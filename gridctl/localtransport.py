@@ -5,6 +5,7 @@ contract as transport.SshTransport (deadlines, typed errors). Called by reconcil
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -99,6 +100,9 @@ class ProcessStream:
                 return data
             if not self.down.exists():
                 return data
+
+    def pending(self) -> bool:
+        return not self.down.exists() and bool(select.select([self.proc.stdout], [], [], 0)[0])
 
     def close(self) -> None:
         # kill first: a writer blocked on a node that reads nothing holds stdin's lock until then, and

@@ -178,7 +178,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as e:
             self._drop(target)
             raise Unreachable(f"cannot open a session: {_words(e)}") from e
-        return ChannelStream(chan, lambda: self._drop(target))
+        return ChannelStream(chan)
 
     def forget(self, target: Target) -> None:
         """Close the kept connection to target (it went silent): the next call connects afresh."""
@@ -358,9 +358,8 @@ class SshTransport:
 class ChannelStream:
     """A running command's stdin/stdout over one SSH channel (see SshTransport.open_stream)."""
 
-    def __init__(self, chan: paramiko.Channel, forget) -> None:
+    def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
-        self._forget = forget
 
     def write(self, data: bytes) -> None:
         self.chan.sendall(data)
@@ -377,11 +376,15 @@ class ChannelStream:
             if not self.chan.get_transport() or not self.chan.get_transport().is_active():
                 return b""
 
+    def pending(self) -> bool:
+        """Bytes for this session already here: buffered in the channel, or unread on the socket."""
+        if self.chan.recv_ready():
+            return True
+        transport = self.chan.get_transport()
+        return transport is not None and bool(select.select([transport.sock], [], [], 0)[0])
+
     def close(self) -> None:
         _close_quietly(self.chan)
-
-    def forget_connection(self) -> None:
-        self._forget()
 
 
 class _Broken(Exception):

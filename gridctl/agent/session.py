@@ -124,7 +124,7 @@ class AgentSession:
             while ident not in self._results:
                 if self.broken is not None:
                     raise ProtocolError(self.broken)
-                if self.silent_for() > silent_after_s:
+                if self.silent_for() > silent_after_s and not self._unread():
                     raise SessionSilent(f"agent session silent for {self.silent_for():.1f}s")
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -134,6 +134,13 @@ class AgentSession:
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
         return msg["out"]
+
+    def _unread(self) -> bool:
+        """Lines that arrived but our reader has not taken yet (a busy controller is not a silent node)."""
+        try:
+            return bool(getattr(self.stream, "pending", lambda: False)())
+        except Exception:         # a stream that cannot tell: judge by what was read
+            return False
 
     def close(self) -> None:
         try:

@@ -145,3 +145,12 @@ def test_pushed_xid_reaches_the_callback():
     while not seen and time.monotonic() < deadline:
         time.sleep(0.01)
     assert seen and seen[0]["xid"] == 79
+
+
+def test_lines_waiting_unread_are_not_silence():
+    """A controller too busy to read is not a silent node: the stream says bytes are waiting."""
+    session, stream = started()
+    stream.pending = lambda: True
+    session.last_heard = time.monotonic() - 5
+    with pytest.raises(TimeoutError):
+        session.request({}, 0.5, 2)
