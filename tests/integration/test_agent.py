@@ -206,3 +206,18 @@ def test_agent_runs_under_python38_with_the_shipped_nvml_binding(tmp_path):
         proc.wait(5)
     assert obs.complete and [g.ecc_uncorrected_volatile for g in obs.gpus] == [2, 0]
     assert obs.nvml_error is not None and obs.nvml_error.startswith("12 ")
+
+
+def test_wedged_nvml_reads_as_a_slow_nvidia_smi_and_the_session_keeps_answering(tmp_path):
+    path = write_local_fleet(tmp_path, "wedged", count=1, gpus=1, probe_timeout="3s")
+    node = take_inventory(load_fleet(path), tmp_path).nodes[0]
+    write_node(node.target.local_dir, node.name, gpus=1, mode="hang")      # every NVML call blocks
+    transports = Transports(agent=True)
+    try:
+        first = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+        second = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+    finally:
+        transports.close()
+    for obs in (first, second):
+        assert obs.probe_path == "agent" and obs.complete and obs.smi_rc == 124
+        assert "probe-hung" in {f.code for f in classify(obs, node.expect).findings}
