@@ -358,4 +358,5 @@ def serve(stdin, binding_source: bytes) -> None:
             send({"t": "result", "id": req["id"], "out": run_probe(req, nvml, _boot_id())})
         except Exception as e:     # the agent's own fault: say so, keep serving
             send({"t": "error", "id": req["id"], "what": "probe failed: %s: %s" % (type(e).__name__, _words(e))})
+    HOST.FOLLOWER.stop()
     os._exit(0)

@@ -77,6 +77,50 @@ def _kill(proc) -> None:
         pass
 
 
+class KernelFollower:
+    """`journalctl -k -f`, started once a one-shot read found a journal: the NVRM lines as the kernel
+    writes them, so later probes fork nothing. It dies with the agent (PR_SET_PDEATHSIG); where that
+    cannot be set, or the follower ends, every probe reads the log once again."""
+
+    def __init__(self) -> None:
+        self.lines: list = []
+        self.started: float | None = None
+        self.proc = None
+        self.dead = False
+
+    def usable(self, since: int) -> bool:
+        # the window asked for starts within what was followed (the read that started it covered the rest)
+        return not self.dead and self.started is not None and since >= self.started - 10
+
+    def start(self, since: float) -> None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            die = lambda: libc.prctl(1, signal.SIGKILL)           # noqa: E731  PR_SET_PDEATHSIG
+            self.proc = subprocess.Popen(["journalctl", "-k", "-f", "--no-pager", "-o", "short-iso",
+                                          "--since=@%d" % max(int(since), 0)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die)
+        except Exception:           # no libc, no fork: stay on one-shot reads
+            self.dead = True
+            return
+        self.started = time.time()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in iter(lambda: self.proc.stdout.readline(65536), b""):
+            if b"NVRM" in raw:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                del self.lines[:-400]
+        self.dead = True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+
+FOLLOWER = KernelFollower()
+
+
 def kernel_log(p, req: dict, pushed: list, boot: str, tlog: float) -> None:
     up = _head("/proc/uptime", 64)
     up = up.split()[0] if up else ""
@@ -84,7 +128,20 @@ def kernel_log(p, req: dict, pushed: list, boot: str, tlog: float) -> None:
     pb, pu = str(req.get("pb") or ""), float(req.get("pu") or 0)
     if pb and pb == boot and up:
         since = max(int(time.time() - (float(up) - pu) - 5), 0)
-    src, out = "none", b""
+    if FOLLOWER.usable(since):
+        p.say("xid", "source=journalctl", "since=%d" % since, "uptime=" + (up or "-"))
+        p.show(list(FOLLOWER.lines))
+    else:
+        _read_once(p, since, up, tlog)
+    # XIDs NVML pushed since the last probe, as the kernel would word them (one parser reads both)
+    p.show(["%s nvml: NVRM: Xid (PCI:%s): %d, reported by an NVML event" %
+            (time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(e["at"])), e["bus_id"], e["xid"])
+            for e in pushed if e["bus_id"] != "unknown"])
+
+
+def _read_once(p, since: int, up: str, tlog: float) -> None:
+    """The sh probe's read: journalctl since the last position, else dmesg."""
+    src, out, began = "none", b"", time.time()
     if shutil.which("journalctl"):
         argv = ["journalctl", "-k", "--no-pager", "-o", "short-iso"] + (["--since=@%d" % since] if since else [])
         rc, out = run_fixed(argv, tlog, LOG_CAP, tail=True)
@@ -98,16 +155,14 @@ def kernel_log(p, req: dict, pushed: list, boot: str, tlog: float) -> None:
             src, out = "dmesg", dout
         elif src == "journalctl-empty":
             src = "journalctl"
+    elif FOLLOWER.started is None and not FOLLOWER.dead:
+        FOLLOWER.start(began - 5)
     p.say("xid", "source=" + src, "since=%d" % since, "uptime=" + (up or "-"))
     lines = out.decode("utf-8", "replace").splitlines()
     if len(out) >= LOG_CAP:
         lines = lines[1:]
     if src != "none":
         p.show([ln for ln in lines if "NVRM" in ln][-400:])
-    # XIDs NVML pushed since the last probe, as the kernel would word them (one parser reads both)
-    p.show(["%s nvml: NVRM: Xid (PCI:%s): %d, reported by an NVML event" %
-            (time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(e["at"])), e["bus_id"], e["xid"])
-            for e in pushed if e["bus_id"] != "unknown"])
 
 
 def disk(p, wd: str) -> None:

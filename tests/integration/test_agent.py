@@ -221,3 +221,49 @@ def test_wedged_nvml_reads_as_a_slow_nvidia_smi_and_the_session_keeps_answering(
     for obs in (first, second):
         assert obs.probe_path == "agent" and obs.complete and obs.smi_rc == 124
         assert "probe-hung" in {f.code for f in classify(obs, node.expect).findings}
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(raw[raw.rfind(")") + 2:].split()[1]) == pid:
+                out.append((int(entry), raw[raw.find("(") + 1:raw.rfind(")")]))
+    return out
+
+
+def test_kernel_log_is_followed_after_the_first_read_and_the_follower_dies_with_the_agent(tmp_path):
+    from gridctl.models import LogPosition
+    from gridctl.probe import ProbeBudget, probe_request
+    from providers.local import _kernel_line
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=2, mode="xid79")              # a journal with entries: worth following
+    proc = _agent(node)
+    try:
+        first_req = probe_request(ProbeBudget(4), str(node / "work"))
+        proc.stdin.write((json.dumps({**first_req.agent_args, "id": 1, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        first = first_req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+        assert [x.xid for x in first.xids] == [79] and first.xid_source == "journalctl"
+        below = _children(proc.pid)                     # sh -c LOADER, then python3 (the agent) below it
+        below += [g for pid, _ in below for g in _children(pid)]
+        followers = [c for c in below if c[1] == "tail"]
+        assert len(followers) == 1, below
+        with open(node / "kernel.log", "a") as f:
+            f.write(_kernel_line("NVRM: Xid (PCI:0000:18:00): 48, pid=0, DBE (Double Bit Error) ECC Error"))
+        time.sleep(1.5)                                       # tail -F's poll
+        req = probe_request(ProbeBudget(4), str(node / "work"),
+                            position=LogPosition(first.boot_id, first.uptime_s))
+        proc.stdin.write((json.dumps({**req.agent_args, "id": 2, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        second = req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    assert 48 in [x.xid for x in second.xids]
+    time.sleep(0.3)
+    assert not Path(f"/proc/{followers[0][0]}").exists() or "Z" in Path(f"/proc/{followers[0][0]}/stat").read_text().split(")")[1][:3]
