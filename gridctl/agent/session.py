@@ -80,6 +80,7 @@ class AgentSession:
         self.on_xid = on_xid
         self.hello: Hello | None = None
         self.broken: str | None = None
+        self.ended = False              # the stream ended (the agent exited or crashed), not a protocol breach
         self.last_heard = time.monotonic()
         self._cond = threading.Condition()
         self._results: dict[int, dict] = {}
@@ -156,6 +157,7 @@ class AgentSession:
             while self.broken is None:
                 chunk = self.stream.read(65536)
                 if not chunk:
+                    self.ended = True
                     self._break("agent session ended")
                     return
                 buf += chunk
@@ -171,6 +173,7 @@ class AgentSession:
         except ProtocolError:
             return
         except Exception as e:     # the stream failed under us: the session is over
+            self.ended = True
             self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
 
     def _line(self, line: bytes) -> None:

@@ -44,9 +44,11 @@ class AgentSessions:
         self._watch = threading.Thread(target=self._watch_silence, name="gridctl-agent-watch", daemon=True)
         self._watch.start()
 
-    def probe(self, name: str, open_stream: Callable[[], object], args: dict, timeout_s: float) -> AgentAnswer:
-        """One probe of node `name` on its session (started with open_stream() when there is none).
-        Raises what open_stream raises (the node's transport errors)."""
+    def probe(self, name: str, open_stream: Callable[[], object], args: dict, timeout_s: float,
+              again: bool = True) -> AgentAnswer:
+        """One probe of node `name` on its session (started with open_stream() when there is none; an agent
+        that ends during the request is re-shipped and asked once `again`). Raises what open_stream raises
+        (the node's transport errors)."""
         with self._lock:
             session = self._sessions.get(name)
             waiting = self._sh.get(name)
@@ -81,6 +83,10 @@ class AgentSessions:
             return AgentAnswer("hung", problem=f"agent: {e}")
         except ProtocolError as e:
             self._drop(name)
+            if session.ended and again:
+                self._note(name, "agent-lost", f"agent session ended ({str(e)[:160]}): re-shipping the agent",
+                           "warning")
+                return self.probe(name, open_stream, args, timeout_s, again=False)
             self._note(name, "agent-lost", f"agent session dropped: {str(e)[:200]}", "warning")
             return AgentAnswer("sh", problem=f"agent session dropped: {str(e)[:200]}")
 

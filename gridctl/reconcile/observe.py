@@ -229,8 +229,9 @@ def _ask_agent(node: InventoryNode, agents, transport, probe, budget: ProbeBudge
     used = []
 
     def open_stream():
+        first = not used
         used.append(True)
-        return transport.open_stream(node.target, LOADER, sock=sock)
+        return transport.open_stream(node.target, LOADER, sock=sock if first else None)
     return agents.probe(node.name, open_stream, probe.agent_args, budget.total_s), bool(used)
 
 
