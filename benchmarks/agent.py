@@ -141,6 +141,40 @@ def xid_latency(sim, root: Path, reps: int, agent: bool) -> list[float]:
     return out
 
 
+def silence_latency(sim, root: Path, reps: int) -> list[float]:
+    """Seconds from an iptables DROP of a node's address (its agent session goes silent) to the node
+    `suspect` in the store, with --interval 10s; the node is released and back `ready` between reps."""
+    from jobs_support import JobLab
+    from gridctl.models import NodeState
+    from gridctl.reconcile.loop import Loop
+    lab = JobLab(sim, root / "sil", "sil", count=2, gpus=1, health={"interval": "10s"})
+    lab.reconcile()
+    loop = Loop(lab.fleet, lab.db, 10.0)
+    thread = loop.start_thread()
+    out, name = [], lab.names[0]
+    try:
+        for _ in range(reps):
+            deadline = time.monotonic() + 60
+            while lab.nodes()[name].state is not NodeState.READY and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(3)
+            t0 = time.time()
+            lab.blackhole(name)
+            try:
+                while time.monotonic() < deadline and lab.nodes()[name].state is not NodeState.SUSPECT:
+                    time.sleep(0.02)
+                if lab.nodes()[name].state is NodeState.SUSPECT:
+                    out.append(time.time() - t0)
+            finally:
+                lab.unblackhole(name)
+            loop.nudge.set()
+    finally:
+        loop.stop.set()
+        thread.join(30)
+        lab.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=100)
@@ -148,7 +182,8 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=5.0)
     ap.add_argument("--local", action="store_true", help="simulated nodes as local subprocesses (no sshd)")
     ap.add_argument("--xid-reps", type=int, default=0)
-    ap.add_argument("--no-cpu", action="store_true", help="only the XID latency figures")
+    ap.add_argument("--no-cpu", action="store_true", help="only the latency figures")
+    ap.add_argument("--silence-reps", type=int, default=0, help="iptables DROP -> suspect, N times (root)")
     ap.add_argument("--paths", default="agent,sh", help="XID latency for these paths (default agent,sh)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gridctl-agent-bench-"))
@@ -174,6 +209,11 @@ def main() -> None:
             print(f"xid 79 -> replacement running, --interval 10s, {'agent' if agent else 'sh probe'} path: "
                   f"median {statistics.median(took):.2f}s over {len(took)} (all: {', '.join(f'{t:.2f}' for t in took)})"
                   if took else "xid latency: no replacement within 30 s")
+        if args.silence_reps:
+            took = silence_latency(sim, root, args.silence_reps)
+            print(f"agent session dropped (iptables DROP) -> node suspect, --interval 10s: median "
+                  f"{statistics.median(took):.2f}s over {len(took)} (all: {', '.join(f'{t:.2f}' for t in took)})"
+                  if took else "silence: the node never became suspect within 60 s")
     finally:
         sim.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -130,7 +130,7 @@ class AgentSessions:
 
     def _watch_silence(self) -> None:
         told: set[str] = set()
-        while not self._stop.wait(SILENT_AFTER_S / 4):
+        while not self._stop.wait(0.1):
             with self._lock:
                 silent = {n for n, s in self._sessions.items() if s.broken is None and s.silent_for() > SILENT_AFTER_S}
             if silent - told:
