@@ -118,7 +118,8 @@ class AgentSession:
             ident = self._next_id
         try:
             self.stream.write((json.dumps({**args, "id": ident, "op": "probe"}) + "\n").encode())
-        except Exception as e:
+        except Exception as e:     # the agent is gone (a broken pipe, a closed channel)
+            self.ended = True
             self._break(f"cannot send: {type(e).__name__}: {e}")
         deadline = time.monotonic() + timeout_s
         with self._cond:

@@ -154,3 +154,15 @@ def test_lines_waiting_unread_are_not_silence():
     session.last_heard = time.monotonic() - 5
     with pytest.raises(TimeoutError):
         session.request({}, 0.5, 2)
+
+
+def test_a_request_the_agent_can_no_longer_take_marks_the_session_ended():
+    """An agent killed just before a pass: the write fails before its end of stream is read."""
+    session, stream = started()
+
+    def broken_pipe(data: bytes) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+    stream.write = broken_pipe
+    with pytest.raises(ProtocolError, match="cannot send"):
+        session.request({}, 2, 2)
+    assert session.ended
