@@ -174,11 +174,24 @@ def _smi_findings(obs: Observation, exp: Expectation) -> list[Finding]:
     elif rc != 0 and not lost_bus:
         first = obs.smi_errors[0] if obs.smi_errors else "no message"
         out.append(Finding("smi-failed", U, f"nvidia-smi failed (rc {rc}): {first[:160]}"))
+    if obs.nvml_error is not None and not any(f.code == "driver" for f in out):
+        out.append(_nvml_finding(obs.nvml_error))
     seen = len(obs.gpus)
     # rows printed before a timeout are a partial list, not evidence that the rest are gone
     if seen < exp.gpus and obs.complete and not timed_out and (rc == 0 or obs.gpus or lost_bus):
         out.append(Finding("gpu-missing", F, f"saw {seen} of {exp.gpus} GPUs", needs_reset=True))
     return out
+
+
+def _nvml_finding(error: str) -> Finding:
+    """The agent's NVML did not initialise (it asked nvidia-smi instead): a driver that does not
+    answer is fatal (same codes as nvidia-smi's rc); a binding or library problem is only noted."""
+    code = error.split(" ", 1)[0]
+    rc = int(code) if code.isdigit() else None
+    if rc in SMI_RC and SMI_RC[rc][0] == "driver" and rc != 12:
+        return Finding("driver", F, f"NVML did not initialise: {error[len(code):].strip()} (NVML error {rc})",
+                       needs_reset=True)
+    return Finding("nvml-unavailable", I, f"NVML did not initialise ({error}): read through nvidia-smi")
 
 
 def _gpu_findings(g: GpuReading, exp: Expectation) -> list[Finding]:

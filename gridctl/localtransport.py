@@ -5,9 +5,11 @@ contract as transport.SshTransport (deadlines, typed errors). Called by reconcil
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from .errors import ProbeTimeout, Unreachable
 from .models import Target
@@ -60,8 +62,56 @@ class LocalTransport:
                 _kill_group(proc)
         return proc.wait()
 
+    def open_stream(self, target: Target, command: str, sock=None) -> "ProcessStream":
+        """See SshTransport.open_stream: the command as a local subprocess of the simulated node."""
+        assert target.local_dir is not None
+        if (target.local_dir / "down").exists():
+            raise Unreachable("simulated node is down (connection timed out)")
+        env = {**os.environ, **dict(target.local_env)}
+        proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        return ProcessStream(proc, target.local_dir / "down")
+
+    def forget(self, target: Target) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+class ProcessStream:
+    """A subprocess's stdin/stdout as the byte stream an agent session reads (see ChannelStream)."""
+
+    def __init__(self, proc: subprocess.Popen, down: Path) -> None:
+        self.proc = proc
+        self.down = down        # while this file exists the simulated node is dark: nothing passes
+
+    def write(self, data: bytes) -> None:
+        if self.down.exists():
+            return
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def read(self, n: int) -> bytes:
+        while True:
+            data = self.proc.stdout.read1(n)
+            if not data:
+                self.proc.stdout.close()
+                return data
+            if not self.down.exists():
+                return data
+
+    def pending(self) -> bool:
+        return not self.down.exists() and bool(select.select([self.proc.stdout], [], [], 0)[0])
+
+    def close(self) -> None:
+        # kill first: a writer blocked on a node that reads nothing holds stdin's lock until then, and
+        # the reader's pipe ends with the group (the reader closes stdout when it sees the end)
+        _kill_group(self.proc)
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -141,6 +141,8 @@ class Observation:
                                          # no attempt there was read or killed; finding `work-dir-unsafe`
     compute_apps: tuple[tuple[str, int], ...] = ()   # (GPU uuid, pid) of every compute process nvidia-smi lists
     foreign_attempts: tuple[str, ...] = ()  # attempt dirs without their token: not ours, never reported or killed
+    probe_path: str = "sh"            # `agent` (resident session) or `sh` (one exec of the sh probe)
+    nvml_error: str | None = None     # the agent's NVML did not initialise ("9 Driver Not Loaded"): it used nvidia-smi
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import hmac
 import re
 import secrets
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .launcher import ATTEMPT_ID_RE, attempt_token
@@ -70,6 +70,7 @@ class ProbeRequest:
     stdin: bytes
     nonce: str
     key: bytes | None
+    agent_args: dict = field(default_factory=dict, compare=False)   # the same probe as a resident-agent request
 
     def parse(self, node: str, output: bytes | str, *, started_at: float, duration_s: float) -> Observation:
         return parse_probe(node, output, started_at=started_at, duration_s=duration_s, nonce=self.nonce, key=self.key)
@@ -96,7 +97,11 @@ def probe_request(budget: ProbeBudget, work_dir: str, *, kill: tuple[str, ...] =
         pb, pu = position.boot_id, f"{float(position.uptime_s):.3f}"
     head = f"N={nonce}\nKILL={shlex.quote(orders)}\nPB={shlex.quote(pb)}\nPU={pu}\n"
     args = [str(budget.smi_s), str(budget.log_s), work_dir, metadata or ""]
-    return ProbeRequest("sh -s -- " + " ".join(shlex.quote(a) for a in args), (head + SCRIPT).encode(), nonce, key)
+    agent = {"nonce": nonce, "t": budget.smi_s, "tlog": budget.log_s, "wd": work_dir, "md": metadata or "",
+             "pb": pb, "pu": float(pu), "query": query(FULL_FIELDS), "core": query(CORE_FIELDS),
+             "kill": [[a, attempt_token(key, a)] for a in kill] if key is not None else []}
+    return ProbeRequest("sh -s -- " + " ".join(shlex.quote(a) for a in args), (head + SCRIPT).encode(), nonce, key,
+                        agent)
 
 
 # ---------------------------------------------------------------- parsing
@@ -328,6 +333,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         attempts=reports, compute_apps=apps, spot_notice=(scalar("spot") or None) if "spot" in sections else None,
         uptime_s=_float(_kv(scalar("xid") or "").get("uptime")) if complete else None, work_dir_unsafe=(scalar("unsafe") or "unsafe")[:400]
         if "unsafe" in sections else None, foreign_attempts=foreign,
+        nvml_error=(scalar("nvml") or "error=999 unknown").removeprefix("error=")[:200] if "nvml" in sections else None,
     )
 
 

@@ -168,6 +168,22 @@ class SshTransport:
         finally:
             _close_quietly(chan)
 
+    def open_stream(self, target: Target, command: str, sock: socket.socket | None = None) -> "ChannelStream":
+        """Start a long-lived command (the resident agent) on the kept connection; its stdin and stdout
+        as a byte stream. Raises what run raises when connecting; the stream is the caller's to close."""
+        conn = self._connection(target, sock)
+        try:
+            chan = conn.transport.open_session(timeout=min(CHANNEL_TIMEOUT, max(target.connect_timeout, 1.0)))
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            self._drop(target)
+            raise Unreachable(f"cannot open a session: {_words(e)}") from e
+        return ChannelStream(chan)
+
+    def forget(self, target: Target) -> None:
+        """Close the kept connection to target (it went silent): the next call connects afresh."""
+        self._drop(target)
+
     def close(self) -> None:
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
@@ -337,6 +353,38 @@ class SshTransport:
             raise TransportError(f"exec failed: {_words(e)}") from e
         finally:
             _close_quietly(chan)
+
+
+class ChannelStream:
+    """A running command's stdin/stdout over one SSH channel (see SshTransport.open_stream)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+
+    def write(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def read(self, n: int) -> bytes:
+        """Blocks until data or the end (b""): the reader thread's call."""
+        while True:
+            try:
+                data = self.chan.recv(n)
+            except socket.timeout:
+                continue
+            if data or self.chan.closed or self.chan.eof_received:
+                return data
+            if not self.chan.get_transport() or not self.chan.get_transport().is_active():
+                return b""
+
+    def pending(self) -> bool:
+        """Bytes for this session already here: buffered in the channel, or unread on the socket."""
+        if self.chan.recv_ready():
+            return True
+        transport = self.chan.get_transport()
+        return transport is not None and bool(select.select([transport.sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        _close_quietly(self.chan)
 
 
 class _Broken(Exception):

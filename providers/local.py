@@ -20,8 +20,9 @@ from .base import Feature, Instance, InstanceState, Provider
 from .schema import PoolSpec, expand_path
 
 BIN_DIR = Path(__file__).resolve().parent / "local_bin"
+NVML_DIR = Path(__file__).resolve().parent / "local_nvml"    # the fake pynvml the node agent imports there
 MODES = ("healthy", "xid79", "ecc", "driver", "hang", "missing-gpu", "hot", "row-remap", "down")
-_FILES = ("smi.rc", "smi.extra", "smi.sleep", "smi.sleep-once", "smi.ignore-term", "kernel.log", "down")
+_FILES = ("smi.rc", "smi.extra", "smi.sleep", "smi.sleep-once", "smi.ignore-term", "kernel.log", "down", "nvml.events")
 
 
 class LocalPool(PoolSpec):
@@ -65,7 +66,7 @@ def sim_env(node_dir: Path) -> tuple[tuple[str, str], ...]:
     """Environment for running the probe against one simulated node."""
     import os
     return (("GRIDCTL_SIM_NODE", str(node_dir)), ("GRIDCTL_BOOT_ID_FILE", str(node_dir / "boot_id")),
-            ("PATH", f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"))
+            ("PATH", f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"), ("GRIDCTL_PYNVML_PATH", str(NVML_DIR)))
 
 
 def bus_id(index: int) -> str:
@@ -198,6 +199,21 @@ def _apply_mode(node_dir: Path, mode: str, gpus: int) -> None:
         set_field(node_dir, 0, "remapped_rows.pending", "Yes")
     elif mode == "down":
         (node_dir / "down").write_text("simulated: node does not answer\n")
+
+
+def inject_xid(node_dir: Path, index: int, xid: int) -> None:
+    """An XID on GPU `index` as the driver reports it: a kernel log line and an NVML critical-XID
+    event (the fake pynvml delivers it to a waiting agent). XID 79 also takes the GPU off the bus."""
+    short = bus_id(index)[4:].lower().rsplit(".", 1)[0]
+    words = "GPU has fallen off the bus." if xid == 79 else "simulated error"
+    with open(node_dir / "kernel.log", "a") as f:
+        f.write(_kernel_line(f"NVRM: Xid (PCI:{short}): {xid}, pid=0, {words}"))
+    if xid == 79:
+        (node_dir / f"gpu.{index:02d}").unlink(missing_ok=True)
+        (node_dir / "smi.extra").write_text(f"Unable to determine the device handle for GPU {bus_id(index)[4:]}: Unknown Error\n")
+        (node_dir / "smi.rc").write_text("15\n")
+    with open(node_dir / "nvml.events", "a") as f:
+        f.write(f"{index} {xid}\n")
 
 
 def remove(node_dir: Path) -> None:

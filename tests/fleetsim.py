@@ -2,7 +2,8 @@
 
 One sshd listens on a free port and answers for every 127.x.y.z address; a fake `nvidia-smi`
 (providers/local_bin) learns from $SSH_CONNECTION which node it serves and answers from that node's
-directory under the fleet root. Node-level faults: refused (a port nothing listens on), blackhole
+directory under the fleet root; the node agent's NVML is the fake pynvml of providers/local_nvml
+(GRIDCTL_PYNVML_PATH), driven by the same directory. Node-level faults: refused (a port nothing listens on), blackhole
 (iptables DROP on the address; rules removed on stop), no banner (a socket that accepts and never
 speaks), host key changed (a wrong key pinned), auth refused (a key the sshd does not accept).
 Only processes started here are stopped, by PID.
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from providers.local import BIN_DIR, write_node
+from providers.local import BIN_DIR, NVML_DIR, write_node
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -166,7 +167,7 @@ MaxStartups 2000:100:2000
 MaxSessions 64
 LoginGraceTime 30
 LogLevel ERROR
-SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path}
+SetEnv SHLVL=1 GRIDCTL_SIM_ROOT={self.sim_root} PATH={path} GRIDCTL_PYNVML_PATH={NVML_DIR}
 """)
         self._proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                       stderr=open(self.root / "sshd.log", "wb"))

@@ -47,6 +47,8 @@ def probe(
     fleet_path: Optional[Path] = FleetOption,
     as_json: bool = JsonOption,
     output: Optional[str] = OutputOption,
+    agent: bool = typer.Option(False, "--agent", help="Probe through the resident node agent (python3 on the node; "
+                                                      "the sh probe where it does not start)."),
 ) -> None:
     """Probe every node once over SSH, concurrently, and show what each one says. Changes no state.
 
@@ -69,7 +71,7 @@ def probe(
         chosen = [n for n in inventory.nodes if n.name in nodes]
     for pool, why in inventory.failed_pools.items():
         err_console.print(f"warning: pool {pool}: {why}", markup=False, style="yellow")
-    transports = Transports(keep=False)
+    transports = Transports(keep=False, agent=agent)
     try:
         observations = sweep(chosen, transports, probe_timeout=fleet.health.probe_timeout,
                              concurrency=fleet.health.concurrency)
@@ -87,6 +89,7 @@ def probe(
             "findings": [f.to_json() for f in verdict.findings], "gpus_seen": len(obs.gpus) if obs.gpus or obs.smi_rc is not None else None,
             "gpus_expected": inv.expect.gpus, "max_temp_c": max(temps) if temps else None,
             "probe_s": round(obs.duration_s, 3), "last_seen": iso(obs.started_at) if obs.complete else None,
+            "probe_path": obs.probe_path,
         })
     emit(rows, [
         ("name", "NODE", None),
@@ -124,6 +127,8 @@ def reconcile(
     loop: bool = typer.Option(False, "--loop", help="Repeat passes until interrupted, reusing SSH connections."),
     interval: Optional[str] = typer.Option(None, "--interval", help="Time between pass starts in --loop (default: health.interval)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only events and warnings."),
+    agent: Optional[bool] = typer.Option(None, "--agent/--no-agent",
+                                         help="Probe through resident node agents (default: with --loop only)."),
     wait_ready: Optional[bool] = typer.Option(None, "--wait-ready/--no-wait-ready",
                                               help="After a pass that launched cloud instances, keep passing until "
                                                    "they are ready (default: on a terminal)."),
@@ -152,7 +157,7 @@ def reconcile(
         else:
             _print_report(report, quiet)
 
-    runner = Loop(fleet, db_path, every, show, deliver=True)
+    runner = Loop(fleet, db_path, every, show, deliver=True, agent=agent)
     try:
         runner.run(once=not loop)
         _warn_undelivered(runner)

@@ -95,6 +95,7 @@ def describe_node(name: str, fleet_path: Optional[Path] = FleetOption, as_json: 
     if fmt in ("json", "yaml", "name"):
         out = node_json(node, obs["max_temp_c"] if obs else None)
         out["gpus"] = obs["gpus"] if obs else []
+        out["probe_path"] = obs["probe_path"] if obs else None
         out["events"] = [_event_json(e) for e in events]
         out["attempts"] = [{"id": a.id, "job": a.job, "state": a.state.value, "gpus": list(a.gpus)} for a in here]
         dump([out], fmt)
@@ -125,6 +126,9 @@ def _show_node(node, obs, here, events) -> None:
         fields.append(("Instance", ", ".join(f"{k} {v}" for k, v in node.cloud if k != "launched_at")))
         if "launched_at" in cloud:
             fields.append(("Launched", when(float(cloud["launched_at"]), now)))
+    if obs:
+        fields.append(("Probe", "resident agent (NVML, pushed XIDs)" if obs["probe_path"] == "agent"
+                       else "sh probe (one exec per pass)"))
     if node.needs_release:
         fields.append(("Release", "needs a GPU reset or reboot, then `gridctl uncordon`"))
     print_fields(fields)

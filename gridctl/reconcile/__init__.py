@@ -123,10 +123,11 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     done = time.time()
     answers = after_actions(facts, decided, results, done)
     keep = fleet.retention
+    noted = transports.agents.take_events() if transports.agents is not None else []
     record(conn, answers, done, PassRecord(socket.gethostname(), os.getpid(), driver.mode, driver.interval_s,
                                            started, done - started, len(inventory.nodes),
                                            len(decided.jobs.launches), len(decided.jobs.stops)),
-           (keep.jobs and done - keep.jobs, keep.events and done - keep.events))
-    return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events,
+           (keep.jobs and done - keep.jobs, keep.events and done - keep.events), noted)
+    return PassReport(started, done - started, decided.node_rows, decided.events + answers.all_events + noted,
                       decided.nodes.partitions, inventory.failed_pools, len(decided.jobs.launches),
                       len(decided.jobs.stops), {name: o.duration_s for name, o in observations.items()})

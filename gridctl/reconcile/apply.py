@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..lifecycle import prune_store
-from ..models import PassRecord
+from ..models import Event, PassRecord
 from ..store import queries, write_tx
 from .facts import BACKOFF_PREFIX, PARTITION_KEY
 from .plan import Answers, Plan
@@ -44,8 +44,9 @@ def record_intent(conn: sqlite3.Connection, pool: str, request_id: str, count: i
 
 
 def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: PassRecord,
-           retention: tuple[float | None, float | None] = (None, None)) -> None:
-    """`retention`: (jobs, events) older than these times go, a batch per pass (lifecycle.prune_store)."""
+           retention: tuple[float | None, float | None] = (None, None), noted: list[Event] = ()) -> None:
+    """`retention`: (jobs, events) older than these times go, a batch per pass (lifecycle.prune_store).
+    `noted`: what the resident agent sessions saw since the last pass (started, lost, pushed XIDs)."""
     with write_tx(conn):
         for job in answers.jobs.values():
             queries.save_job(conn, job)
@@ -58,6 +59,7 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: Pa
         for node in answers.pools.nodes:
             queries.save_node(conn, node, now)
         queries.add_events(conn, answers.all_events)
+        queries.add_events(conn, list(noted))
         queries.record_pass_done(conn, now, this_pass.duration_s)
         queries.record_pass(conn, this_pass)
         if retention != (None, None):

@@ -55,10 +55,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class Loop:
     def __init__(self, fleet: Fleet, db_path: Path, interval: float,
                  on_pass: Callable[[PassReport | Busy | Skipped], None] | None = None, *, deliver: bool = False,
-                 single: str = "once"):
+                 single: str = "once", agent: bool | None = None):
         """`deliver`: send alert hooks their events after each pass. `single`: how a pass of
         run(once=True) is recorded: "once" (`gridctl reconcile`) or "command" (a writing command's
-        own pass, which supervises nothing afterwards)."""
+        own pass, which supervises nothing afterwards). `agent`: probe through resident node agents
+        (default: in loop mode, not for one pass)."""
         self.fleet = fleet
         self.deliver = deliver                       # send alert hooks their events after each pass
         self.db_path = db_path
@@ -73,6 +74,8 @@ class Loop:
         self.single = single
         self.alert_error: BaseException | None = None   # the last delivery round's own error (never raised)
         self.alert_sends: list = []                      # a one-shot pass's round: [(alerts.deliver.Batch, Sent)]
+        self.agent = agent
+        self.nudge = threading.Event()               # set by a pushed node event: the next pass starts now
 
     def run(self, once: bool = False, wait_s: float = 0.0) -> None:
         """Run passes until stop is set (or one pass with once=True, waiting up to wait_s for a
@@ -80,7 +83,9 @@ class Loop:
         conn = connect(self.db_path, create=True)
         identity = _identity(self.db_path)
         lock = PassLock(self.db_path)
-        transports = Transports(keep=not once)
+        transports = Transports(keep=not once, agent=(not once) if self.agent is None else self.agent)
+        if transports.agents is not None:
+            transports.agents.wake = self.nudge.set
         skipped: list[tuple[float, str]] = []
         driver = Driver(self.single) if once else Driver("loop", self.interval)
         alerts: _Alerts | None = None
@@ -119,12 +124,21 @@ class Loop:
                     return
                 wait = max(0.0, self.interval - (time.monotonic() - began))
                 self.next_pass_at = time.time() + wait
-                self.stop.wait(wait)
+                self._sleep(wait)
         finally:
             if alerts is not None:
                 alerts.close()
             transports.close()
             conn.close()
+
+    def _sleep(self, wait: float) -> None:
+        """Until the next pass is due, a stop is asked for, or a node's agent pushed an event (an XID,
+        a silent session): then the pass runs at once instead of at the next interval."""
+        deadline = time.monotonic() + wait
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self.nudge.wait(min(left, 0.2)):
+                break
+        self.nudge.clear()
 
     def start_thread(self) -> threading.Thread:
         """Run the loop in a daemon thread; its error (if any) is kept in self.error."""

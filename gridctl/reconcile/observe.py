@@ -11,11 +11,11 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import providers
-from providers.base import Feature, Instance, InstanceState, ProviderError
+from providers.base import Instance, InstanceState, ProviderError
 
 from ..connect import CONNECT_WINDOW, connect_many, raise_fd_limit
 from ..errors import AuthFailed, HostKeyChanged, HostKeyUnknown, ProbeTimeout, TransportError, Unreachable
@@ -34,15 +34,23 @@ MAX_JUMPS = 8          # hops in one chain, counting those ~/.ssh/config adds: s
 class Transports:
     """The transports of one process; kept across passes in --loop so SSH connections are reused."""
 
-    def __init__(self, keep: bool = True) -> None:
-        """keep=False (one-shot commands): close each SSH connection once its probe is done."""
+    def __init__(self, keep: bool = True, agent: bool = False) -> None:
+        """keep=False (one-shot commands): close each SSH connection once its probe is done.
+        agent=True: probe through resident node agents (gridctl/agent), the sh probe where none starts;
+        the loop sets `agents.wake` to be woken by pushed events."""
         self.ssh = SshTransport(keep=keep)
         self.local = LocalTransport()
+        self.agents = None
+        if agent:
+            from ..agent.sessions import AgentSessions
+            self.agents = AgentSessions()
 
     def for_target(self, target: Target):
         return self.local if target.local_dir is not None else self.ssh
 
     def close(self) -> None:
+        if self.agents is not None:
+            self.agents.close()
         self.ssh.close()
 
 
@@ -210,18 +218,43 @@ class _InUse:
         return self._count
 
 
-def _failed(name: str, contact: Contact, detail: str, started: float) -> Observation:
+def _failed(name: str, contact: Contact, detail: str, started: float, path: str = "sh") -> Observation:
     return Observation(node=name, contact=contact, started_at=started, duration_s=time.time() - started,
-                       detail=detail)
+                       detail=detail, probe_path=path)
+
+
+def _ask_agent(node: InventoryNode, agents, transport, probe, budget: ProbeBudget, sock):
+    """The node's probe on its resident agent session (started on first use); see agent/sessions.py."""
+    from ..agent.session import LOADER
+    used = []
+
+    def open_stream():
+        first = not used
+        used.append(True)
+        return transport.open_stream(node.target, LOADER, sock=sock if first else None)
+    return agents.probe(node.name, open_stream, probe.agent_args, budget.total_s), bool(used)
 
 
 def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, position: LogPosition | None,
                started: float, sock, kill: tuple[str, ...] = (), key: bytes | None = None) -> Observation:
     probe = probe_request(budget, node.work_dir, kill=kill, key=key, position=position, metadata=node.metadata)
     t0 = time.monotonic()
+    transport = transports.for_target(node.target)
+    note = None
     try:
-        res = transports.for_target(node.target).run(node.target, probe.command, probe.stdin, budget.total_s,
-                                                      sock=sock)
+        if transports.agents is not None:
+            answer, used = _ask_agent(node, transports.agents, transport, probe, budget, sock)
+            sock = None if used else sock
+            if answer.kind == "text":
+                obs = probe.parse(node.name, answer.text, started_at=started, duration_s=time.monotonic() - t0)
+                return replace(obs, probe_path="agent")
+            if answer.kind == "silent":
+                transport.forget(node.target)
+                return _failed(node.name, Contact.UNREACHABLE, answer.problem, started, "agent")
+            if answer.kind == "hung":
+                return _failed(node.name, Contact.HUNG, answer.problem, started, "agent")
+            note = answer.problem
+        res = transport.run(node.target, probe.command, probe.stdin, budget.total_s, sock=sock)
     except Unreachable as e:
         return _failed(node.name, Contact.UNREACHABLE, str(e), started)
     except AuthFailed as e:
@@ -238,7 +271,7 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
         words = (str(e).strip().splitlines() or [""])[0][:200]
         return _failed(node.name, Contact.UNREACHABLE, f"connection failed: {type(e).__name__}: {words}", started)
     obs = probe.parse(node.name, res.stdout, started_at=started, duration_s=time.monotonic() - t0)
-    problems = list(obs.parse_problems)
+    problems = list(obs.parse_problems) + ([note] if note else [])
     if res.truncated:
         problems.append("probe output over 4 MiB: truncated")
     if not obs.complete and res.stderr.strip():

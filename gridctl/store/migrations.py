@@ -203,8 +203,15 @@ def _v9_alert_deliveries(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (secrets.token_hex(8),))
 
 
+
+def _v10_observation_probe_path(conn: sqlite3.Connection) -> None:
+    """Which path each observation came by: `agent` (resident session) or `sh` (one exec of the sh probe)."""
+    conn.execute("ALTER TABLE observations ADD COLUMN probe_path TEXT NOT NULL DEFAULT 'sh'")
+
+
 MIGRATIONS = [_v1_nodes_observations_events, _v2_jobs_attempts, _v3_launches, _v4_node_cloud, _v5_attempt_serving,
-              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle, _v9_alert_deliveries]
+              _v6_job_cancel_by, _v7_attempt_key_log_position, _v8_passes_job_lifecycle, _v9_alert_deliveries,
+              _v10_observation_probe_path]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

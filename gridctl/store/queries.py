@@ -85,10 +85,10 @@ def record_observation(conn: sqlite3.Connection, obs: Observation, verdict: Verd
     temps = [g.temperature_c for g in obs.gpus if g.temperature_c is not None]
     conn.execute(
         "INSERT INTO observations (node, time, contact, health, reason, findings, gpus, max_temp_c, duration_s,"
-        " boot_id, node_time, uptime_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " boot_id, node_time, uptime_s, probe_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (obs.node, obs.started_at, obs.contact.value, verdict.health.value, verdict.reason,
          _findings_json(verdict.findings), json.dumps([asdict(g) for g in obs.gpus]),
-         max(temps) if temps else None, obs.duration_s, obs.boot_id, obs.node_time, obs.uptime_s),
+         max(temps) if temps else None, obs.duration_s, obs.boot_id, obs.node_time, obs.uptime_s, obs.probe_path),
     )
     conn.execute(
         "DELETE FROM observations WHERE node = ? AND id <= (SELECT id FROM observations WHERE node = ?"

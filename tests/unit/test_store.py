@@ -367,6 +367,7 @@ def test_a_store_from_an_earlier_version_keeps_its_rows_when_migrated(tmp_path, 
         assert (obs["time"], obs["contact"], obs["boot_id"], obs["node_time"], obs["max_temp_c"]) == \
             (100.5, "ok", "boot-1", 100, 71.5)
         assert obs["findings"] == [XID]
+        assert obs["probe_path"] == "sh"          # every observation before v10 came by the sh probe
         assert queries.kernel_log_positions(conn) == {}     # older observations have no boot-relative time
         assert queries.get_meta(conn, "partitions") == "pool:onprem"
         events = [(e.kind, e.node, e.job, e.message) for e in queries.list_events(conn)]

@@ -1,0 +1,224 @@
+"""The controller's end of one node's resident agent session: ship the agent, frame and bound what
+comes back, match results to requests. Called by gridctl/agent/sessions.py (one per node).
+
+Everything the node writes is untrusted: lines are bounded (MAX_LINE), must be JSON objects of the
+kinds the protocol names, and a result must carry an id we sent. Any breach ends the session with a
+ProtocolError (the caller drops it, reconnects later and says so in the node's observation).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+PROTOCOL = 1
+HEARTBEAT_S = 1.0
+MAX_LINE = 6 * 1024 * 1024        # a result carries at most probe.MAX_OUTPUT_BYTES of text, JSON-escaped
+# the loader is the command line: fixed, no secret; the agent's source follows on stdin
+LOADER = ("python3 -c 'import sys;r=sys.stdin.buffer;g={\"__name__\":\"gridctl_node_agent\"};"
+          "exec(compile(r.read(int(r.readline(16))),\"node_agent.py\",\"exec\"),g);g[\"main\"](r)'")
+
+
+class ProtocolError(Exception):
+    """The node broke the protocol (garbage, an over-long line, an unknown id) or the session ended."""
+
+
+class SessionSilent(Exception):
+    """No line (not even a heartbeat) for longer than the session allows."""
+
+
+def _source(name: str) -> bytes:
+    return resources.files("gridctl.agent").joinpath(name).read_bytes()
+
+
+def _binding_source() -> bytes | None:
+    """nvidia-ml-py's pynvml.py as installed here (the [nvml] extra); None when absent."""
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("pynvml")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, "rb") as f:
+        return f.read()
+
+
+_BOOTSTRAP: bytes | None = None
+
+
+def bootstrap() -> bytes:
+    """What follows LOADER on stdin: the agent's source, then its modules (cached per process)."""
+    global _BOOTSTRAP
+    if _BOOTSTRAP is None:
+        agent = _source("node_agent.py")
+        modules = [("gridctl_node_attempts", _source("node_attempts.py")), ("gridctl_node_host", _source("node_host.py"))]
+        binding = _binding_source()
+        if binding is not None:
+            modules.append(("pynvml", binding))
+        body = b"".join(f"{name} {len(src)}\n".encode() + src for name, src in modules)
+        _BOOTSTRAP = f"{len(agent)}\n".encode() + agent + f"{len(modules)}\n".encode() + body
+    return _BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class Hello:
+    version: int
+    caps: tuple[str, ...]
+    pid: int | None
+
+
+class AgentSession:
+    """One running agent over a byte stream (`stream`: write(bytes), read(n) -> bytes, b"" at the end,
+    close()). A reader thread parses lines as they come; `on_xid(event)` is called for pushed XIDs."""
+
+    def __init__(self, stream, on_xid: Callable[[dict], None] = lambda e: None) -> None:
+        self.stream = stream
+        self.on_xid = on_xid
+        self.hello: Hello | None = None
+        self.broken: str | None = None
+        self.ended = False              # the stream ended (the agent exited or crashed), not a protocol breach
+        self.last_heard = time.monotonic()
+        self._cond = threading.Condition()
+        self._results: dict[int, dict] = {}
+        self._next_id = 0
+        self._reader = threading.Thread(target=self._read, name="gridctl-agent", daemon=True)
+
+    def start(self, timeout_s: float) -> Hello:
+        """Ship the agent and wait for its hello; ProtocolError when none comes in timeout_s."""
+        self._reader.start()
+        try:
+            self.stream.write(bootstrap())
+        except Exception as e:
+            self.close()
+            raise ProtocolError(f"agent did not start: {self.broken or f'cannot ship it: {type(e).__name__}: {e}'}") from e
+        with self._cond:
+            self._cond.wait_for(lambda: self.hello is not None or self.broken is not None, timeout_s)
+        if self.hello is None:
+            why = self.broken or f"no hello in {timeout_s:g}s"
+            self.close()
+            raise ProtocolError(f"agent did not start: {why}")
+        if self.hello.version != PROTOCOL:
+            self.close()
+            raise ProtocolError(f"agent speaks protocol {self.hello.version}, we speak {PROTOCOL}")
+        return self.hello
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def request(self, args: dict, timeout_s: float, silent_after_s: float) -> str:
+        """Send one probe request; its result's text. ProtocolError when the session broke,
+        SessionSilent when nothing at all came for silent_after_s, TimeoutError when heartbeats
+        came but no result in timeout_s."""
+        with self._cond:
+            self._next_id += 1
+            ident = self._next_id
+        try:
+            self.stream.write((json.dumps({**args, "id": ident, "op": "probe"}) + "\n").encode())
+        except Exception as e:     # the agent is gone (a broken pipe, a closed channel)
+            self.ended = True
+            self._break(f"cannot send: {type(e).__name__}: {e}")
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while ident not in self._results:
+                if self.broken is not None:
+                    raise ProtocolError(self.broken)
+                if self.silent_for() > silent_after_s and not self._unread():
+                    raise SessionSilent(f"agent session silent for {self.silent_for():.1f}s")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer in {timeout_s:g}s")
+                self._cond.wait(min(left, 0.2))
+            msg = self._results.pop(ident)
+        if msg["t"] == "error":
+            raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
+        return msg["out"]
+
+    def _unread(self) -> bool:
+        """Lines that arrived but our reader has not taken yet (a busy controller is not a silent node)."""
+        try:
+            return bool(getattr(self.stream, "pending", lambda: False)())
+        except Exception:         # a stream that cannot tell: judge by what was read
+            return False
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        except Exception:       # already gone: closing is best effort
+            pass
+
+    # -- the reader
+
+    def _read(self) -> None:
+        buf = bytearray()
+        try:
+            while self.broken is None:
+                chunk = self.stream.read(65536)
+                if not chunk:
+                    self.ended = True
+                    self._break("agent session ended")
+                    return
+                buf += chunk
+                while True:
+                    cut = buf.find(b"\n")
+                    if cut < 0:
+                        break
+                    line = bytes(buf[:cut])
+                    del buf[:cut + 1]
+                    self._line(line)
+                if len(buf) > MAX_LINE:
+                    self._break(f"agent line over {MAX_LINE} bytes")
+        except ProtocolError:
+            return
+        except Exception as e:     # the stream failed under us: the session is over
+            self.ended = True
+            self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
+
+    def _line(self, line: bytes) -> None:
+        if len(line) > MAX_LINE:
+            self._break(f"agent line over {MAX_LINE} bytes")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self._break(f"agent wrote a line that is not JSON: {line[:60]!r}")
+        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+            self._break(f"agent wrote a line that is not a message: {line[:60]!r}")
+        self.last_heard = time.monotonic()
+        kind = msg["t"]
+        if kind == "hb" or kind == "note":
+            return
+        if kind == "hello":
+            caps = msg.get("caps")
+            self.hello = Hello(msg.get("v") if isinstance(msg.get("v"), int) else -1,
+                               tuple(str(c)[:40] for c in caps[:20]) if isinstance(caps, list) else (),
+                               msg.get("pid") if isinstance(msg.get("pid"), int) else None)
+        elif kind == "xid":
+            if isinstance(msg.get("xid"), int):
+                self.on_xid(msg)
+            return
+        elif kind in ("result", "error"):
+            ident = msg.get("id")
+            if not isinstance(ident, int) or not 0 < ident <= self._next_id:
+                self._break(f"agent answered a request we did not send (id {str(ident)[:20]})")
+            if kind == "result" and not isinstance(msg.get("out"), str):
+                self._break("agent result without output text")
+            with self._cond:
+                self._results[ident] = msg
+        else:
+            self._break(f"agent wrote an unknown message kind {kind[:20]!r}")
+        with self._cond:
+            self._cond.notify_all()
+
+    def _mark(self, why: str) -> None:
+        with self._cond:
+            if self.broken is None:
+                self.broken = why
+            self._cond.notify_all()
+        self.close()
+
+    def _break(self, why: str) -> None:
+        self._mark(why)
+        raise ProtocolError(why)

@@ -1,0 +1,138 @@
+"""The resident agent sessions of one loop: one per node, kept across passes. Called by
+reconcile/observe._probe_one (through Transports.agents) in loop mode, or once with `--agent`.
+
+Per pass a node's probe is one request on its session. A node where the agent cannot start (no
+python3, a refused channel, no hello) keeps the sh probe and is retried after RETRY_PASSES passes.
+A session that breaks (the agent crashed, the node wrote garbage) is dropped and re-shipped: an
+event says so and the pass falls back to the sh probe, so no verdict changes because of it. A
+session silent for SILENT_AFTER_S (no heartbeat) is silence, never evidence: the node's observation
+is `unreachable` (suspect, nothing killed). Pushed XIDs and silence wake the loop (`wake`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..models import Event
+from .session import HEARTBEAT_S, AgentSession, ProtocolError, SessionSilent
+
+SILENT_AFTER_S = 2 * HEARTBEAT_S
+START_TIMEOUT_S = 10.0
+RETRY_PASSES = 30
+
+
+@dataclass(frozen=True)
+class AgentAnswer:
+    """What the agent path gave for one node: probe text (to parse), or a failure kind with words.
+    kind: "text" | "sh" (use the sh probe; `problem` says why, when it is news) | "silent" | "hung"."""
+
+    kind: str
+    text: str = ""
+    problem: str | None = None
+
+
+class AgentSessions:
+    def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
+        self.wake = wake
+        self._sessions: dict[str, AgentSession] = {}
+        self._sh: dict[str, list] = {}            # node -> [why, passes until the next try]
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_silence, name="gridctl-agent-watch", daemon=True)
+        self._watch.start()
+
+    def probe(self, name: str, open_stream: Callable[[], object], args: dict, timeout_s: float,
+              again: bool = True) -> AgentAnswer:
+        """One probe of node `name` on its session (started with open_stream() when there is none; an agent
+        that ends during the request is re-shipped and asked once `again`). Raises what open_stream raises
+        (the node's transport errors)."""
+        with self._lock:
+            session = self._sessions.get(name)
+            waiting = self._sh.get(name)
+        if session is not None and session.broken is not None:
+            self._drop(name)
+            self._note(name, "agent-lost", f"agent session ended ({session.broken[:160]}): re-shipping the agent",
+                       "warning")
+            session = None
+        if session is None:
+            if waiting is not None and waiting[1] > 0:
+                waiting[1] -= 1
+                return AgentAnswer("sh")
+            session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e))
+            try:
+                hello = session.start(min(START_TIMEOUT_S, max(timeout_s, 2.0)))
+            except ProtocolError as e:
+                with self._lock:
+                    self._sh[name] = [str(e), RETRY_PASSES]
+                self._note(name, "agent-unavailable", f"{str(e)[:200]}: keeping the sh probe")
+                return AgentAnswer("sh", problem=f"agent unavailable: {str(e)[:200]}")
+            with self._lock:
+                self._sessions[name] = session
+                self._sh.pop(name, None)
+            self._note(name, "agent-started", f"resident agent running (pid {hello.pid}; {', '.join(hello.caps)})")
+        try:
+            return AgentAnswer("text", session.request(args, timeout_s, SILENT_AFTER_S))
+        except SessionSilent as e:
+            self._drop(name)
+            return AgentAnswer("silent", problem=str(e))
+        except TimeoutError as e:
+            self._drop(name)
+            return AgentAnswer("hung", problem=f"agent: {e}")
+        except ProtocolError as e:
+            self._drop(name)
+            if session.ended and again:
+                self._note(name, "agent-lost", f"agent session ended ({str(e)[:160]}): re-shipping the agent",
+                           "warning")
+                return self.probe(name, open_stream, args, timeout_s, again=False)
+            self._note(name, "agent-lost", f"agent session dropped: {str(e)[:200]}", "warning")
+            return AgentAnswer("sh", problem=f"agent session dropped: {str(e)[:200]}")
+
+    def path(self, name: str) -> str:
+        """Which path this node's probe takes now: `agent`, or `sh (why)`."""
+        with self._lock:
+            if name in self._sessions:
+                return "agent"
+            waiting = self._sh.get(name)
+        return f"sh ({waiting[0][:120]})" if waiting else "sh"
+
+    def take_events(self) -> list[Event]:
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+
+    # -- inside
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(name, None)
+        if session is not None:
+            session.close()
+
+    def _note(self, node: str, kind: str, message: str, severity: str = "info") -> None:
+        with self._lock:
+            self._events.append(Event(time.time(), kind, message, node=node, severity=severity))
+
+    def _pushed(self, name: str, event: dict) -> None:
+        gpu = event.get("gpu")
+        self._note(name, "xid-pushed", f"xid {event['xid']} on GPU {gpu if isinstance(gpu, int) else '?'} pushed by "
+                   "the node's NVML event: probing now", "warning")
+        self.wake()
+
+    def _watch_silence(self) -> None:
+        told: set[str] = set()
+        while not self._stop.wait(0.1):
+            with self._lock:
+                silent = {n for n, s in self._sessions.items() if s.broken is None and s.silent_for() > SILENT_AFTER_S}
+            if silent - told:
+                self.wake()
+            told = silent

@@ -1,0 +1,273 @@
+"""The resident node agent, run for real: as a subprocess of a simulated node (local provider) and
+over a real sshd, against the fake NVML of providers/local_nvml driven by the node's state files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import write_local_fleet
+
+from gridctl.agent.session import LOADER, bootstrap
+from gridctl.health import classify
+from gridctl.models import Contact
+from gridctl.reconcile.observe import Transports, sweep, take_inventory
+from gridctl.spec import load_fleet
+from providers.local import inject_xid, sim_env, write_node
+
+# what may differ between two probes a moment apart: clocks, free disk, and the words of a lost GPU
+TIMING = {"started_at", "duration_s", "node_time", "disk_free_bytes", "uptime_s", "probe_path", "smi_errors",
+          "nvml_error"}
+
+
+def _observations(path: Path, modes: list[str]):
+    fleet = load_fleet(path)
+    inventory = take_inventory(fleet, path.parent)
+    for node, mode in zip(inventory.nodes, modes):
+        write_node(node.target.local_dir, node.name, gpus=2, mode=mode)
+    sh = sweep(inventory.nodes, Transports(), probe_timeout=3, concurrency=8)
+    agents = Transports(agent=True)
+    try:
+        agent = sweep(inventory.nodes, agents, probe_timeout=3, concurrency=8)
+    finally:
+        agents.close()
+    return inventory.nodes, sh, agent
+
+
+def test_agent_observation_equals_sh_probe_for_the_same_node_state(tmp_path):
+    modes = ["healthy", "ecc", "hot", "row-remap", "xid79", "driver"]
+    path = write_local_fleet(tmp_path, "parity", count=len(modes), gpus=2)
+    nodes, sh, agent = _observations(path, modes)
+    for node, mode in zip(nodes, modes):
+        a, b = sh[node.name], agent[node.name]
+        assert b.probe_path == "agent" and a.probe_path == "sh"
+        same = {k: v for k, v in asdict(a).items() if k not in TIMING}
+        assert same == {k: v for k, v in asdict(b).items() if k not in TIMING}, mode
+        assert classify(a, node.expect).findings == classify(b, node.expect).findings or mode in ("xid79", "driver")
+        assert ({f.code for f in classify(a, node.expect).findings}
+                == {f.code for f in classify(b, node.expect).findings}), mode
+        assert b.disk_free_bytes == pytest.approx(a.disk_free_bytes, rel=0.01)
+
+
+def _agent(node_dir: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **dict(sim_env(node_dir)), **(extra_env or {})}
+    proc = subprocess.Popen(["sh", "-c", LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    proc.stdin.write(bootstrap())
+    proc.stdin.flush()
+    hello = json.loads(proc.stdout.readline())
+    assert hello["t"] == "hello"
+    return proc
+
+
+def _next(proc: subprocess.Popen, kind: str) -> dict:
+    while True:
+        msg = json.loads(proc.stdout.readline())
+        if msg["t"] == kind:
+            return msg
+
+
+def test_agent_refuses_any_op_but_probe_and_runs_nothing(tmp_path):
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=1)
+    proc = _agent(node)
+    try:
+        planted = tmp_path / "planted"
+        for bad in ({"id": 1, "op": "exec", "cmd": f"touch {planted}"},
+                    {"id": 2, "op": "probe", "nonce": "$(touch x)"}, "not json"):
+            proc.stdin.write((json.dumps(bad) if isinstance(bad, dict) else bad).encode() + b"\n")
+            proc.stdin.flush()
+            assert _next(proc, "error")["what"] in ("unknown op", "not a request")
+        assert not planted.exists()
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+
+
+def test_xid_from_nvml_event_is_pushed_at_once_and_reported_in_next_probe(tmp_path):
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=2)
+    proc = _agent(node)
+    try:
+        time.sleep(0.3)
+        inject_xid(node, 1, 79)
+        event = _next(proc, "xid")
+        assert (event["xid"], event["gpu"], event["bus_id"]) == (79, 1, "00000000:28:00.0")
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+
+
+def test_agent_exits_when_the_controller_goes_away(tmp_path):
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=1)
+    proc = _agent(node)
+    proc.stdin.close()
+    assert proc.wait(5) == 0
+
+
+def _hostile_node(tmp_path: Path, script: str):
+    """A simulated node whose `python3` is a hostile program (what a compromised node may answer)."""
+    path = write_local_fleet(tmp_path, "hostile", count=1, gpus=1)
+    fleet = load_fleet(path)
+    node = take_inventory(fleet, tmp_path).nodes[0]
+    bin_dir = tmp_path / "hostile-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "python3").chmod(0o755)
+    env = dict(node.target.local_env)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    return replace(node, target=replace(node.target, local_env=tuple(env.items())))
+
+
+@pytest.mark.parametrize("script", [
+    # a hello, then 10 MB on one line
+    'echo \'{"t":"hello","v":1,"caps":[],"pid":1}\'; cat >/dev/null & head -c 10485760 /dev/zero | tr "\\0" a; sleep 5',
+    # a hello, then garbage and a partial line
+    'echo \'{"t":"hello","v":1,"caps":[],"pid":1}\'; cat >/dev/null & printf "\\033[2Jgarbage\\n{\\"t\\":"; sleep 5',
+])
+def test_hostile_agent_output_drops_session_and_node_keeps_sh_probe(tmp_path, script):
+    node = _hostile_node(tmp_path, script)
+    transports = Transports(agent=True)
+    try:
+        obs = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+        events = transports.agents.take_events()
+    finally:
+        transports.close()
+    assert obs.contact is Contact.OK and obs.complete and obs.probe_path == "sh"
+    assert any(p.startswith("agent ") and ("bytes" in p or "not JSON" in p) for p in obs.parse_problems)
+    assert "probe-output" in {f.code for f in classify(obs, node.expect).findings}
+    assert [e.kind for e in events][-1] in ("agent-lost", "agent-unavailable")
+
+
+def test_node_without_python3_keeps_the_sh_probe(tmp_path):
+    node = _hostile_node(tmp_path, "exit 127\n")
+    transports = Transports(agent=True)
+    try:
+        obs = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+        path = transports.agents.path(node.name)
+    finally:
+        transports.close()
+    assert obs.contact is Contact.OK and obs.complete and obs.probe_path == "sh"
+    assert path.startswith("sh (agent did not start")
+
+
+def test_agent_over_ssh_matches_sh_probe(ssh_fleet, tmp_path):
+    names = []
+    for i, mode in enumerate(["healthy", "ecc"]):
+        name = f"agent-ssh-{i}"
+        ssh_fleet.add_node(name, ssh_fleet.next_ip(), mode=mode)
+        names.append(name)
+    path = ssh_fleet.write_fleet(tmp_path / "fleet.yaml", nodes=names)
+    spec = yaml.safe_load(path.read_text())
+    spec["ssh"]["connect_timeout"] = "10s"           # a loaded CI machine: compare answers, not connect races
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    inventory = take_inventory(load_fleet(path), tmp_path)
+    sh = sweep(inventory.nodes, Transports(), probe_timeout=4, concurrency=4)
+    transports = Transports(agent=True)
+    try:
+        agent = sweep(inventory.nodes, transports, probe_timeout=4, concurrency=4)
+    finally:
+        transports.close()
+    for node in inventory.nodes:
+        a, b = sh[node.name], agent[node.name]
+        assert b.probe_path == "agent", b
+        assert ({k: v for k, v in asdict(a).items() if k not in TIMING}
+                == {k: v for k, v in asdict(b).items() if k not in TIMING})
+
+
+PY38 = Path(os.path.expanduser("~/.pyenv/versions/3.8.18/bin/python3.8"))
+
+
+@pytest.mark.skipif(not PY38.exists(), reason="no python3.8 here (the oldest the agent supports)")
+def test_agent_runs_under_python38_with_the_shipped_nvml_binding(tmp_path):
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=2, mode="ecc")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(PY38)
+    env = {**os.environ, **dict(sim_env(node))}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    del env["GRIDCTL_PYNVML_PATH"]           # the real binding's source, shipped; no driver here: nvidia-smi
+    proc = subprocess.Popen(["sh", "-c", LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(bootstrap())
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["python"].startswith("3.8.")
+        from gridctl.probe import ProbeBudget, probe_request
+        req = probe_request(ProbeBudget(4), str(node / "work"))
+        proc.stdin.write((json.dumps({**req.agent_args, "id": 1, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        obs = req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    assert obs.complete and [g.ecc_uncorrected_volatile for g in obs.gpus] == [2, 0]
+    assert obs.nvml_error is not None and obs.nvml_error.startswith("12 ")
+
+
+def test_wedged_nvml_reads_as_a_slow_nvidia_smi_and_the_session_keeps_answering(tmp_path):
+    path = write_local_fleet(tmp_path, "wedged", count=1, gpus=1, probe_timeout="3s")
+    node = take_inventory(load_fleet(path), tmp_path).nodes[0]
+    write_node(node.target.local_dir, node.name, gpus=1, mode="hang")      # every NVML call blocks
+    transports = Transports(agent=True)
+    try:
+        first = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+        second = sweep([node], transports, probe_timeout=3, concurrency=1)[node.name]
+    finally:
+        transports.close()
+    for obs in (first, second):
+        assert obs.probe_path == "agent" and obs.complete and obs.smi_rc == 124
+        assert "probe-hung" in {f.code for f in classify(obs, node.expect).findings}
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(raw[raw.rfind(")") + 2:].split()[1]) == pid:
+                out.append((int(entry), raw[raw.find("(") + 1:raw.rfind(")")]))
+    return out
+
+
+def test_kernel_log_is_followed_after_the_first_read_and_the_follower_dies_with_the_agent(tmp_path):
+    from gridctl.models import LogPosition
+    from gridctl.probe import ProbeBudget, probe_request
+    from providers.local import _kernel_line
+    node = tmp_path / "n"
+    write_node(node, "n", gpus=2, mode="xid79")              # a journal with entries: worth following
+    proc = _agent(node)
+    try:
+        first_req = probe_request(ProbeBudget(4), str(node / "work"))
+        proc.stdin.write((json.dumps({**first_req.agent_args, "id": 1, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        first = first_req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+        assert [x.xid for x in first.xids] == [79] and first.xid_source == "journalctl"
+        below = _children(proc.pid)                     # sh -c LOADER, then python3 (the agent) below it
+        below += [g for pid, _ in below for g in _children(pid)]
+        followers = [c for c in below if c[1] == "tail"]
+        assert len(followers) == 1, below
+        with open(node / "kernel.log", "a") as f:
+            f.write(_kernel_line("NVRM: Xid (PCI:0000:18:00): 48, pid=0, DBE (Double Bit Error) ECC Error"))
+        time.sleep(1.5)                                       # tail -F's poll
+        req = probe_request(ProbeBudget(4), str(node / "work"),
+                            position=LogPosition(first.boot_id, first.uptime_s))
+        proc.stdin.write((json.dumps({**req.agent_args, "id": 2, "op": "probe"}) + "\n").encode())
+        proc.stdin.flush()
+        second = req.parse("n", _next(proc, "result")["out"], started_at=0, duration_s=0)
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+    assert 48 in [x.xid for x in second.xids]
+    time.sleep(0.3)
+    assert not Path(f"/proc/{followers[0][0]}").exists() or "Z" in Path(f"/proc/{followers[0][0]}/stat").read_text().split(")")[1][:3]

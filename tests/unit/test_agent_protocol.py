@@ -1,0 +1,168 @@
+"""The controller's end of the agent protocol against a node that writes what it likes: framing,
+bounds, versions, garbage. The node is a byte stream fed by the test (no process, no network)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+
+import pytest
+
+from gridctl.agent.session import MAX_LINE, PROTOCOL, AgentSession, ProtocolError, SessionSilent, bootstrap
+
+
+class NodeStream:
+    """What a node writes, chunk by chunk; what we write is kept."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks: queue.Queue = queue.Queue()
+        for c in chunks:
+            self.chunks.put(c)
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def read(self, n: int) -> bytes:
+        return self.chunks.get()
+
+    def close(self) -> None:
+        self.closed = True
+        self.chunks.put(b"")
+
+
+def line(**msg) -> bytes:
+    return (json.dumps(msg) + "\n").encode()
+
+
+HELLO = line(t="hello", v=PROTOCOL, caps=["probe"], pid=7)
+
+
+def started(*chunks: bytes) -> tuple[AgentSession, NodeStream]:
+    stream = NodeStream(HELLO, *chunks)
+    session = AgentSession(stream)
+    session.start(2)
+    return session, stream
+
+
+def test_bootstrap_ships_agent_then_its_modules_by_length():
+    data = bootstrap()
+    size, _, rest = data.partition(b"\n")
+    agent = rest[:int(size)]
+    assert b"def main(stdin)" in agent
+    count, _, rest = rest[int(size):].partition(b"\n")
+    names = []
+    for _ in range(int(count)):
+        head, _, rest = rest.partition(b"\n")
+        name, length = head.split()
+        names.append(name.decode())
+        rest = rest[int(length):]
+    assert names[:2] == ["gridctl_node_attempts", "gridctl_node_host"] and rest == b""
+
+
+def test_result_text_comes_back_for_its_request():
+    session, stream = started()
+    stream.chunks.put(line(t="hb") + line(t="result", id=1, out="@n end\n"))
+    assert session.request({"nonce": "ab" * 8}, 2, 2) == "@n end\n"
+    sent = json.loads(stream.written[len(bootstrap()):].decode())
+    assert sent["op"] == "probe" and sent["id"] == 1
+
+
+def test_a_result_split_across_reads_is_joined():
+    session, stream = started()
+    whole = line(t="result", id=1, out="x" * 1000)
+    stream.chunks.put(whole[:100])
+    stream.chunks.put(whole[100:])
+    assert session.request({}, 2, 2) == "x" * 1000
+
+
+def test_garbage_line_ends_session_with_words():
+    session, stream = started(b"\x00\xffnot json at all\n")
+    with pytest.raises(ProtocolError, match="not JSON"):
+        session.request({}, 2, 2)
+    assert stream.closed
+
+
+def test_ten_megabyte_line_ends_session_without_keeping_it():
+    session, stream = started(*([b"a" * (1 << 20)] * 10))
+    with pytest.raises(ProtocolError, match=f"over {MAX_LINE} bytes"):
+        session.request({}, 5, 5)
+
+
+def test_answer_to_a_request_never_sent_ends_session():
+    session, stream = started()
+    stream.chunks.put(line(t="result", id=99, out="forged"))
+    with pytest.raises(ProtocolError, match="did not send"):
+        session.request({}, 2, 2)
+
+
+def test_unknown_message_kind_ends_session():
+    session, _ = started(line(t="exec", cmd="rm -rf /"))
+    with pytest.raises(ProtocolError, match="unknown message kind"):
+        session.request({}, 2, 2)
+
+
+def test_partial_line_then_end_of_stream_is_a_lost_session():
+    session, stream = started(b'{"t": "resu', b"")
+    with pytest.raises(ProtocolError, match="ended"):
+        session.request({}, 2, 2)
+
+
+def test_other_protocol_version_is_refused_at_start():
+    stream = NodeStream(line(t="hello", v=PROTOCOL + 1, caps=[]))
+    with pytest.raises(ProtocolError, match=f"protocol {PROTOCOL + 1}"):
+        AgentSession(stream).start(2)
+
+
+def test_no_hello_is_refused_at_start():
+    stream = NodeStream(b"sh: 1: python3: not found\n")
+    with pytest.raises(ProtocolError, match="did not start"):
+        AgentSession(stream).start(2)
+
+
+def test_silent_session_is_reported_as_silence_not_an_answer():
+    session, _ = started()
+    session.last_heard = time.monotonic() - 5
+    with pytest.raises(SessionSilent):
+        session.request({}, 3, 2)
+
+
+def test_heartbeats_without_result_time_out():
+    session, stream = started()
+    for _ in range(20):
+        stream.chunks.put(line(t="hb"))
+    with pytest.raises(TimeoutError):
+        session.request({}, 0.5, 5)
+
+
+def test_pushed_xid_reaches_the_callback():
+    seen = []
+    stream = NodeStream(HELLO, line(t="xid", xid=79, gpu=3, bus_id="00000000:48:00.0"))
+    AgentSession(stream, on_xid=seen.append).start(2)
+    deadline = time.monotonic() + 2
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen and seen[0]["xid"] == 79
+
+
+def test_lines_waiting_unread_are_not_silence():
+    """A controller too busy to read is not a silent node: the stream says bytes are waiting."""
+    session, stream = started()
+    stream.pending = lambda: True
+    session.last_heard = time.monotonic() - 5
+    with pytest.raises(TimeoutError):
+        session.request({}, 0.5, 2)
+
+
+def test_a_request_the_agent_can_no_longer_take_marks_the_session_ended():
+    """An agent killed just before a pass: the write fails before its end of stream is read."""
+    session, stream = started()
+
+    def broken_pipe(data: bytes) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+    stream.write = broken_pipe
+    with pytest.raises(ProtocolError, match="cannot send"):
+        session.request({}, 2, 2)
+    assert session.ended
