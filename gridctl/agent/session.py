@@ -35,7 +35,7 @@ def _source(name: str) -> bytes:
 
 
 def _binding_source() -> bytes | None:
-    """nvidia-ml-py's pynvml.py as installed here (the [nvml] extra); None when absent."""
+    """nvidia-ml-py's pynvml.py as installed here (a gridctl dependency); None when absent."""
     try:
         import importlib.util
         spec = importlib.util.find_spec("pynvml")
