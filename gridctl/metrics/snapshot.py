@@ -1,7 +1,7 @@
 """What the exported metrics say, read from the store in one read transaction.
 
 Called by metrics.exporter.StoreCollector at every scrape (and once by `gridctl metrics`). Named
-queries only (store/queries.py); nothing here imports prometheus_client.
+queries only (store/queries.py, store/fleetstats.py); nothing here imports prometheus_client.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..failover import Failover, failover_times
 from ..models import NodeRecord
-from ..store import queries, read_tx
+from ..store import fleetstats, queries, read_tx
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,14 @@ class MetricsSnapshot:
 def read_snapshot(conn: sqlite3.Connection, now: float) -> MetricsSnapshot:
     with read_tx(conn):
         nodes = tuple(queries.load_nodes(conn).values())
-        started, ended = queries.attempt_counts(conn)
+        started, ended = fleetstats.attempt_counts(conn)
         done, took = queries.last_pass_done(conn)
         parts = queries.get_meta(conn, "partitions")
         return MetricsSnapshot(
             read_at=now, nodes=nodes,
             gpus={node: readings for node, (_, readings) in queries.latest_gpu_readings(conn).items()},
-            probe_s=queries.latest_probe_durations(conn), jobs=queries.job_counts(conn),
-            restarts=queries.job_restarts(conn), started=started, ended=ended, last_pass_done=done,
+            probe_s=fleetstats.latest_probe_durations(conn), jobs=fleetstats.job_counts(conn),
+            restarts=fleetstats.job_restarts(conn), started=started, ended=ended, last_pass_done=done,
             last_pass_s=took, partitions=tuple(parts.split(",")) if parts else (),
             failover=_last_failover(conn, {n.name: n for n in nodes}))
 
@@ -48,11 +48,11 @@ def read_snapshot(conn: sqlite3.Connection, now: float) -> MetricsSnapshot:
 def _last_failover(conn: sqlite3.Connection, nodes: dict[str, NodeRecord]) -> Failover | None:
     """The latest failover, timed by failover.failover_times from the node's last healthy probe
     before the attempt left it (the store does not know when a fault struck; that probe bounds it)."""
-    moved = queries.latest_node_failure_attempt(conn)
+    moved = fleetstats.latest_node_failure_attempt(conn)
     if moved is None:
         return None
     left_at = moved.silent_since or moved.ended_at or 0.0
-    fault_at = queries.last_healthy_probe_before(conn, moved.node, left_at)
+    fault_at = fleetstats.last_healthy_probe_before(conn, moved.node, left_at)
     node = nodes.get(moved.node)
     if fault_at is None and node is not None and node.last_good is not None and node.last_good < left_at:
         fault_at = node.last_good     # older probes trimmed, but the node has not been healthy since
