@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from promsamples import key, samples
 
 from fleetsim import free_port
 from helpers import GRIDCTL, gridctl, stop_attempts, write_local_fleet
@@ -25,17 +25,6 @@ from providers.local import write_node
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 WAIT_S = 20.0
 
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name: str, **labels) -> tuple[str, frozenset]:
-    return name, frozenset(labels.items())
 
 
 def _store(tmp_path: Path) -> sqlite3.Connection:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from promsamples import key, samples
 
 from gridctl.errors import ConfigError, GridctlError
 from gridctl.failover import failover_times
@@ -28,18 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
 GPU_UUID = "GPU-1a2b3c4d-0000-1111-2222-333344445555"
 
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """(sample name, labels) -> value, from the exposition text through prometheus_client's parser."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name: str, **labels) -> tuple[str, frozenset]:
-    return name, frozenset(labels.items())
 
 
 def _obs(node: str, t: float, health: Health, gpus=()) -> tuple[Observation, Verdict]:
