@@ -131,7 +131,10 @@ class AgentSession:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no answer in {timeout_s:g}s")
-                self._cond.wait(min(left, 0.2))
+                # woken by a result or a break; otherwise only when the session could turn silent
+                # (heartbeats move that moment on without a wake-up) or, past it with lines unread, soon
+                until_silent = silent_after_s - self.silent_for()
+                self._cond.wait(min(left, until_silent + 0.01 if until_silent > 0 else 0.2))
             msg = self._results.pop(ident)
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
