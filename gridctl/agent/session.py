@@ -164,6 +164,8 @@ class AgentSession:
         try:
             self.stream.write((json.dumps({**args, "id": ident, "op": "probe"}) + "\n").encode())
         except Exception as e:     # the agent is gone (a broken pipe, a closed channel)
+            if self.broken is not None:
+                raise ProtocolError(self.broken) from e         # we closed it: the node broke the protocol
             self.ended = True
             self._break(f"cannot send: {type(e).__name__}: {e}")
         deadline = time.monotonic() + timeout_s
@@ -286,11 +288,12 @@ class AgentSession:
             self._cond.notify_all()
 
     def _mark(self, why: str) -> None:
-        self.close()            # first: whoever is told the session broke finds it closed
         with self._cond:
             if self.broken is None:
-                self.broken = why
-            self._cond.notify_all()
+                self.broken = why       # before closing: a write that fails on our close reads as this
+        self.close()
+        with self._cond:
+            self._cond.notify_all()     # after closing: whoever is woken finds the session closed
 
     def _break(self, why: str) -> None:
         self._mark(why)

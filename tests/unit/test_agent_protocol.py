@@ -123,6 +123,9 @@ def test_garbage_line_ends_session_with_words():
     session, stream = started(b"\x00\xffnot json at all\n")
     with pytest.raises(ProtocolError, match="not JSON"):
         session.request({}, 2, 2)
+    deadline = time.monotonic() + 2          # the reading thread closes it right after saying why
+    while not stream.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert stream.closed
 
 
