@@ -76,6 +76,7 @@ class ProbeRequest:
         return parse_probe(node, output, started_at=started_at, duration_s=duration_s, nonce=self.nonce, key=self.key)
 
 
+_SCRIPT_BYTES = SCRIPT.encode()        # encoded once: every sh probe sends it
 _BOOT_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 
 
@@ -100,7 +101,7 @@ def probe_request(budget: ProbeBudget, work_dir: str, *, kill: tuple[str, ...] =
     agent = {"nonce": nonce, "t": budget.smi_s, "tlog": budget.log_s, "wd": work_dir, "md": metadata or "",
              "pb": pb, "pu": float(pu), "query": query(FULL_FIELDS), "core": query(CORE_FIELDS),
              "kill": [[a, attempt_token(key, a)] for a in kill] if key is not None else []}
-    return ProbeRequest("sh -s -- " + " ".join(shlex.quote(a) for a in args), (head + SCRIPT).encode(), nonce, key,
+    return ProbeRequest("sh -s -- " + " ".join(shlex.quote(a) for a in args), head.encode() + _SCRIPT_BYTES, nonce, key,
                         agent)
 
 

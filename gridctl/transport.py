@@ -376,6 +376,19 @@ class ChannelStream:
             if not self.chan.get_transport() or not self.chan.get_transport().is_active():
                 return b""
 
+    def fileno(self) -> int:
+        """A descriptor that is readable while the channel holds data or has ended (paramiko's pipe)."""
+        return self.chan.fileno()
+
+    def read_now(self, n: int) -> bytes | None:
+        """What the channel holds now (never blocks); b"" at the end; None when nothing is here yet."""
+        if self.chan.recv_ready():
+            return self.chan.recv(n)
+        transport = self.chan.get_transport()
+        if self.chan.closed or self.chan.eof_received or transport is None or not transport.is_active():
+            return b""
+        return None
+
     def pending(self) -> bool:
         """Bytes for this session already here: buffered in the channel, or unread on the socket."""
         if self.chan.recv_ready():

@@ -8,6 +8,7 @@ ProtocolError (the caller drops it, reconnects later and says so in the node's o
 from __future__ import annotations
 
 import json
+import selectors
 import threading
 import time
 from dataclasses import dataclass
@@ -71,9 +72,47 @@ class Hello:
     pid: int | None
 
 
+class _Hub:
+    """One thread that reads every session whose stream can be polled (fileno() + read_now(n): an SSH
+    channel). A heartbeat then wakes one shared thread, not a thread per session (the controller's
+    CPU per pass and idle, issue 13); other streams (simulated nodes' pipes) keep a reader thread each."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, fd: int, session: "AgentSession") -> None:
+        with self._lock:
+            self._sel.register(fd, selectors.EVENT_READ, session)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gridctl-agent-hub", daemon=True)
+                self._thread.start()
+
+    def remove(self, fd: int, session: "AgentSession") -> None:
+        """Stop reading fd for session (never for a later session that was given the same fd number)."""
+        with self._lock:
+            try:
+                if self._sel.get_key(fd).data is session:
+                    self._sel.unregister(fd)
+            except (KeyError, ValueError, OSError):     # already gone (ended, or closed twice)
+                pass
+
+    def _run(self) -> None:
+        while True:
+            # epoll sees sessions added while it waits; the timeout bounds that for selectors that do not
+            for key, _ in self._sel.select(0.5):
+                if not key.data.pump():
+                    self.remove(key.fd, key.data)
+
+
+HUB = _Hub()
+
+
 class AgentSession:
     """One running agent over a byte stream (`stream`: write(bytes), read(n) -> bytes, b"" at the end,
-    close()). A reader thread parses lines as they come; `on_xid(event)` is called for pushed XIDs."""
+    close(); with fileno() and read_now(n) -> bytes | None it is read by the shared HUB thread instead of a
+    reader thread of its own). Lines are parsed as they come; `on_xid(event)` is called for pushed XIDs."""
 
     def __init__(self, stream, on_xid: Callable[[dict], None] = lambda e: None) -> None:
         self.stream = stream
@@ -85,11 +124,17 @@ class AgentSession:
         self._cond = threading.Condition()
         self._results: dict[int, dict] = {}
         self._next_id = 0
+        self._buf = bytearray()
+        self._fd: int | None = None
         self._reader = threading.Thread(target=self._read, name="gridctl-agent", daemon=True)
 
     def start(self, timeout_s: float) -> Hello:
         """Ship the agent and wait for its hello; ProtocolError when none comes in timeout_s."""
-        self._reader.start()
+        if hasattr(self.stream, "read_now") and hasattr(self.stream, "fileno"):
+            self._fd = self.stream.fileno()
+            HUB.add(self._fd, self)
+        else:
+            self._reader.start()
         try:
             self.stream.write(bootstrap())
         except Exception as e:
@@ -119,6 +164,8 @@ class AgentSession:
         try:
             self.stream.write((json.dumps({**args, "id": ident, "op": "probe"}) + "\n").encode())
         except Exception as e:     # the agent is gone (a broken pipe, a closed channel)
+            if self.broken is not None:
+                raise ProtocolError(self.broken) from e         # we closed it: the node broke the protocol
             self.ended = True
             self._break(f"cannot send: {type(e).__name__}: {e}")
         deadline = time.monotonic() + timeout_s
@@ -131,7 +178,10 @@ class AgentSession:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no answer in {timeout_s:g}s")
-                self._cond.wait(min(left, 0.2))
+                # woken by a result or a break; otherwise only when the session could turn silent
+                # (heartbeats move that moment on without a wake-up) or, past it with lines unread, soon
+                until_silent = silent_after_s - self.silent_for()
+                self._cond.wait(min(left, until_silent + 0.01 if until_silent > 0 else 0.2))
             msg = self._results.pop(ident)
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
@@ -145,6 +195,8 @@ class AgentSession:
             return False
 
     def close(self) -> None:
+        if self._fd is not None:
+            HUB.remove(self._fd, self)
         try:
             self.stream.close()
         except Exception:       # already gone: closing is best effort
@@ -153,29 +205,52 @@ class AgentSession:
     # -- the reader
 
     def _read(self) -> None:
-        buf = bytearray()
+        """The reader thread of a stream the HUB cannot poll."""
         try:
             while self.broken is None:
                 chunk = self.stream.read(65536)
                 if not chunk:
                     self.ended = True
                     self._break("agent session ended")
-                    return
-                buf += chunk
-                while True:
-                    cut = buf.find(b"\n")
-                    if cut < 0:
-                        break
-                    line = bytes(buf[:cut])
-                    del buf[:cut + 1]
-                    self._line(line)
-                if len(buf) > MAX_LINE:
-                    self._break(f"agent line over {MAX_LINE} bytes")
+                self._take(chunk)
         except ProtocolError:
             return
         except Exception as e:     # the stream failed under us: the session is over
             self.ended = True
             self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
+
+    def pump(self) -> bool:
+        """The HUB's call when the stream is readable: take what is there; False once the session is over."""
+        try:
+            chunk = self.stream.read_now(65536)
+            if chunk is None:
+                return self.broken is None
+            if not chunk:
+                self.ended = True
+                self._break("agent session ended")
+            self._take(chunk)
+        except ProtocolError:
+            return False
+        except Exception as e:     # the stream failed under us: the session is over
+            self.ended = True
+            self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
+            return False
+        return self.broken is None
+
+    def _take(self, chunk: bytes) -> None:
+        """Frame and handle the lines in chunk (with what came before it); raises ProtocolError on a breach."""
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while True:
+            cut = buf.find(b"\n", start)
+            if cut < 0:
+                break
+            self._line(bytes(buf[start:cut]))
+            start = cut + 1
+        del buf[:start]
+        if len(buf) > MAX_LINE:
+            self._break(f"agent line over {MAX_LINE} bytes")
 
     def _line(self, line: bytes) -> None:
         if len(line) > MAX_LINE:
@@ -215,9 +290,10 @@ class AgentSession:
     def _mark(self, why: str) -> None:
         with self._cond:
             if self.broken is None:
-                self.broken = why
-            self._cond.notify_all()
+                self.broken = why       # before closing: a write that fails on our close reads as this
         self.close()
+        with self._cond:
+            self._cond.notify_all()     # after closing: whoever is woken finds the session closed
 
     def _break(self, why: str) -> None:
         self._mark(why)

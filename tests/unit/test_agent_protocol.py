@@ -1,9 +1,12 @@
 """The controller's end of the agent protocol against a node that writes what it likes: framing,
-bounds, versions, garbage. The node is a byte stream fed by the test (no process, no network)."""
+bounds, versions, garbage. The node is a byte stream fed by the test (no process, no network), read
+both ways the controller reads one: by a reader thread of its own, and (like an SSH channel) by the
+shared thread that polls every session's descriptor."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import time
 
@@ -33,6 +36,44 @@ class NodeStream:
         self.chunks.put(b"")
 
 
+class _Signalled(queue.Queue):
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def put(self, item, *args, **kwargs) -> None:
+        super().put(item, *args, **kwargs)
+        os.write(self.fd, b"*")
+
+
+class PolledStream(NodeStream):
+    """The same node read like an SSH channel: a descriptor readable while a chunk waits, and a read
+    that never blocks (the shared hub thread's way)."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        super().__init__()
+        self.rfd, wfd = os.pipe()
+        self.chunks = _Signalled(wfd)
+        for c in chunks:
+            self.chunks.put(c)
+
+    def fileno(self) -> int:
+        return self.rfd
+
+    def read_now(self, n: int) -> bytes | None:
+        os.read(self.rfd, 1)
+        return self.chunks.get_nowait()
+
+
+Stream = NodeStream
+
+
+@pytest.fixture(autouse=True, params=["reader-thread", "polled-hub"])
+def stream_kind(request, monkeypatch):
+    monkeypatch.setitem(globals(), "Stream", PolledStream if request.param == "polled-hub" else NodeStream)
+    return request.param
+
+
 def line(**msg) -> bytes:
     return (json.dumps(msg) + "\n").encode()
 
@@ -41,7 +82,7 @@ HELLO = line(t="hello", v=PROTOCOL, caps=["probe"], pid=7)
 
 
 def started(*chunks: bytes) -> tuple[AgentSession, NodeStream]:
-    stream = NodeStream(HELLO, *chunks)
+    stream = Stream(HELLO, *chunks)
     session = AgentSession(stream)
     session.start(2)
     return session, stream
@@ -64,7 +105,8 @@ def test_bootstrap_ships_agent_then_its_modules_by_length():
 
 def test_result_text_comes_back_for_its_request():
     session, stream = started()
-    stream.chunks.put(line(t="hb") + line(t="result", id=1, out="@n end\n"))
+    stream.write = lambda data: (stream.written.extend(data),
+                                 stream.chunks.put(line(t="hb") + line(t="result", id=1, out="@n end\n")))
     assert session.request({"nonce": "ab" * 8}, 2, 2) == "@n end\n"
     sent = json.loads(stream.written[len(bootstrap()):].decode())
     assert sent["op"] == "probe" and sent["id"] == 1
@@ -73,8 +115,7 @@ def test_result_text_comes_back_for_its_request():
 def test_a_result_split_across_reads_is_joined():
     session, stream = started()
     whole = line(t="result", id=1, out="x" * 1000)
-    stream.chunks.put(whole[:100])
-    stream.chunks.put(whole[100:])
+    stream.write = lambda data: (stream.chunks.put(whole[:100]), stream.chunks.put(whole[100:]))
     assert session.request({}, 2, 2) == "x" * 1000
 
 
@@ -82,6 +123,9 @@ def test_garbage_line_ends_session_with_words():
     session, stream = started(b"\x00\xffnot json at all\n")
     with pytest.raises(ProtocolError, match="not JSON"):
         session.request({}, 2, 2)
+    deadline = time.monotonic() + 2          # the reading thread closes it right after saying why
+    while not stream.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert stream.closed
 
 
@@ -111,13 +155,13 @@ def test_partial_line_then_end_of_stream_is_a_lost_session():
 
 
 def test_other_protocol_version_is_refused_at_start():
-    stream = NodeStream(line(t="hello", v=PROTOCOL + 1, caps=[]))
+    stream = Stream(line(t="hello", v=PROTOCOL + 1, caps=[]))
     with pytest.raises(ProtocolError, match=f"protocol {PROTOCOL + 1}"):
         AgentSession(stream).start(2)
 
 
 def test_no_hello_is_refused_at_start():
-    stream = NodeStream(b"sh: 1: python3: not found\n")
+    stream = Stream(b"sh: 1: python3: not found\n")
     with pytest.raises(ProtocolError, match="did not start"):
         AgentSession(stream).start(2)
 
@@ -139,7 +183,7 @@ def test_heartbeats_without_result_time_out():
 
 def test_pushed_xid_reaches_the_callback():
     seen = []
-    stream = NodeStream(HELLO, line(t="xid", xid=79, gpu=3, bus_id="00000000:48:00.0"))
+    stream = Stream(HELLO, line(t="xid", xid=79, gpu=3, bus_id="00000000:48:00.0"))
     AgentSession(stream, on_xid=seen.append).start(2)
     deadline = time.monotonic() + 2
     while not seen and time.monotonic() < deadline:
@@ -166,3 +210,10 @@ def test_a_request_the_agent_can_no_longer_take_marks_the_session_ended():
     with pytest.raises(ProtocolError, match="cannot send"):
         session.request({}, 2, 2)
     assert session.ended
+
+
+def test_a_polled_stream_is_read_by_the_shared_thread_not_one_of_its_own(stream_kind):
+    session, stream = started()
+    stream.write = lambda data: stream.chunks.put(line(t="result", id=1, out="ok\n"))   # answered when asked
+    assert session.request({}, 2, 2) == "ok\n"
+    assert session._reader.is_alive() is (stream_kind == "reader-thread")
