@@ -8,7 +8,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from .render import console, err_console
+from .render import console, err_console, say as line, table
 
 
 @app.command()
@@ -50,17 +50,17 @@ def demo(
             stop_loop(d.loop, thread)
             outcomes, final_jobs = d.outcomes(), d.final_jobs()     # the story's end, before the jobs end
             ended = _end_jobs(d, keep)
-    from rich.table import Table
     console.print()
-    console.print(_recovery_table(outcomes, d.request_figures()) if outcomes else "no fault was injected")
-    console.print(_requests_line(d), markup=False, soft_wrap=True)
-    final = Table(title="Jobs at the end", show_edge=False, header_style="bold")
-    for h in ("JOB", "CLASS", "STATE", "NODES", "REASON"):
-        final.add_column(h, overflow="fold")
-    for row in final_jobs:
-        final.add_row(*row)
-    console.print()
-    console.print(final)
+    if outcomes:
+        _recovery_table(outcomes, d.request_figures())
+    else:
+        line("no fault was injected")
+    for text in _requests_line(d).splitlines():
+        line(text)
+    line("")
+    table([dict(zip(("job", "class", "state", "nodes", "reason"), row)) for row in final_jobs],
+          [("job", "JOB", None), ("class", "CLASS", None), ("state", "STATE", None), ("nodes", "NODES", None),
+           ("reason", "REASON", None)], title="Jobs at the end")
     if ended:
         console.print(f"\n{ended}", markup=False, soft_wrap=True)
     recovered = bool(outcomes) and all(o.recover_s is not None for o in outcomes)
@@ -82,24 +82,27 @@ def _traffic_note(d) -> str:
     return f" · router: {requests} requests, {failed} failed" if requests else ""
 
 
-def _recovery_table(outcomes, figures):
-    """One row per job a fault moved (a rich Table); the router's figures of a fault on its first row
-    (the routed service's, when the fault hit it: Demo.outcomes lists it first)."""
-    from rich.table import Table
-    table = Table(title="Recovery", show_edge=False, header_style="bold")
-    for h in ("FAULT", "JOB", "DETECTED\nAFTER", "RECOVERED\nAFTER", "STATE\nNOW", "REQUESTS", "FAILED",
-              "P50/P99\nBEFORE", "P50/P99\nDURING"):
-        table.add_column(h)
+RECOVERY_COLUMNS = [("fault", "FAULT", None), ("job", "JOB", None), ("detected", "DETECTED AFTER", None),
+                    ("recovered", "RECOVERED AFTER", None), ("state", "STATE NOW", None),
+                    ("requests", "REQUESTS", None), ("failed", "FAILED", None),
+                    ("before", "P50/P99 BEFORE", None), ("during", "P50/P99 DURING", None)]
+
+
+def _recovery_table(outcomes, figures) -> None:
+    """One row per job a fault moved, through render.table (plain aligned text without a terminal);
+    the router's figures of a fault on its first row (the routed service's, when the fault hit it:
+    Demo.outcomes lists it first)."""
+    rows = []
     for i, o in enumerate(outcomes):
         first = i == 0 or outcomes[i - 1].fault_index != o.fault_index
-        last = i == len(outcomes) - 1 or outcomes[i + 1].fault_index != o.fault_index
         fig = figures[o.fault_index] if first and o.fault_index < len(figures) else None
         traffic = ["", "", "", ""] if fig is None else \
             [str(fig.requests), str(fig.failed), fig.before.text(), fig.during.text()]
-        table.add_row(o.fault, o.job, "-" if o.detect_s is None else f"{o.detect_s:.1f}s",
-                      "not recovered" if o.recover_s is None else f"{o.recover_s:.1f}s", o.state, *traffic,
-                      end_section=last)
-    return table
+        rows.append(dict(zip([c[0] for c in RECOVERY_COLUMNS],
+                             [o.fault, o.job, "-" if o.detect_s is None else f"{o.detect_s:.1f}s",
+                              "not recovered" if o.recover_s is None else f"{o.recover_s:.1f}s", o.state,
+                              *traffic])))
+    table(rows, RECOVERY_COLUMNS, title="Recovery")
 
 
 def _requests_line(d) -> str:
