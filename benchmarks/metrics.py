@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from gridctl.metrics.exporter import exposition, store_registry  # noqa: E402
 from gridctl.models import (Attempt, AttemptState, Contact, Event, GpuReading, Health, JobRecord, JobState,  # noqa: E402
-                            NodeRecord, NodeState, Observation, Outcome, Verdict)
+                            NodeRecord, NodeState, Observation, Outcome, PassRecord, Verdict)
 from gridctl.store import connect, queries, write_tx  # noqa: E402
 
 GRIDCTL = [sys.executable, "-c", "from gridctl.cli import main; main()"]
@@ -61,7 +61,7 @@ def fill(root: Path, nodes: int, gpus: int, jobs: int) -> Path:
             queries.save_attempt(conn, Attempt(f"{name}.2", name, 2, 0, second, AttemptState.RUNNING,
                                                started_at=now - 18, created_at=now - 19))
             queries.add_events(conn, [Event(now - 20, "attempt-ended", f"attempt {name}.1 on {first} lost", job=name)])
-        queries.record_pass_done(conn, now, 1.0)
+        queries.record_pass(conn, PassRecord("bench", 1, "loop", 15.0, now - 1.0, 1.0, nodes=nodes))
     conn.close()
     return root / "fleet.yaml"
 

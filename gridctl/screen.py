@@ -56,11 +56,9 @@ def snapshot(conn: sqlite3.Connection, fleet: str, *, interval: float, stale_aft
     jobs = list(queries.load_jobs(conn).values())
     attempts = queries.load_attempts(conn, jobs=[j.name for j in jobs])
     recent = list(reversed(queries.list_events(conn, limit=events)))
-    last = queries.get_meta(conn, "last_pass")
-    took = queries.get_meta(conn, "last_pass_s")
+    last, took = queries.last_pass_done(conn)
     parts = queries.get_meta(conn, "partitions")
-    return Snapshot(fleet, time.time(), nodes, gpus, jobs, attempts, recent,
-                    last_pass=float(last) if last else None, pass_s=float(took) if took else None,
+    return Snapshot(fleet, time.time(), nodes, gpus, jobs, attempts, recent, last_pass=last, pass_s=took,
                     next_pass_at=next_pass_at, interval=interval, stale_after=stale_after,
                     partitions=tuple(parts.split(",")) if parts else (), note=note)
 

@@ -60,7 +60,6 @@ def record(conn: sqlite3.Connection, answers: Answers, now: float, this_pass: Pa
             queries.save_node(conn, node, now)
         queries.add_events(conn, answers.all_events)
         queries.add_events(conn, list(noted))
-        queries.record_pass_done(conn, now, this_pass.duration_s)
         queries.record_pass(conn, this_pass)
         if retention != (None, None):
             prune_store(conn, jobs_before=retention[0], events_before=retention[1], now=now, limit=True)

@@ -176,16 +176,15 @@ def meta_with_prefix(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
     return {r["key"]: r["value"] for r in rows}
 
 
-def record_pass_done(conn: sqlite3.Connection, now: float, pass_s: float) -> None:
-    """A pass recorded its answers: it completed, at `now`, after `pass_s` seconds (inside write_tx)."""
-    set_meta(conn, "last_pass_s", f"{pass_s:.3f}")
-    set_meta(conn, "last_pass_done", repr(now))
-
-
 def last_pass_done(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
-    """(when the last completed pass ended, how long it took); None before the first. A store whose
-    passes predate the `last_pass_done` stamp answers with its last pass's plan time."""
-    done, took = get_meta(conn, "last_pass_done") or get_meta(conn, "last_pass"), get_meta(conn, "last_pass_s")
+    """(when the last completed pass ended, how long it took), from the newest `passes` row; None
+    before the first. A store whose passes predate that table answers from the meta stamps those
+    passes left (their plan time and duration)."""
+    row = conn.execute("SELECT started_at + duration_s AS done, duration_s FROM passes ORDER BY id DESC LIMIT 1"
+                       ).fetchone()
+    if row is not None:
+        return row["done"], row["duration_s"]
+    done, took = get_meta(conn, "last_pass"), get_meta(conn, "last_pass_s")
     return (float(done) if done else None), (float(took) if took else None)
 
 

@@ -22,7 +22,7 @@ from gridctl.errors import ConfigError, GridctlError
 from gridctl.failover import failover_times
 from gridctl.metrics.exporter import PassMetrics, exposition, parse_addr, store_registry
 from gridctl.models import (Attempt, AttemptState, Contact, Event, Finding, GpuReading, Health, JobRecord, JobState,
-                            NodeRecord, NodeState, Observation, Outcome, Severity, Verdict)
+                            NodeRecord, NodeState, Observation, Outcome, PassRecord, Severity, Verdict)
 from gridctl.store import connect, queries, write_tx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def store(tmp_path):
         queries.save_attempt(conn, _attempt("etl", 2, "b", AttemptState.RUNNING, started_at=T0 + 22.5))
         queries.add_events(conn, [Event(T0 + 20.5, "attempt-ended", "attempt etl.1 on a lost: node a quarantined",
                                         node="a", job="etl")])
-        queries.record_pass_done(conn, T0 + 23.0, 2.5)
+        queries.record_pass(conn, PassRecord("ctl", 1, "loop", 2.0, T0 + 20.5, 2.5, nodes=2))
     yield path
     conn.close()
 
@@ -239,7 +239,7 @@ def test_gridctl_help_does_not_import_prometheus_client(tmp_path):
     assert done.stdout.strip().endswith("CLEAN"), done.stdout + done.stderr
 
 
-def test_a_store_from_before_the_pass_done_stamp_still_says_when_it_last_passed(tmp_path):
+def test_a_store_from_before_the_passes_table_still_says_when_it_last_passed(tmp_path):
     conn = connect(tmp_path / "state.db")
     try:
         with write_tx(conn):
@@ -247,8 +247,8 @@ def test_a_store_from_before_the_pass_done_stamp_still_says_when_it_last_passed(
             queries.set_meta(conn, "last_pass_s", "1.250")
         assert queries.last_pass_done(conn) == (T0, 1.25)
         with write_tx(conn):
-            queries.record_pass_done(conn, T0 + 2, 0.5)
-        assert queries.last_pass_done(conn) == (T0 + 2, 0.5)
+            queries.record_pass(conn, PassRecord("ctl", 1, "once", None, T0 + 2, 0.5, nodes=1))
+        assert queries.last_pass_done(conn) == (T0 + 2.5, 0.5)
     finally:
         conn.close()
 
