@@ -54,12 +54,22 @@ def pass_now(fleet: Fleet, db_path: Path, wait_s: float) -> tuple[object | None,
     return report, ""
 
 
+def _need_store(db_path: Path, name: str) -> None:
+    if not db_path.exists():
+        raise NotFoundError(f"no job named {name}: no state recorded yet")
+
+
+def _stored_job(conn, name: str) -> JobRecord:
+    job = queries.get_job(conn, name)
+    if job is None:
+        raise NotFoundError(f"no job named {name}")
+    return job
+
+
 def _job_now(db_path: Path, name: str, note: str = "", unchanged: bool = False) -> JobNow:
     conn = connect(db_path, create=False)
     try:
-        job = queries.get_job(conn, name)
-        if job is None:
-            raise NotFoundError(f"no job named {name}")
+        job = _stored_job(conn, name)
         return JobNow(job, queries.load_attempts(conn, jobs=[name]), note, unchanged)
     finally:
         conn.close()
@@ -137,14 +147,11 @@ def dry_run(fleet: Fleet, db_path: Path, spec: JobSpec) -> tuple[list, float | N
 
 def cancel(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
     """Ask for a job's live attempts to be stopped; the next pass (run here) ends it `cancelled`."""
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    _need_store(db_path, name)
     conn = connect(db_path, create=False)
     try:
         with write_tx(conn):
-            job = queries.get_job(conn, name)
-            if job is None:
-                raise NotFoundError(f"no job named {name}")
+            job = _stored_job(conn, name)
             if job.state.terminal:
                 return JobNow(job, [], unchanged=True)
             queries.request_cancel(conn, name)
@@ -250,8 +257,7 @@ def restart(fleet: Fleet, db_path: Path, name: str, wait_s: float) -> JobNow:
     """New attempts of the same spec, reason "restarted by user": the next pass (run here) stops the
     live copies (TERM, grace, KILL) and starts anew after the stop grace; an ended job starts again.
     A cancel not yet carried out is withdrawn."""
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    _need_store(db_path, name)
     conn = connect(db_path, create=False)
     try:
         with write_tx(conn):
@@ -272,9 +278,7 @@ def _delete_if_ended(db_path: Path, name: str) -> tuple[JobRecord | None, str | 
     conn = connect(db_path, create=False)
     try:
         with write_tx(conn):
-            job = queries.get_job(conn, name)
-            if job is None:
-                raise NotFoundError(f"no job named {name}")
+            job = _stored_job(conn, name)
             why = why_kept(job, queries.load_attempts(conn, jobs=[name], unreaped=True), set(queries.node_states(conn)))
             if why is None:
                 queries.delete_job(conn, name, time.time())
@@ -291,8 +295,7 @@ def delete(fleet: Fleet, db_path: Path, name: str, force: bool, wait_s: float) -
     (the usual cancel and its pass, run here), then one more pass, whose probes kill any copy still
     alive and confirm it gone (fencing), then delete. GridctlError (nothing deleted) while a copy is
     not confirmed gone: the kill list needs its attempt row. Returns the job as it was and a note."""
-    if not db_path.exists():
-        raise NotFoundError(f"no job named {name}: no state recorded yet")
+    _need_store(db_path, name)
     deleted, why = _delete_if_ended(db_path, name)
     if deleted is not None:
         return deleted, ""
