@@ -61,6 +61,55 @@ def connect_socket(host: str, port: int, timeout: float) -> socket.socket:
         raise Unreachable(f"connect to {host}:{port}: {e.strerror or e}") from e
 
 
+def watch_silence(sock, silent_s: int) -> bool:
+    """Let the kernel find a dark peer within ~silent_s: a keepalive probe every idle second and the
+    connection ended (ETIMEDOUT) when nothing at all came back for silent_s, with or without our data in
+    flight (TCP_USER_TIMEOUT). The node's kernel answers the probes: no process on either side wakes,
+    so a resident session pays nothing to be watched (issue 13). False where the options do not exist."""
+    if type(sock) not in (socket.socket, _WatchedSocket) or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, silent_s))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, silent_s * 1000)
+    except OSError:
+        return False
+    sock.__class__ = _WatchedSocket      # same layout: only how its errors read changes
+    return True
+
+
+SILENT_WORDS = "no answer from the node to TCP keepalives"
+
+
+class NodeSilent(ConnectionError):
+    """The kernel ended a watched connection: the node answered nothing for the watch's limit."""
+
+
+class _WatchedSocket(socket.socket):
+    """A socket under watch_silence. The kernel giving up on the peer (ETIMEDOUT from recv or send) is
+    raised as NodeSilent, not as the TimeoutError a socket timeout also raises: paramiko reads that as
+    "nothing yet", then sees an end of file, and the node's silence would look like a closed session."""
+    __slots__ = ()
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        try:
+            return super().recv(n, flags)
+        except TimeoutError as e:
+            if e.errno == errno.ETIMEDOUT:
+                raise NodeSilent(errno.ETIMEDOUT, SILENT_WORDS) from e
+            raise
+
+    def send(self, data, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except TimeoutError as e:
+            if e.errno == errno.ETIMEDOUT:
+                raise NodeSilent(errno.ETIMEDOUT, SILENT_WORDS) from e
+            raise
+
+
 def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW,
                  held: Callable[[], int] = lambda: 0, answer_window: int = ANSWER_WINDOW) -> Iterator[Result]:
     """Called by observe.sweep. For each (key, host, port, timeout) yield (key, blocking socket the server

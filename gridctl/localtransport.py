@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from .connect import SILENT_WORDS
 from .errors import ProbeTimeout, Unreachable
 from .models import Target
 from .transport import MAX_OUTPUT, RunResult
@@ -62,7 +63,7 @@ class LocalTransport:
                 _kill_group(proc)
         return proc.wait()
 
-    def open_stream(self, target: Target, command: str, sock=None) -> "ProcessStream":
+    def open_stream(self, target: Target, command: str, sock=None, silent_s: int | None = None) -> "ProcessStream":
         """See SshTransport.open_stream: the command as a local subprocess of the simulated node."""
         assert target.local_dir is not None
         if (target.local_dir / "down").exists():
@@ -70,7 +71,7 @@ class LocalTransport:
         env = {**os.environ, **dict(target.local_env)}
         proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        return ProcessStream(proc, target.local_dir / "down")
+        return ProcessStream(proc, target.local_dir / "down", silent_s)
 
     def forget(self, target: Target) -> None:
         pass
@@ -82,9 +83,11 @@ class LocalTransport:
 class ProcessStream:
     """A subprocess's stdin/stdout as the byte stream an agent session reads (see ChannelStream)."""
 
-    def __init__(self, proc: subprocess.Popen, down: Path) -> None:
+    def __init__(self, proc: subprocess.Popen, down: Path, silent_s: int | None = None) -> None:
         self.proc = proc
         self.down = down        # while this file exists the simulated node is dark: nothing passes
+        self.silent_s = silent_s    # like a TCP connection the kernel watches: dark this long, it ends
+        self._dark_since: float | None = None
 
     def write(self, data: bytes) -> None:
         if self.down.exists():
@@ -94,12 +97,32 @@ class ProcessStream:
 
     def read(self, n: int) -> bytes:
         while True:
+            if self.silent_s and not select.select([self.proc.stdout], [], [], 0.2)[0]:
+                if self._dark_for() > self.silent_s:
+                    self.proc.stdout.close()
+                    return b""
+                continue
             data = self.proc.stdout.read1(n)
             if not data:
                 self.proc.stdout.close()
                 return data
-            if not self.down.exists():
+            if self._dark_for() == 0:
                 return data
+
+    def _dark_for(self) -> float:
+        """How long the simulated node has been dark (0 while it is up)."""
+        if not self.down.exists():
+            self._dark_since = None
+            return 0.0
+        if self._dark_since is None:
+            self._dark_since = time.monotonic()
+        return time.monotonic() - self._dark_since
+
+    def lost(self) -> str | None:
+        """See ChannelStream.lost: the simulated connection ended because the node stayed dark."""
+        if self.silent_s and self._dark_since is not None and self._dark_for() > self.silent_s:
+            return f"{SILENT_WORDS} (simulated node down)"
+        return None
 
     def pending(self) -> bool:
         return not self.down.exists() and bool(select.select([self.proc.stdout], [], [], 0)[0])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paramiko
 
-from .connect import connect_socket
+from .connect import SILENT_WORDS, NodeSilent, connect_socket, watch_silence
 from .errors import AuthFailed, ProbeTimeout, TransportError, Unreachable
 from .hostkeys import HostKeyStore
 from .models import Target
@@ -32,6 +32,7 @@ BANNER_TIMEOUT = 10.0
 AUTH_TIMEOUT = 10.0
 CHANNEL_TIMEOUT = 10.0
 KEEPALIVE_S = 15
+READER_WAKE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,15 @@ class SshTransport:
         finally:
             _close_quietly(chan)
 
-    def open_stream(self, target: Target, command: str, sock: socket.socket | None = None) -> "ChannelStream":
+    def open_stream(self, target: Target, command: str, sock: socket.socket | None = None,
+                    silent_s: int | None = None) -> "ChannelStream":
         """Start a long-lived command (the resident agent) on the kept connection; its stdin and stdout
-        as a byte stream. Raises what run raises when connecting; the stream is the caller's to close."""
+        as a byte stream. Raises what run raises when connecting; the stream is the caller's to close.
+        silent_s: the kernel ends the connection when the node's side answers nothing that long
+        (connect.watch_silence); the stream then says why (ChannelStream.lost)."""
         conn = self._connection(target, sock)
+        if silent_s and watch_silence(conn.transport.sock, silent_s):
+            conn.transport.set_keepalive(0)     # the kernel's keepalives watch it now, at no cost to us
         try:
             chan = conn.transport.open_session(timeout=min(CHANNEL_TIMEOUT, max(target.connect_timeout, 1.0)))
             chan.exec_command(command)
@@ -267,8 +273,10 @@ class SshTransport:
             raise Unreachable(f"SSH handshake with {target.host}:{target.port} failed: "
                               f"{type(e).__name__}: {_words(e)}") from e
         t.set_keepalive(KEEPALIVE_S)
-        # paramiko's reader thread wakes every 0.1 s by default; an idle cached connection need not
-        t.sock.settimeout(1.0)
+        # paramiko's reader thread wakes every 0.1 s by default to look at its keepalive timer and whether
+        # it was closed; neither needs that (close() also closes the socket, which ends the wait), and with
+        # hundreds of connections kept those wake-ups were most of an idle loop's CPU
+        t.sock.settimeout(READER_WAKE_S)
         return t
 
     def _authenticate(self, t: paramiko.Transport, target: Target) -> None:
@@ -388,6 +396,13 @@ class ChannelStream:
         if self.chan.closed or self.chan.eof_received or transport is None or not transport.is_active():
             return b""
         return None
+
+    def lost(self) -> str | None:
+        """Why the connection under this stream ended when the kernel gave up on a node that answers
+        nothing (connect.watch_silence); None while it is up, or when it ended any other way. paramiko
+        records the error before it closes the channels, so it is known when the stream ends."""
+        error = getattr(self.chan.get_transport(), "saved_exception", None)
+        return SILENT_WORDS if isinstance(error, NodeSilent) else None
 
     def pending(self) -> bool:
         """Bytes for this session already here: buffered in the channel, or unread on the socket."""

@@ -5,7 +5,7 @@ written to the node's disk).
 
 Protocol (line-delimited JSON, PROTOCOL version below): after the sources, stdin carries requests
 {"id": N, "op": "probe", ...} and {"op": "bye"}; stdout carries {"t": "hello", "v", "caps", "pid"},
-{"t": "hb"} every second, {"t": "xid", ...} the moment NVML reports a critical XID, and one
+{"t": "hb"} after HEARTBEAT_S without any other line, {"t": "xid", ...} the moment NVML reports a critical XID, and one
 {"t": "result", "id": N, "out": TEXT} per request, TEXT being the same framed sections the sh probe
 prints (gridctl/probe_script.py), so the controller's one parser (probe.parse_probe) reads both.
 Only the ops below exist: the agent never runs a command or code the request names.
@@ -21,6 +21,7 @@ import threading
 import time
 
 PROTOCOL = 1
+HEARTBEAT_S = 10.0     # the controller's session.HEARTBEAT_S: its kernel watches the connection each second
 MAX_REQUEST = 1 << 20
 SHOW_LINES = 1024
 _out_lock = threading.Lock()
@@ -302,14 +303,14 @@ def _boot_id() -> str:
 
 
 def _heartbeat() -> None:
-    """A line at least every second: any line is a sign of life, so a heartbeat goes out only after
-    a quiet second (during a pass the result counts)."""
+    """A line at least every HEARTBEAT_S: any line is a sign of life, so a heartbeat goes out only after
+    that long without one (during a pass the result counts)."""
     while True:
         quiet = time.monotonic() - _last_sent[0]
-        if quiet >= 0.95:
+        if quiet >= HEARTBEAT_S - 0.05:
             send({"t": "hb", "at": time.time()})
             quiet = 0.0
-        time.sleep(max(0.05, 1.0 - quiet))
+        time.sleep(max(0.05, HEARTBEAT_S - quiet))
 
 
 def main(stdin) -> None:

@@ -16,7 +16,12 @@ from importlib import resources
 from typing import Callable
 
 PROTOCOL = 1
-HEARTBEAT_S = 1.0
+# Two kinds of silence. The network: the kernel probes every idle connection each second and ends it when
+# the node answers nothing for NET_SILENT_S (connect.watch_silence): no process wakes for it. The agent:
+# it writes a line at least every HEARTBEAT_S (node_agent.HEARTBEAT_S), a sign of life between passes
+# that costs the controller a wake-up per line, so it is rare; a pass's request has its own deadline.
+HEARTBEAT_S = 10.0
+NET_SILENT_S = 2
 MAX_LINE = 6 * 1024 * 1024        # a result carries at most probe.MAX_OUTPUT_BYTES of text, JSON-escaped
 # the loader is the command line: fixed, no secret; the agent's source follows on stdin
 LOADER = ("python3 -c 'import sys;r=sys.stdin.buffer;g={\"__name__\":\"gridctl_node_agent\"};"
@@ -114,15 +119,19 @@ class AgentSession:
     close(); with fileno() and read_now(n) -> bytes | None it is read by the shared HUB thread instead of a
     reader thread of its own). Lines are parsed as they come; `on_xid(event)` is called for pushed XIDs."""
 
-    def __init__(self, stream, on_xid: Callable[[dict], None] = lambda e: None) -> None:
+    def __init__(self, stream, on_xid: Callable[[dict], None] = lambda e: None,
+                 on_end: Callable[[], None] = lambda: None) -> None:
         self.stream = stream
         self.on_xid = on_xid
+        self.on_end = on_end            # called once when the session breaks or ends under us
         self.hello: Hello | None = None
         self.broken: str | None = None
         self.ended = False              # the stream ended (the agent exited or crashed), not a protocol breach
+        self.lost: str | None = None    # ... because the connection under it died: the node went dark
         self.last_heard = time.monotonic()
         self._cond = threading.Condition()
-        self._results: dict[int, dict] = {}
+        self._results: dict[int, tuple[dict, float]] = {}     # id -> (message, monotonic time it came)
+        self.answered_at = 0.0          # when the result answer() returned last came
         self._next_id = 0
         self._buf = bytearray()
         self._fd: int | None = None
@@ -158,6 +167,11 @@ class AgentSession:
         """Send one probe request; its result's text. ProtocolError when the session broke,
         SessionSilent when nothing at all came for silent_after_s, TimeoutError when heartbeats
         came but no result in timeout_s."""
+        ident = self.send(args)
+        return self.answer(ident, time.monotonic() + timeout_s, silent_after_s, timeout_s)
+
+    def send(self, args: dict) -> int:
+        """Send one probe request; its id (for answer). ProtocolError when the session is over."""
         with self._cond:
             self._next_id += 1
             ident = self._next_id
@@ -166,9 +180,12 @@ class AgentSession:
         except Exception as e:     # the agent is gone (a broken pipe, a closed channel)
             if self.broken is not None:
                 raise ProtocolError(self.broken) from e         # we closed it: the node broke the protocol
-            self.ended = True
-            self._break(f"cannot send: {type(e).__name__}: {e}")
-        deadline = time.monotonic() + timeout_s
+            self._end(f"cannot send: {type(e).__name__}: {e}")
+        return ident
+
+    def answer(self, ident: int, deadline: float, silent_after_s: float, timeout_s: float) -> str:
+        """The text of request ident's result, waiting until `deadline` (monotonic, timeout_s after the
+        request was sent); see request."""
         with self._cond:
             while ident not in self._results:
                 if self.broken is not None:
@@ -182,7 +199,7 @@ class AgentSession:
                 # (heartbeats move that moment on without a wake-up) or, past it with lines unread, soon
                 until_silent = silent_after_s - self.silent_for()
                 self._cond.wait(min(left, until_silent + 0.01 if until_silent > 0 else 0.2))
-            msg = self._results.pop(ident)
+            msg, self.answered_at = self._results.pop(ident)
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
         return msg["out"]
@@ -210,14 +227,12 @@ class AgentSession:
             while self.broken is None:
                 chunk = self.stream.read(65536)
                 if not chunk:
-                    self.ended = True
-                    self._break("agent session ended")
+                    self._end("agent session ended")
                 self._take(chunk)
         except ProtocolError:
             return
         except Exception as e:     # the stream failed under us: the session is over
-            self.ended = True
-            self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
+            self._end(f"agent session lost: {type(e).__name__}: {str(e)[:200]}", quiet=True)
 
     def pump(self) -> bool:
         """The HUB's call when the stream is readable: take what is there; False once the session is over."""
@@ -226,14 +241,12 @@ class AgentSession:
             if chunk is None:
                 return self.broken is None
             if not chunk:
-                self.ended = True
-                self._break("agent session ended")
+                self._end("agent session ended")
             self._take(chunk)
         except ProtocolError:
             return False
         except Exception as e:     # the stream failed under us: the session is over
-            self.ended = True
-            self._mark(f"agent session lost: {type(e).__name__}: {str(e)[:200]}")
+            self._end(f"agent session lost: {type(e).__name__}: {str(e)[:200]}", quiet=True)
             return False
         return self.broken is None
 
@@ -281,19 +294,38 @@ class AgentSession:
             if kind == "result" and not isinstance(msg.get("out"), str):
                 self._break("agent result without output text")
             with self._cond:
-                self._results[ident] = msg
+                self._results[ident] = (msg, time.monotonic())
         else:
             self._break(f"agent wrote an unknown message kind {kind[:20]!r}")
         with self._cond:
             self._cond.notify_all()
 
+    def _end(self, why: str, quiet: bool = False) -> None:
+        """The stream ended or failed: the agent exited, or the connection under it died (`lost`: the
+        node is silent, not the agent broken). Raises ProtocolError unless quiet."""
+        try:
+            lost = getattr(self.stream, "lost", lambda: None)()
+        except Exception:       # a stream that cannot tell: the agent ended
+            lost = None
+        self.ended = True
+        if lost:
+            self.lost = lost
+            why = f"agent session silent: {lost}"
+        if quiet:
+            self._mark(why)
+        else:
+            self._break(why)
+
     def _mark(self, why: str) -> None:
         with self._cond:
-            if self.broken is None:
+            first = self.broken is None
+            if first:
                 self.broken = why       # before closing: a write that fails on our close reads as this
         self.close()
         with self._cond:
             self._cond.notify_all()     # after closing: whoever is woken finds the session closed
+        if first and self.hello is not None:
+            self.on_end()
 
     def _break(self, why: str) -> None:
         self._mark(why)

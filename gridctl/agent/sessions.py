@@ -4,15 +4,17 @@ reconcile/observe._probe_one (through Transports.agents) in loop mode, or once w
 Per pass a node's probe is one request on its session. A node where the agent cannot start (no
 python3, a refused channel, no hello) keeps the sh probe and is retried after RETRY_PASSES passes.
 A session that breaks (the agent crashed, the node wrote garbage) is dropped and re-shipped: an
-event says so and the pass falls back to the sh probe, so no verdict changes because of it. A
-session silent for SILENT_AFTER_S (no heartbeat) is silence, never evidence: the node's observation
-is `unreachable` (suspect, nothing killed). Pushed XIDs and silence wake the loop (`wake`).
+event says so and the pass falls back to the sh probe, so no verdict changes because of it. Silence
+is never evidence: a connection the kernel ended because the node answered nothing for NET_SILENT_S
+(its keepalives, session.py), or a session without a line for SILENT_AFTER_S, makes the node's
+observation `unreachable` (suspect, nothing killed); the next pass connects afresh. Pushed XIDs,
+silence and sessions that end wake the loop (`wake`).
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..models import Event
@@ -21,6 +23,7 @@ from .session import HEARTBEAT_S, AgentSession, ProtocolError, SessionSilent
 SILENT_AFTER_S = 2 * HEARTBEAT_S
 START_TIMEOUT_S = 10.0
 RETRY_PASSES = 30
+WATCH_S = 0.5          # the silence watcher's period (a dark connection ends and wakes the loop by itself)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class AgentAnswer:
     kind: str
     text: str = ""
     problem: str | None = None
+    took_s: float | None = None       # request sent -> its answer came (ask_live)
 
 
 class AgentSessions:
@@ -52,6 +56,9 @@ class AgentSessions:
         with self._lock:
             session = self._sessions.get(name)
             waiting = self._sh.get(name)
+        if session is not None and session.lost is not None:
+            self._drop(name)
+            return AgentAnswer("silent", problem=session.broken)
         if session is not None and session.broken is not None:
             self._drop(name)
             self._note(name, "agent-lost", f"agent session ended ({session.broken[:160]}): re-shipping the agent",
@@ -61,7 +68,7 @@ class AgentSessions:
             if waiting is not None and waiting[1] > 0:
                 waiting[1] -= 1
                 return AgentAnswer("sh")
-            session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e))
+            session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e), on_end=self._ended)
             try:
                 hello = session.start(min(START_TIMEOUT_S, max(timeout_s, 2.0)))
             except ProtocolError as e:
@@ -73,22 +80,55 @@ class AgentSessions:
                 self._sessions[name] = session
                 self._sh.pop(name, None)
             self._note(name, "agent-started", f"resident agent running (pid {hello.pid}; {', '.join(hello.caps)})")
-        try:
-            return AgentAnswer("text", session.request(args, timeout_s, SILENT_AFTER_S))
-        except SessionSilent as e:
-            self._drop(name)
-            return AgentAnswer("silent", problem=str(e))
-        except TimeoutError as e:
-            self._drop(name)
-            return AgentAnswer("hung", problem=f"agent: {e}")
-        except ProtocolError as e:
-            self._drop(name)
-            if session.ended and again:
-                self._note(name, "agent-lost", f"agent session ended ({str(e)[:160]}): re-shipping the agent",
-                           "warning")
-                return self.probe(name, open_stream, args, timeout_s, again=False)
-            self._note(name, "agent-lost", f"agent session dropped: {str(e)[:200]}", "warning")
-            return AgentAnswer("sh", problem=f"agent session dropped: {str(e)[:200]}")
+        answer, error = self._settle(name, session, lambda: session.request(args, timeout_s, SILENT_AFTER_S))
+        if answer is not None:
+            return answer
+        self._drop(name)
+        if session.ended and again:
+            self._note(name, "agent-lost", f"agent session ended ({str(error)[:160]}): re-shipping the agent",
+                       "warning")
+            return self.probe(name, open_stream, args, timeout_s, again=False)
+        self._note(name, "agent-lost", f"agent session dropped: {str(error)[:200]}", "warning")
+        return AgentAnswer("sh", problem=f"agent session dropped: {str(error)[:200]}")
+
+    def ask_live(self, asks: dict[str, tuple[dict, float]]) -> dict[str, AgentAnswer]:
+        """A pass on the sessions that are up: every request (name -> (args, timeout_s)) is sent from this
+        thread, then every answer awaited here, so a pass costs the controller a write and a read per node
+        and no thread of its own. Only settled answers come back (text, silent, hung); a node without a
+        live session, or whose agent ended or refused meanwhile, is left to probe() (re-ship, events,
+        the sh probe)."""
+        sent = []
+        for name, (args, timeout_s) in asks.items():
+            with self._lock:
+                session = self._sessions.get(name)
+            if session is None or session.broken is not None:
+                continue
+            try:
+                sent.append((name, session, session.send(args), time.monotonic() + timeout_s, timeout_s))
+            except ProtocolError:
+                continue
+        out = {}
+        for name, session, ident, deadline, timeout_s in sent:
+            answer, _ = self._settle(name, session,
+                                     lambda: session.answer(ident, deadline, SILENT_AFTER_S, timeout_s))
+            if answer is not None:
+                took = (session.answered_at if answer.kind == "text" else time.monotonic()) - (deadline - timeout_s)
+                out[name] = replace(answer, took_s=took)
+        return out
+
+    def live(self, name: str) -> bool:
+        with self._lock:
+            session = self._sessions.get(name)
+        return session is not None and session.broken is None
+
+    def take_lost(self, name: str) -> str | None:
+        """Why node `name`'s session ended with its connection (the node went dark), dropping it; else None."""
+        with self._lock:
+            session = self._sessions.get(name)
+        if session is None or session.lost is None:
+            return None
+        self._drop(name)
+        return session.broken
 
     def path(self, name: str) -> str:
         """Which path this node's probe takes now: `agent`, or `sh (why)`."""
@@ -112,6 +152,24 @@ class AgentSessions:
 
     # -- inside
 
+    def _settle(self, name: str, session: AgentSession, get: Callable[[], str]) -> tuple[AgentAnswer | None, Exception | None]:
+        """What one request on session came to (get() waits for its text). Silence (the session's, or the
+        connection's: `lost`) and a hung agent drop the session; an agent that ended or refused gives
+        (None, why) and the caller decides (re-ship, or the sh probe)."""
+        try:
+            return AgentAnswer("text", get()), None
+        except SessionSilent as e:
+            self._drop(name)
+            return AgentAnswer("silent", problem=str(e)), e
+        except TimeoutError as e:
+            self._drop(name)
+            return AgentAnswer("hung", problem=f"agent: {e}"), e
+        except ProtocolError as e:
+            if session.lost is not None:
+                self._drop(name)
+                return AgentAnswer("silent", problem=str(e)), e
+            return None, e
+
     def _drop(self, name: str) -> None:
         with self._lock:
             session = self._sessions.pop(name, None)
@@ -128,9 +186,14 @@ class AgentSessions:
                    "the node's NVML event: probing now", "warning")
         self.wake()
 
+    def _ended(self) -> None:
+        """A session ended under us (the node went dark, the agent exited): its node's part of a pass now."""
+        if not self._stop.is_set():
+            self.wake()
+
     def _watch_silence(self) -> None:
         told: set[str] = set()
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(WATCH_S):
             with self._lock:
                 silent = {n for n, s in self._sessions.items() if s.broken is None and s.silent_for() > SILENT_AFTER_S}
             if silent - told:

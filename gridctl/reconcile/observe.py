@@ -161,6 +161,8 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     by_name = {n.name: n for n in nodes}
     results: dict[str, Observation] = {}
     raise_fd_limit(len(nodes) + 256)
+    if transports.agents is not None:
+        nodes = _on_live_agents(nodes, transports, budget, positions, kill, key, started, results)
     fresh = {n.name for n in nodes if transports.for_target(n.target).needs_socket(n.target)}
     in_use = _InUse()
 
@@ -225,14 +227,53 @@ def _failed(name: str, contact: Contact, detail: str, started: float, path: str 
 
 def _ask_agent(node: InventoryNode, agents, transport, probe, budget: ProbeBudget, sock):
     """The node's probe on its resident agent session (started on first use); see agent/sessions.py."""
-    from ..agent.session import LOADER
+    from ..agent.session import LOADER, NET_SILENT_S
     used = []
 
     def open_stream():
         first = not used
         used.append(True)
-        return transport.open_stream(node.target, LOADER, sock=sock if first else None)
+        return transport.open_stream(node.target, LOADER, sock=sock if first else None, silent_s=NET_SILENT_S)
     return agents.probe(node.name, open_stream, probe.agent_args, budget.total_s), bool(used)
+
+
+def _on_live_agents(nodes: list[InventoryNode], transports: Transports, budget: ProbeBudget,
+                    positions: dict[str, LogPosition], kill: dict[str, tuple[str, ...]], key: bytes | None,
+                    started: float, results: dict[str, Observation]) -> list[InventoryNode]:
+    """The pass's probes of nodes whose resident sessions are up, asked from this thread together
+    (AgentSessions.ask_live: no worker thread per node); their observations go into results. Returns the
+    nodes left for the per-node path (no session yet, or an agent that ended meanwhile)."""
+    agents = transports.agents
+    probes = {}
+    for node in nodes:
+        why = agents.take_lost(node.name)
+        if why is not None:
+            # the kernel ended its connection (no answer to keepalives): silent this pass; connecting again
+            # at once would only wait out a connect timeout, the next pass does
+            transports.for_target(node.target).forget(node.target)
+            results[node.name] = _failed(node.name, Contact.UNREACHABLE, why, started, "agent")
+        elif agents.live(node.name):
+            probes[node.name] = probe_request(budget, node.work_dir, kill=kill.get(node.name, ()), key=key,
+                                              position=positions.get(node.name), metadata=node.metadata)
+    answers = agents.ask_live({name: (p.agent_args, budget.total_s) for name, p in probes.items()})
+    for node in nodes:
+        answer = answers.get(node.name)
+        if answer is not None:
+            results[node.name] = _from_agent(node, probes[node.name], answer, started, answer.took_s,
+                                             transports.for_target(node.target))
+    return [n for n in nodes if n.name not in results]
+
+
+def _from_agent(node: InventoryNode, probe, answer, started: float, took_s: float, transport) -> Observation | None:
+    """The observation a settled agent answer gives; None when the node needs the sh probe."""
+    if answer.kind == "text":
+        return replace(probe.parse(node.name, answer.text, started_at=started, duration_s=took_s), probe_path="agent")
+    if answer.kind == "silent":
+        transport.forget(node.target)
+        return _failed(node.name, Contact.UNREACHABLE, answer.problem, started, "agent")
+    if answer.kind == "hung":
+        return _failed(node.name, Contact.HUNG, answer.problem, started, "agent")
+    return None
 
 
 def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget, position: LogPosition | None,
@@ -245,14 +286,9 @@ def _probe_one(node: InventoryNode, transports: Transports, budget: ProbeBudget,
         if transports.agents is not None:
             answer, used = _ask_agent(node, transports.agents, transport, probe, budget, sock)
             sock = None if used else sock
-            if answer.kind == "text":
-                obs = probe.parse(node.name, answer.text, started_at=started, duration_s=time.monotonic() - t0)
-                return replace(obs, probe_path="agent")
-            if answer.kind == "silent":
-                transport.forget(node.target)
-                return _failed(node.name, Contact.UNREACHABLE, answer.problem, started, "agent")
-            if answer.kind == "hung":
-                return _failed(node.name, Contact.HUNG, answer.problem, started, "agent")
+            obs = _from_agent(node, probe, answer, started, time.monotonic() - t0, transport)
+            if obs is not None:
+                return obs
             note = answer.problem
         res = transport.run(node.target, probe.command, probe.stdin, budget.total_s, sock=sock)
     except Unreachable as e:

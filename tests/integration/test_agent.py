@@ -271,3 +271,29 @@ def test_kernel_log_is_followed_after_the_first_read_and_the_follower_dies_with_
     assert 48 in [x.xid for x in second.xids]
     time.sleep(0.3)
     assert not Path(f"/proc/{followers[0][0]}").exists() or "Z" in Path(f"/proc/{followers[0][0]}/stat").read_text().split(")")[1][:3]
+
+
+def test_a_dark_node_ends_its_session_as_silence_and_the_loop_is_woken(tmp_path):
+    """Silence is the network's, watched like the kernel watches a TCP connection (keepalives): a node
+    gone dark (nothing passes either way) ends its session as `lost`, the loop is woken, and the next
+    pass says `unreachable: agent session silent` without waiting for the agent's rarer heartbeat."""
+    fleet = load_fleet(write_local_fleet(tmp_path, "dark", count=2, gpus=1))
+    nodes = take_inventory(fleet, tmp_path).nodes
+    transports = Transports(agent=True)
+    woken = []
+    transports.agents.wake = lambda: woken.append(time.monotonic())
+    try:
+        first = sweep(nodes, transports, probe_timeout=3, concurrency=2)
+        assert all(o.contact is Contact.OK and o.probe_path == "agent" for o in first.values())
+        (nodes[0].target.local_dir / "down").write_text("")
+        deadline = time.monotonic() + 20
+        while not woken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert woken, "the session of the dark node never ended"
+        second = sweep(nodes, transports, probe_timeout=3, concurrency=2)
+    finally:
+        transports.close()
+    dark, lit = second[nodes[0].name], second[nodes[1].name]
+    assert dark.contact is Contact.UNREACHABLE and dark.probe_path == "agent"
+    assert dark.detail.startswith("agent session silent: no answer from the node to TCP keepalives"), dark.detail
+    assert lit.contact is Contact.OK and lit.probe_path == "agent"

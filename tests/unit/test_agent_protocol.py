@@ -217,3 +217,10 @@ def test_a_polled_stream_is_read_by_the_shared_thread_not_one_of_its_own(stream_
     stream.write = lambda data: stream.chunks.put(line(t="result", id=1, out="ok\n"))   # answered when asked
     assert session.request({}, 2, 2) == "ok\n"
     assert session._reader.is_alive() is (stream_kind == "reader-thread")
+
+
+def test_both_ends_agree_on_the_heartbeat():
+    """The agent's heartbeat is what the controller's silence rule counts on (2 x HEARTBEAT_S)."""
+    from gridctl.agent import node_agent, session as controller
+    from gridctl.agent.sessions import SILENT_AFTER_S
+    assert node_agent.HEARTBEAT_S == controller.HEARTBEAT_S and SILENT_AFTER_S == 2 * controller.HEARTBEAT_S
