@@ -94,20 +94,19 @@ class _WatchedSocket(socket.socket):
     __slots__ = ()
 
     def recv(self, n: int, flags: int = 0) -> bytes:
-        try:
-            return super().recv(n, flags)
-        except TimeoutError as e:
-            if e.errno == errno.ETIMEDOUT:
-                raise NodeSilent(errno.ETIMEDOUT, SILENT_WORDS) from e
-            raise
+        return _watched(super().recv, n, flags)
 
     def send(self, data, flags: int = 0) -> int:
-        try:
-            return super().send(data, flags)
-        except TimeoutError as e:
-            if e.errno == errno.ETIMEDOUT:
-                raise NodeSilent(errno.ETIMEDOUT, SILENT_WORDS) from e
-            raise
+        return _watched(super().send, data, flags)
+
+
+def _watched(call, *args):
+    try:
+        return call(*args)
+    except TimeoutError as e:
+        if e.errno == errno.ETIMEDOUT:
+            raise NodeSilent(errno.ETIMEDOUT, SILENT_WORDS) from e
+        raise
 
 
 def connect_many(targets: Iterable[tuple[Hashable, str, int, float]], window: int = CONNECT_WINDOW,

@@ -97,7 +97,7 @@ class ProcessStream:
 
     def read(self, n: int) -> bytes:
         while True:
-            if self.silent_s and not select.select([self.proc.stdout], [], [], 0.2)[0]:
+            if self.silent_s and not select.select([self.proc.stdout], [], [], 0.5)[0]:
                 if self._dark_for() > self.silent_s:
                     self.proc.stdout.close()
                     return b""
@@ -110,13 +110,14 @@ class ProcessStream:
                 return data
 
     def _dark_for(self) -> float:
-        """How long the simulated node has been dark (0 while it is up)."""
-        if not self.down.exists():
+        """How long the simulated node has been dark (0 while it is up): since its `down` file was written."""
+        try:
+            since = self.down.stat().st_mtime
+        except FileNotFoundError:
             self._dark_since = None
             return 0.0
-        if self._dark_since is None:
-            self._dark_since = time.monotonic()
-        return time.monotonic() - self._dark_since
+        self._dark_since = since
+        return max(0.0, time.time() - since)
 
     def lost(self) -> str | None:
         """See ChannelStream.lost: the simulated connection ended because the node stayed dark."""

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from gridctl.connect import connect_many, connect_socket
+from gridctl.connect import connect_many, connect_socket, watch_silence
 from gridctl.errors import Unreachable
 
 
@@ -212,3 +212,30 @@ def test_connect_socket_says_refused_and_timed_out(dead):
         connect_socket("127.0.0.1", port, 2.0)
     with pytest.raises(Unreachable, match=rf"^connect to 127.0.0.1:{dead.port} timed out after 0.3s$"):
         connect_socket("127.0.0.1", dead.port, 0.3)
+
+
+def test_a_watched_connection_is_left_to_the_kernel_and_still_carries_data():
+    """watch_silence: keepalive each idle second and TCP_USER_TIMEOUT, so a dark node's connection ends
+    by itself (the end to end case, an iptables DROP, is tests/integration/test_agent_loop.py)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    server, _ = listener.accept()
+    try:
+        assert watch_silence(client, 2)
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 1
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2000
+        client.sendall(b"ping")
+        assert server.recv(4) == b"ping"
+        server.sendall(b"pong")
+        assert client.recv(4) == b"pong"
+        a, b = socket.socketpair()          # not TCP: nothing to watch, and said so
+        assert not watch_silence(a, 2)
+        a.close()
+        b.close()
+    finally:
+        client.close()
+        server.close()
+        listener.close()
