@@ -61,17 +61,20 @@ def tree_cpu(root: int, own: bool) -> float:
 
 
 WALL: dict[str, float] = {}
+COMPLETE: dict[str, list[int]] = {}      # complete observations per pass
 
 
 def measure(nodes, transports: Transports, passes: int, root: int, own: bool, name: str = "") -> tuple[float, float]:
     """(median client CPU per sweep, node CPU per sweep) over `passes` sweeps; median wall in WALL[name]."""
-    client, walls, n0 = [], [], tree_cpu(root, own)
+    client, walls, n0, answered = [], [], tree_cpu(root, own), []
     for _ in range(passes):
         t0, w0 = time.process_time(), time.monotonic()
-        sweep(nodes, transports, probe_timeout=10, concurrency=64)
+        obs = sweep(nodes, transports, probe_timeout=10, concurrency=64)
         client.append(time.process_time() - t0)
         walls.append(time.monotonic() - w0)
+        answered.append(sum(o.complete for o in obs.values()))
     WALL[name] = statistics.median(walls)
+    COMPLETE[name] = answered
     return statistics.median(client), (tree_cpu(root, own) - n0) / passes
 
 
@@ -96,6 +99,8 @@ def cpu_figures(nodes, passes: int, idle_s: float, root: int, own: bool) -> None
     print(f"reused sh pass:  client CPU {sh_c:.3f}s  node CPU {sh_n:.3f}s  wall {WALL['sh']:.2f}s")
     print(f"agent start-up:  client CPU {start_c:.3f}s  node CPU {start_n:.3f}s (ship + first probe, once)")
     print(f"agent pass:      client CPU {ag_c:.3f}s  node CPU {ag_n:.3f}s  wall {WALL['agent']:.2f}s")
+    print(f"complete observations per pass: fresh {COMPLETE['fresh']}, reused sh {COMPLETE['sh']}, "
+          f"agent {COMPLETE['agent']} (of {len(nodes)})")
     print(f"idle, {len(nodes)} sessions: client {idle_c * 100:.1f}% of a core, node side {idle_n * 100:.1f}% of a core")
     own_c = max(ag_c - idle_c * WALL["agent"], 0.0)
     print(f"ratios:          client agent/fresh {ag_c / fresh_c:.2f} (less the idle cost over the pass's wall: "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -91,29 +92,35 @@ class AgentSessions:
         self._note(name, "agent-lost", f"agent session dropped: {str(error)[:200]}", "warning")
         return AgentAnswer("sh", problem=f"agent session dropped: {str(error)[:200]}")
 
-    def ask_live(self, asks: dict[str, tuple[dict, float]]) -> dict[str, AgentAnswer]:
-        """A pass on the sessions that are up: every request (name -> (args, timeout_s)) is sent from this
-        thread, then every answer awaited here, so a pass costs the controller a write and a read per node
-        and no thread of its own. Only settled answers come back (text, silent, hung); a node without a
-        live session, or whose agent ended or refused meanwhile, is left to probe() (re-ship, events,
-        the sh probe)."""
-        sent = []
-        for name, (args, timeout_s) in asks.items():
-            with self._lock:
-                session = self._sessions.get(name)
-            if session is None or session.broken is not None:
+    def ask_live(self, asks: dict[str, tuple[dict, float]], window: int = 64) -> dict[str, AgentAnswer]:
+        """A pass on the sessions that are up (asks: name -> (args, timeout_s)), from this thread: requests
+        are sent and their answers awaited here, oldest first, with at most `window` in flight (the
+        sweep's concurrency: an endpoint shared by many nodes runs no more of our probes at once than a
+        thread pool would give it). So a pass costs the controller a write and a read per node and no
+        thread of its own. Only settled answers come back (text, silent, hung); a node without a live
+        session, or whose agent ended or refused meanwhile, is left to probe() (re-ship, events, sh)."""
+        todo = deque(asks.items())
+        flying: deque = deque()
+        out: dict[str, AgentAnswer] = {}
+        while todo or flying:
+            while todo and len(flying) < max(1, window):
+                name, (args, timeout_s) = todo.popleft()
+                with self._lock:
+                    session = self._sessions.get(name)
+                if session is None or session.broken is not None:
+                    continue
+                try:
+                    flying.append((name, session, session.send(args), time.monotonic(), timeout_s))
+                except ProtocolError:
+                    continue
+            if not flying:
                 continue
-            try:
-                sent.append((name, session, session.send(args), time.monotonic() + timeout_s, timeout_s))
-            except ProtocolError:
-                continue
-        out = {}
-        for name, session, ident, deadline, timeout_s in sent:
+            name, session, ident, sent_at, timeout_s = flying.popleft()
             answer, _ = self._settle(name, session,
-                                     lambda: session.answer(ident, deadline, SILENT_AFTER_S, timeout_s))
+                                     lambda: session.answer(ident, sent_at + timeout_s, SILENT_AFTER_S, timeout_s))
             if answer is not None:
-                took = (session.answered_at if answer.kind == "text" else time.monotonic()) - (deadline - timeout_s)
-                out[name] = replace(answer, took_s=took)
+                came = session.answered_at if answer.kind == "text" else time.monotonic()
+                out[name] = replace(answer, took_s=came - sent_at)
         return out
 
     def live(self, name: str) -> bool:

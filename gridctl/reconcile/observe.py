@@ -162,7 +162,7 @@ def sweep(nodes: list[InventoryNode], transports: Transports, *, probe_timeout: 
     results: dict[str, Observation] = {}
     raise_fd_limit(len(nodes) + 256)
     if transports.agents is not None:
-        nodes = _on_live_agents(nodes, transports, budget, positions, kill, key, started, results)
+        nodes = _on_live_agents(nodes, transports, budget, positions, kill, key, started, results, concurrency)
     fresh = {n.name for n in nodes if transports.for_target(n.target).needs_socket(n.target)}
     in_use = _InUse()
 
@@ -239,10 +239,11 @@ def _ask_agent(node: InventoryNode, agents, transport, probe, budget: ProbeBudge
 
 def _on_live_agents(nodes: list[InventoryNode], transports: Transports, budget: ProbeBudget,
                     positions: dict[str, LogPosition], kill: dict[str, tuple[str, ...]], key: bytes | None,
-                    started: float, results: dict[str, Observation]) -> list[InventoryNode]:
+                    started: float, results: dict[str, Observation], concurrency: int) -> list[InventoryNode]:
     """The pass's probes of nodes whose resident sessions are up, asked from this thread together
-    (AgentSessions.ask_live: no worker thread per node); their observations go into results. Returns the
-    nodes left for the per-node path (no session yet, or an agent that ended meanwhile)."""
+    (AgentSessions.ask_live: no worker thread per node, at most `concurrency` in flight); their
+    observations go into results. Returns the nodes left for the per-node path (no session yet, or an
+    agent that ended meanwhile)."""
     agents = transports.agents
     probes = {}
     for node in nodes:
@@ -255,7 +256,7 @@ def _on_live_agents(nodes: list[InventoryNode], transports: Transports, budget: 
         elif agents.live(node.name):
             probes[node.name] = probe_request(budget, node.work_dir, kill=kill.get(node.name, ()), key=key,
                                               position=positions.get(node.name), metadata=node.metadata)
-    answers = agents.ask_live({name: (p.agent_args, budget.total_s) for name, p in probes.items()})
+    answers = agents.ask_live({name: (p.agent_args, budget.total_s) for name, p in probes.items()}, concurrency)
     for node in nodes:
         answer = answers.get(node.name)
         if answer is not None:

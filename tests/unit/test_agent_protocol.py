@@ -224,3 +224,46 @@ def test_both_ends_agree_on_the_heartbeat():
     from gridctl.agent import node_agent, session as controller
     from gridctl.agent.sessions import SILENT_AFTER_S
     assert node_agent.HEARTBEAT_S == controller.HEARTBEAT_S and SILENT_AFTER_S == 2 * controller.HEARTBEAT_S
+
+
+def test_a_pass_on_live_sessions_asks_every_node_with_at_most_window_requests_in_flight():
+    """AgentSessions.ask_live: the sweep's thread sends and awaits every live node's request itself, never
+    more than `window` at once (what a shared endpoint would get from a thread pool of that size)."""
+    import threading
+    from gridctl.agent.sessions import AgentSessions
+    lock = threading.Lock()
+    flying, most, answered = [0], [0], []
+
+    def node(name: str):
+        stream = Stream(HELLO)
+
+        def write(data: bytes) -> None:
+            if not data.startswith(b"{"):
+                return                  # the bootstrap
+            ident = json.loads(data)["id"]
+            with lock:
+                flying[0] += 1
+                most[0] = max(most[0], flying[0])
+
+            def answer() -> None:
+                time.sleep(0.02)
+                with lock:
+                    flying[0] -= 1
+                    answered.append(name)
+                stream.chunks.put(line(t="result", id=ident, out=f"@{name}\n"))
+            threading.Thread(target=answer, daemon=True).start()
+        stream.write = write
+        return stream
+
+    sessions = AgentSessions()
+    try:
+        names = [f"n{i}" for i in range(12)]
+        for name in names:                    # start each session (its first probe goes the per-node way)
+            assert sessions.probe(name, lambda name=name: node(name), {}, 2).text == f"@{name}\n"
+        most[0] = 0
+        got = sessions.ask_live({name: ({}, 2.0) for name in names + ["no-session"]}, window=3)
+    finally:
+        sessions.close()
+    assert {n: a.text for n, a in got.items()} == {n: f"@{n}\n" for n in names}
+    assert all(a.kind == "text" and 0 <= a.took_s < 2 for a in got.values())
+    assert 1 <= most[0] <= 3, most[0]
