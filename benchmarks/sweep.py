@@ -7,6 +7,7 @@ For each fleet size N it measures, as separate processes timed the same way (os.
   1. `gridctl probe -f fleet.yaml --json`: wall, CPU (user+sys), peak RSS, healthy count;
   2. a plain paramiko thread-pool baseline running the same probe (`--baseline-worker`);
   3. both again with 5% of the nodes blackholed (iptables DROP; needs root);
+  3b. both again with 5% of the nodes showing a GPU fault (`--faults`: XID 79, a GPU off the bus);
   4. loop mode in-process: one Transports, one fresh sweep then reused sweeps, CPU per pass;
 and once: start-up time of `gridctl --help` / `gridctl nodes` and what `import gridctl.cli` pulls in.
 
@@ -44,6 +45,7 @@ FIRST_CONTACT = False            # --first-contact: empty known_hosts before eve
 CONCURRENCY = 64                 # gridctl's default health.concurrency; the baseline uses the same
 GPUS = 4
 BLACKHOLE_FRACTION = 0.05
+FAULT_MODE = "xid79"             # fleetsim's set_mode for the faults rows: XID 79 in the kernel log, one GPU gone
 CHILD_LIMIT_S = 600              # watchdog: a child running longer than this is killed (and reported)
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -268,6 +270,15 @@ def baseline_worker(fleet_path: str) -> None:
 
 
 # ---------------------------------------------------------------- measurements
+
+def fraction(text: str) -> float:
+    """"5%" / "0.05" -> 0.05."""
+    text = text.strip()
+    value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share of the nodes under 100%, got {text!r}")
+    return value
+
 
 def gridctl_probe(fleet_path: Path, env: dict, n: int) -> dict:
     r = run_child([*GRIDCTL, "probe", "-f", str(fleet_path), "--json"], env)
@@ -603,7 +614,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small and once: a smoke test of the benchmark itself")
     ap.add_argument("--passes", type=int, default=3, help="reused passes in loop mode (default 3)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds to measure idle CPU in loop mode (default 5)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,probe,blackhole,loop")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,probe,blackhole,faults,loop")
+    ap.add_argument("--faults", type=fraction, default=0.05, metavar="SHARE",
+                    help="share of nodes given a GPU fault (XID 79) in the faults rows, e.g. 5%% (default; 0: no rows)")
     ap.add_argument("--profile", action="store_true", help="also run one gridctl probe at the largest N under py-spy")
     ap.add_argument("--profile-raw", metavar="PATH", help="with --profile: keep py-spy's raw stacks here")
     ap.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
@@ -675,7 +688,7 @@ def main() -> int:
         print(f"warm-up gridctl probe N={min(sizes)}: rc {warm['rc']}, {warm['healthy']} healthy, "
               f"{warm['wall']:.2f}s" + ("" if warm["healthy"] == min(sizes) else f"  !! {warm['outcome']}"))
 
-        results: dict = {"startup": None, "probe": {}, "blackhole": {}, "loop": {}}
+        results: dict = {"startup": None, "probe": {}, "blackhole": {}, "faults": {}, "loop": {}}
         if "startup" not in skip:
             results["startup"] = startup(fleets[max(sizes)], env, 3 if args.quick else 5)
         bound = CONNECT_TIMEOUT_S + PROBE_TIMEOUT_S + 2.0
@@ -695,6 +708,17 @@ def main() -> int:
                 finally:
                     for ip in ips:
                         fleet.unblackhole(ip)
+            if "faults" not in skip and args.faults > 0:
+                sick = [f"n{i:04d}" for i in spread(n, max(1, round(n * args.faults)))]
+                for name in sick:
+                    fleet.set_mode(name, FAULT_MODE, gpus=GPUS)
+                try:
+                    results["faults"][n] = probe_config(
+                        fleet, fleets[n], env, n, repeat, n - len(sick),
+                        f"probe, N={n}, {len(sick)} with a GPU fault ({FAULT_MODE})", bound)
+                finally:
+                    for name in sick:
+                        fleet.set_mode(name, "healthy", gpus=GPUS)
             if "loop" not in skip:
                 results["loop"][n] = loop_mode(fleet, fleets[n], n, repeat, args.passes, args.idle)
         if args.profile:
@@ -726,7 +750,7 @@ def summary(results: dict, sizes: list[int]) -> None:
     print("\n== summary (median of repeats; max in brackets) ==")
     print("| N | configuration | client | wall s | CPU s | CPU ms/node | peak RSS MiB | healthy per run |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, label in (("probe", "all up"), ("blackhole", "5% blackholed")):
+    for kind, label in (("probe", "all up"), ("blackhole", "5% blackholed"), ("faults", f"GPU faults ({FAULT_MODE})")):
         for n in sizes:
             runs = results[kind].get(n)
             if not runs:
@@ -736,6 +760,13 @@ def summary(results: dict, sizes: list[int]) -> None:
                 print(f"| {n} | {label} | {client} | {med(walls):.2f} ({max(walls):.2f}) | {med(cpus):.2f} "
                       f"({max(cpus):.2f}) | {med(cpus) / n * 1000:.1f} | {max(r['rss_mib'] for r in rs):.0f} | "
                       f"{'/'.join(str(r['healthy']) for r in rs)} of {n} (complete {'/'.join(str(r['complete']) for r in rs)}) |")
+    ratios = [(kind, label, n, med([r["cpu"] for r in results[kind][n]["gridctl probe"]])
+               / med([r["cpu"] for r in results[kind][n]["paramiko baseline"]]))
+              for kind, label in (("probe", "all up"), ("blackhole", "5% blackholed"), ("faults", f"GPU faults ({FAULT_MODE})"))
+              for n in sizes if results[kind].get(n)]
+    if ratios:
+        print("\nclient CPU gridctl / baseline (median / median, same run; issue 13 asks <= 1.2): "
+              + "; ".join(f"N={n} {label} x{ratio:.2f}" for _, label, n, ratio in ratios))
     for n in sizes:
         lp = results["loop"].get(n)
         if lp:

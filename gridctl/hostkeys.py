@@ -7,11 +7,15 @@ alerting finding.
 
 from __future__ import annotations
 
+import binascii
 import os
+import re
 import threading
+from base64 import decodebytes
 from pathlib import Path
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from .errors import HostKeyChanged, HostKeyUnknown
 
@@ -29,27 +33,56 @@ class HostKeyStore:
     def __init__(self, path: Path, read_only: tuple[Path, ...] = (USER_KNOWN_HOSTS,)):
         self.path = Path(os.path.expanduser(path))
         self._lock = threading.Lock()
-        self._keys = paramiko.HostKeys()
+        self._keys = paramiko.HostKeys()      # hashed names only: matching one costs an HMAC per entry
+        # plain names -> their lines' (key type, key blob) in file order, made into keys when first looked
+        # up: paramiko's own load compares every line with every earlier one, and a sweep of N nodes
+        # needs only N names of a file that may pin thousands
+        self._lines: dict[str, list[tuple[str, bytes]]] = {}
+        self._index: dict[str, dict[str, paramiko.PKey]] = {}
         for source in (*read_only, self.path):
             source = Path(os.path.expanduser(source))
             if source.is_file():
                 try:
-                    self._keys.load(str(source))
-                except (OSError, paramiko.SSHException, ValueError):
-                    pass  # an unreadable or odd line elsewhere must not stop probing
-        # paramiko's lookup scans every entry; index plain names so a 500-node sweep stays linear
-        self._index: dict[str, dict[str, paramiko.PKey]] = {}
-        self._hashed = False
-        for entry in self._keys._entries:
-            for hostname in entry.hostnames:
-                if hostname.startswith("|1|"):
-                    self._hashed = True
-                else:
-                    self._index.setdefault(hostname, {}).setdefault(entry.key.get_name(), entry.key)
+                    self._read(source)
+                except (OSError, ValueError):
+                    pass  # an unreadable file elsewhere must not stop probing
+
+    def _read(self, source: Path) -> None:
+        """Index a known_hosts file as paramiko.HostKeys.load reads it: comments, blank lines, lines of
+        under 3 fields and key types paramiko does not know are skipped; bad base64 raises InvalidHostKey."""
+        with open(source) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line[0] == "#":
+                    continue
+                fields = re.split(" |\t", line)
+                if len(fields) < 3:
+                    continue
+                names, key_type, key = fields[:3]
+                if key_type not in _KEY_TYPES:
+                    continue
+                try:
+                    blob = decodebytes(key.encode())
+                except binascii.Error as e:
+                    raise InvalidHostKey(line, e) from None
+                hashed = [n for n in names.split(",") if n.startswith("|1|")]
+                if hashed:
+                    key_obj = _key(key_type, blob)
+                    if key_obj is not None:
+                        self._keys._entries.append(HostKeyEntry(hashed, key_obj))
+                for name in names.split(","):
+                    if not name.startswith("|1|"):
+                        self._lines.setdefault(name, []).append((key_type, blob))
 
     def _lookup(self, name: str) -> dict[str, paramiko.PKey] | None:
         found = self._index.get(name)
-        if found is None and self._hashed:
+        if found is None and name in self._lines:
+            for key_type, blob in self._lines.pop(name):
+                key = _key(key_type, blob)
+                if key is not None:
+                    found = self._index.setdefault(name, {})
+                    found.setdefault(key.get_name(), key)
+        if found is None and self._keys._entries:
             entry = self._keys.lookup(name)
             found = dict(entry) if entry else None
         return found
@@ -85,3 +118,15 @@ class HostKeyStore:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as f:
             f.write(line)
+
+
+# every key type paramiko can read (what its HostKeys.load keeps)
+_KEY_TYPES = frozenset(t for cls in paramiko.key_classes for t in cls.identifiers())
+
+
+def _key(key_type: str, blob: bytes) -> paramiko.PKey | None:
+    """A known_hosts line's key, or None where paramiko's load would skip the line (bad key data)."""
+    try:
+        return paramiko.PKey.from_type_string(key_type, blob)
+    except (paramiko.SSHException, paramiko.UnknownKeyType, ValueError):
+        return None

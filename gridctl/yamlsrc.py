@@ -30,7 +30,7 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except RecursionError:
         raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels: not a spec gridctl will read") from None
     except yaml.MarkedYAMLError as e:
@@ -47,6 +47,38 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     if problems:
         raise ConfigError(problems)
     return value, lines
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The document's node tree, with libyaml's scanner and parser where PyYAML has it (a 500-node fleet
+    spec parses several times faster) and PyYAML's own composer and resolver either way. A file libyaml
+    refuses is read again by the pure-Python loader, so every error says what it always said."""
+    if _Composer is None:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    loader = _Composer(text)
+    try:
+        return loader.get_single_node()
+    except yaml.YAMLError:
+        pass
+    finally:
+        loader.dispose()
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+if getattr(yaml, "__with_libyaml__", False):
+    from yaml.cyaml import CParser
+
+    class _Composer(yaml.composer.Composer, CParser, yaml.resolver.Resolver):
+        """libyaml's events (C), PyYAML's composer (Python). Not yaml.CSafeLoader: libyaml's own composer
+        recurses in C without a bound and crashes the interpreter on a file nested a few thousand deep;
+        this one recurses in Python, so such a file is a RecursionError, as with the pure-Python loader."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+else:
+    _Composer = None
 
 
 def _build(node: yaml.Node, where: Path_, lines: dict, problems: list, path: Path, active: set,

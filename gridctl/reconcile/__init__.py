@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
-import sqlite3
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..models import Event, NodeRecord, PassRecord
-from ..spec import Fleet
-from .act import act
-from .apply import apply, record, record_intent
-from .facts import read_facts
-from .observe import Transports, sweep, take_inventory
-from .plan import after_actions, plan
-from .readiness import check_all
+from ..models import Event, NodeRecord
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from ..spec import Fleet
+    from .observe import Transports
+
+# The pass's steps (act, apply, facts, plan, readiness and what they import: job specs, the store, http)
+# are imported by reconcile_once, not here: `gridctl probe` imports .observe, which runs this file first,
+# and a one-shot probe needs none of them.
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,18 @@ def reconcile_once(fleet: Fleet, conn: sqlite3.Connection, transports: Transport
     anywhere, the next pass heals: an attempt recorded `starting` but never launched is found
     missing; an attempt ended in the store but still alive is on its node's kill list until the
     node confirms it is gone."""
+    import socket
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..models import PassRecord
+    from .act import act
+    from .apply import apply, record, record_intent
+    from .facts import read_facts
+    from .observe import sweep, take_inventory
+    from .plan import after_actions, plan
+    from .readiness import check_all
+
     started = time.time()
     facts = read_facts(conn, lemon_window_s=fleet.health.lemon_window, now=started)
     inventory = take_inventory(fleet, state_dir)
