@@ -361,6 +361,17 @@ def print_runs(title: str, runs: dict[str, list[dict]], n: int, expect_healthy: 
     sys.stdout.flush()
 
 
+def with_fault(items: list, put, take, *config):
+    """probe_config(*config) with put(x) done for every x of items, and take(x) after, whatever happens."""
+    for x in items:
+        put(x)
+    try:
+        return probe_config(*config)
+    finally:
+        for x in items:
+            take(x)
+
+
 def probe_config(fleet, fleet_path: Path, env: dict, n: int, repeat: int, expect_healthy: int,
                  title: str, bound: float | None) -> dict:
     runs: dict[str, list[dict]] = {"gridctl probe": [], "paramiko baseline": []}
@@ -699,26 +710,15 @@ def main() -> int:
             if "blackhole" not in skip and not no_blackhole:
                 dead = spread(n, max(1, round(n * BLACKHOLE_FRACTION)))
                 ips = [fleet.nodes[f"n{i:04d}"]["host"] for i in dead]
-                for ip in ips:
-                    fleet.blackhole(ip)
-                try:
-                    results["blackhole"][n] = probe_config(
-                        fleet, fleets[n], env, n, repeat, n - len(ips),
-                        f"probe, N={n}, {len(ips)} blackholed (iptables DROP)", bound)
-                finally:
-                    for ip in ips:
-                        fleet.unblackhole(ip)
+                results["blackhole"][n] = with_fault(
+                    ips, fleet.blackhole, fleet.unblackhole, fleet, fleets[n], env, n, repeat, n - len(ips),
+                    f"probe, N={n}, {len(ips)} blackholed (iptables DROP)", bound)
             if "faults" not in skip and args.faults > 0:
                 sick = [f"n{i:04d}" for i in spread(n, max(1, round(n * args.faults)))]
-                for name in sick:
-                    fleet.set_mode(name, FAULT_MODE, gpus=GPUS)
-                try:
-                    results["faults"][n] = probe_config(
-                        fleet, fleets[n], env, n, repeat, n - len(sick),
-                        f"probe, N={n}, {len(sick)} with a GPU fault ({FAULT_MODE})", bound)
-                finally:
-                    for name in sick:
-                        fleet.set_mode(name, "healthy", gpus=GPUS)
+                results["faults"][n] = with_fault(
+                    sick, lambda name: fleet.set_mode(name, FAULT_MODE, gpus=GPUS),
+                    lambda name: fleet.set_mode(name, "healthy", gpus=GPUS), fleet, fleets[n], env, n, repeat,
+                    n - len(sick), f"probe, N={n}, {len(sick)} with a GPU fault ({FAULT_MODE})", bound)
             if "loop" not in skip:
                 results["loop"][n] = loop_mode(fleet, fleets[n], n, repeat, args.passes, args.idle)
         if args.profile:

@@ -32,6 +32,10 @@ class ProtocolError(Exception):
     """The node broke the protocol (garbage, an over-long line, an unknown id) or the session ended."""
 
 
+class SlowStart(ProtocolError):
+    """No hello yet and nothing wrong seen: the agent may still be starting."""
+
+
 class SessionSilent(Exception):
     """No line (not even a heartbeat) for longer than the session allows."""
 
@@ -137,8 +141,9 @@ class AgentSession:
         self._fd: int | None = None
         self._reader = threading.Thread(target=self._read, name="gridctl-agent", daemon=True)
 
-    def start(self, timeout_s: float) -> Hello:
-        """Ship the agent and wait for its hello; ProtocolError when none comes in timeout_s."""
+    def start(self, timeout_s: float, keep_slow: bool = False) -> Hello:
+        """Ship the agent and wait for its hello; ProtocolError when none comes in timeout_s (SlowStart,
+        the session left open, when keep_slow and nothing went wrong: see started)."""
         if hasattr(self.stream, "read_now") and hasattr(self.stream, "fileno"):
             self._fd = self.stream.fileno()
             HUB.add(self._fd, self)
@@ -149,10 +154,19 @@ class AgentSession:
         except Exception as e:
             self.close()
             raise ProtocolError(f"agent did not start: {self.broken or f'cannot ship it: {type(e).__name__}: {e}'}") from e
+        return self.started(timeout_s, keep_slow)
+
+    def started(self, timeout_s: float, keep_slow: bool = False, since: float | None = None) -> Hello:
+        """The agent's hello, waiting up to timeout_s for it. None yet and nothing wrong seen: with
+        keep_slow, SlowStart and the session stays open (a busy node's python3 may need longer: ask again
+        later); else the session is closed and ProtocolError says why. since: when it was shipped."""
         with self._cond:
             self._cond.wait_for(lambda: self.hello is not None or self.broken is not None, timeout_s)
         if self.hello is None:
-            why = self.broken or f"no hello in {timeout_s:g}s"
+            waited = timeout_s if since is None else time.monotonic() - since
+            if keep_slow and self.broken is None:
+                raise SlowStart(f"agent did not start: no hello in {waited:.3g}s")
+            why = self.broken or f"no hello in {waited:.3g}s"
             self.close()
             raise ProtocolError(f"agent did not start: {why}")
         if self.hello.version != PROTOCOL:

@@ -19,11 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..models import Event
-from .session import HEARTBEAT_S, AgentSession, ProtocolError, SessionSilent
+from .session import HEARTBEAT_S, AgentSession, ProtocolError, SessionSilent, SlowStart
 
 SILENT_AFTER_S = 2 * HEARTBEAT_S
 START_TIMEOUT_S = 10.0
 RETRY_PASSES = 30
+START_GRACE_S = 60.0   # an agent without a hello after a probe's time keeps starting this long
 WATCH_S = 0.5          # the silence watcher's period (a dark connection ends and wakes the loop by itself)
 
 
@@ -43,6 +44,7 @@ class AgentSessions:
         self.wake = wake
         self._sessions: dict[str, AgentSession] = {}
         self._sh: dict[str, list] = {}            # node -> [why, passes until the next try]
+        self._slow: dict[str, tuple[AgentSession, float]] = {}   # node -> (session still starting, shipped at)
         self._events: list[Event] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,12 +68,25 @@ class AgentSessions:
                        "warning")
             session = None
         if session is None:
-            if waiting is not None and waiting[1] > 0:
-                waiting[1] -= 1
-                return AgentAnswer("sh")
-            session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e), on_end=self._ended)
+            with self._lock:
+                slow = self._slow.pop(name, None)
             try:
-                hello = session.start(min(START_TIMEOUT_S, max(timeout_s, 2.0)))
+                if slow is not None:            # shipped at an earlier pass, its hello not come then
+                    session, since = slow
+                    hello = session.started(0, time.monotonic() - since < START_GRACE_S, since)
+                elif waiting is not None and waiting[1] > 0:
+                    waiting[1] -= 1
+                    return AgentAnswer("sh")
+                else:
+                    session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e), on_end=self._ended)
+                    since = time.monotonic()
+                    hello = session.start(min(START_TIMEOUT_S, max(timeout_s, 2.0)), keep_slow=True)
+            except SlowStart:
+                # a busy node's python3 can take longer than a probe: the agent keeps starting while this
+                # pass (and the next ones, up to START_GRACE_S) use the sh probe
+                with self._lock:
+                    self._slow[name] = (session, since)
+                return AgentAnswer("sh")
             except ProtocolError as e:
                 with self._lock:
                     self._sh[name] = [str(e), RETRY_PASSES]
@@ -142,6 +157,8 @@ class AgentSessions:
         with self._lock:
             if name in self._sessions:
                 return "agent"
+            if name in self._slow:
+                return "sh (agent starting)"
             waiting = self._sh.get(name)
         return f"sh ({waiting[0][:120]})" if waiting else "sh"
 
@@ -154,6 +171,8 @@ class AgentSessions:
         self._stop.set()
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
+            sessions += [session for session, _ in self._slow.values()]
+            self._slow = {}
         for session in sessions:
             session.close()
 

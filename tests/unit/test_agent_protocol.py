@@ -267,3 +267,31 @@ def test_a_pass_on_live_sessions_asks_every_node_with_at_most_window_requests_in
     assert {n: a.text for n, a in got.items()} == {n: f"@{n}\n" for n in names}
     assert all(a.kind == "text" and 0 <= a.took_s < 2 for a in got.values())
     assert 1 <= most[0] <= 3, most[0]
+
+
+def test_an_agent_slow_to_start_keeps_starting_while_the_node_uses_the_sh_probe():
+    """A busy node's python3 may take longer than a probe's time to say hello: that is not a failed start
+    (30 passes on the sh probe), the agent is asked again at the next pass and used once it answers."""
+    from gridctl.agent.sessions import AgentSessions
+    stream = Stream()
+
+    def write(data: bytes) -> None:
+        if data.startswith(b"{"):
+            stream.chunks.put(line(t="result", id=json.loads(data)["id"], out="@late\n"))
+    stream.write = write
+    sessions = AgentSessions()
+    try:
+        first = sessions.probe("n", lambda: stream, {}, 0.3)
+        assert (first.kind, first.problem) == ("sh", None)
+        assert sessions.path("n") == "sh (agent starting)"
+        stream.chunks.put(HELLO)
+        deadline = time.monotonic() + 5
+        second = sessions.probe("n", lambda: pytest.fail("shipped twice"), {}, 2)
+        while second.kind == "sh" and time.monotonic() < deadline:     # the hello is read by another thread
+            time.sleep(0.05)
+            second = sessions.probe("n", lambda: pytest.fail("shipped twice"), {}, 2)
+        assert (second.kind, second.text) == ("text", "@late\n")
+        assert [e.kind for e in sessions.take_events()] == ["agent-started"]
+        assert sessions.path("n") == "agent"
+    finally:
+        sessions.close()
