@@ -87,7 +87,6 @@ class ProcessStream:
         self.proc = proc
         self.down = down        # while this file exists the simulated node is dark: nothing passes
         self.silent_s = silent_s    # like a TCP connection the kernel watches: dark this long, it ends
-        self._dark_since: float | None = None
 
     def write(self, data: bytes) -> None:
         if self.down.exists():
@@ -114,14 +113,12 @@ class ProcessStream:
         try:
             since = self.down.stat().st_mtime
         except FileNotFoundError:
-            self._dark_since = None
             return 0.0
-        self._dark_since = since
         return max(0.0, time.time() - since)
 
     def lost(self) -> str | None:
         """See ChannelStream.lost: the simulated connection ended because the node stayed dark."""
-        if self.silent_s and self._dark_since is not None and self._dark_for() > self.silent_s:
+        if self.silent_s and self._dark_for() > self.silent_s:
             return f"{SILENT_WORDS} (simulated node down)"
         return None
 

@@ -274,8 +274,9 @@ class SshTransport:
                               f"{type(e).__name__}: {_words(e)}") from e
         t.set_keepalive(KEEPALIVE_S)
         # paramiko's reader thread wakes every 0.1 s by default to look at its keepalive timer and whether
-        # it was closed; neither needs that (close() also closes the socket, which ends the wait), and with
-        # hundreds of connections kept those wake-ups were most of an idle loop's CPU
+        # it was closed; with hundreds of connections kept those wake-ups were most of an idle loop's CPU.
+        # The cost: after close() the thread may sit in recv until this timeout (a daemon thread; Linux does
+        # not wake a recv when another thread closes the descriptor)
         t.sock.settimeout(READER_WAKE_S)
         return t
 

@@ -135,7 +135,6 @@ class AgentSession:
         self.last_heard = time.monotonic()
         self._cond = threading.Condition()
         self._results: dict[int, tuple[dict, float]] = {}     # id -> (message, monotonic time it came)
-        self.answered_at = 0.0          # when the result answer() returned last came
         self._next_id = 0
         self._buf = bytearray()
         self._fd: int | None = None
@@ -177,12 +176,13 @@ class AgentSession:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_heard
 
-    def request(self, args: dict, timeout_s: float, silent_after_s: float) -> str:
+    def request(self, args: dict, timeout_s: float, silent_after_s: float, timed: bool = False):
         """Send one probe request; its result's text. ProtocolError when the session broke,
         SessionSilent when nothing at all came for silent_after_s, TimeoutError when heartbeats
-        came but no result in timeout_s."""
+        came but no result in timeout_s. timed: (text, when it came) as answer gives it."""
         ident = self.send(args)
-        return self.answer(ident, time.monotonic() + timeout_s, silent_after_s, timeout_s)
+        text, came_at = self.answer(ident, time.monotonic() + timeout_s, silent_after_s, timeout_s)
+        return (text, came_at) if timed else text
 
     def send(self, args: dict) -> int:
         """Send one probe request; its id (for answer). ProtocolError when the session is over."""
@@ -197,9 +197,9 @@ class AgentSession:
             self._end(f"cannot send: {type(e).__name__}: {e}")
         return ident
 
-    def answer(self, ident: int, deadline: float, silent_after_s: float, timeout_s: float) -> str:
-        """The text of request ident's result, waiting until `deadline` (monotonic, timeout_s after the
-        request was sent); see request."""
+    def answer(self, ident: int, deadline: float, silent_after_s: float, timeout_s: float) -> tuple[str, float]:
+        """Request ident's result text and when it came (monotonic), waiting until `deadline` (timeout_s
+        after the request was sent); see request."""
         with self._cond:
             while ident not in self._results:
                 if self.broken is not None:
@@ -213,10 +213,10 @@ class AgentSession:
                 # (heartbeats move that moment on without a wake-up) or, past it with lines unread, soon
                 until_silent = silent_after_s - self.silent_for()
                 self._cond.wait(min(left, until_silent + 0.01 if until_silent > 0 else 0.2))
-            msg, self.answered_at = self._results.pop(ident)
+            msg, came_at = self._results.pop(ident)
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
-        return msg["out"]
+        return msg["out"], came_at
 
     def _unread(self) -> bool:
         """Lines that arrived but our reader has not taken yet (a busy controller is not a silent node)."""

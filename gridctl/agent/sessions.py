@@ -37,6 +37,7 @@ class AgentAnswer:
     text: str = ""
     problem: str | None = None
     took_s: float | None = None       # request sent -> its answer came (ask_live)
+    came_at: float | None = None      # when a text answer came (monotonic)
 
 
 class AgentSessions:
@@ -59,9 +60,9 @@ class AgentSessions:
         with self._lock:
             session = self._sessions.get(name)
             waiting = self._sh.get(name)
-        if session is not None and session.lost is not None:
-            self._drop(name)
-            return AgentAnswer("silent", problem=session.broken)
+        lost = self.take_lost(name)
+        if lost is not None:
+            return AgentAnswer("silent", problem=lost)
         if session is not None and session.broken is not None:
             self._drop(name)
             self._note(name, "agent-lost", f"agent session ended ({session.broken[:160]}): re-shipping the agent",
@@ -96,7 +97,7 @@ class AgentSessions:
                 self._sessions[name] = session
                 self._sh.pop(name, None)
             self._note(name, "agent-started", f"resident agent running (pid {hello.pid}; {', '.join(hello.caps)})")
-        answer, error = self._settle(name, session, lambda: session.request(args, timeout_s, SILENT_AFTER_S))
+        answer, error = self._settle(name, session, lambda: session.request(args, timeout_s, SILENT_AFTER_S, timed=True))
         if answer is not None:
             return answer
         self._drop(name)
@@ -134,8 +135,7 @@ class AgentSessions:
             answer, _ = self._settle(name, session,
                                      lambda: session.answer(ident, sent_at + timeout_s, SILENT_AFTER_S, timeout_s))
             if answer is not None:
-                came = session.answered_at if answer.kind == "text" else time.monotonic()
-                out[name] = replace(answer, took_s=came - sent_at)
+                out[name] = replace(answer, took_s=(answer.came_at or time.monotonic()) - sent_at)
         return out
 
     def live(self, name: str) -> bool:
@@ -178,12 +178,13 @@ class AgentSessions:
 
     # -- inside
 
-    def _settle(self, name: str, session: AgentSession, get: Callable[[], str]) -> tuple[AgentAnswer | None, Exception | None]:
-        """What one request on session came to (get() waits for its text). Silence (the session's, or the
+    def _settle(self, name: str, session: AgentSession, get: Callable[[], tuple[str, float]]) -> tuple[AgentAnswer | None, Exception | None]:
+        """What one request on session came to (get() waits for its text and when it came). Silence (the session's, or the
         connection's: `lost`) and a hung agent drop the session; an agent that ended or refused gives
         (None, why) and the caller decides (re-ship, or the sh probe)."""
         try:
-            return AgentAnswer("text", get()), None
+            text, came_at = get()
+            return AgentAnswer("text", text, came_at=came_at), None
         except SessionSilent as e:
             self._drop(name)
             return AgentAnswer("silent", problem=str(e)), e
