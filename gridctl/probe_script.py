@@ -6,6 +6,7 @@ output capped as it is read; see the module docstring of probe.py for what it ma
 
 from __future__ import annotations
 
+import functools
 import shlex
 
 from .launcher import LOG_MAX_BYTES, RETENTION_S, TRUST_FN
@@ -31,6 +32,7 @@ CORE_FIELDS = (
 FULL_FIELDS = CORE_FIELDS + (("gpu_recovery_action", "recovery_action"),)
 
 
+@functools.lru_cache(maxsize=8)        # asked for every node on every pass
 def query(fields: tuple) -> str:
     return ",".join(col for col, _ in fields)
 

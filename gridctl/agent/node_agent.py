@@ -249,15 +249,14 @@ def run_probe(req: dict, nvml: Nvml, boot: str) -> str:
     p.say("gridctl-probe", 2)
     p.say("time", int(time.time()))
     p.say("boot_id", boot or "unknown")
-    procs = HOST.procs()
-    p.say("stuck", "nvidia-smi=%d" % HOST.stuck_smi(procs))
+    p.say("stuck", "nvidia-smi=%d" % HOST.stuck_smi(HOST.TABLE.scan(time.monotonic())))
     _gpus(p, req, nvml, t)
     pushed, nvml.pending[:] = list(nvml.pending), []
     HOST.kernel_log(p, req, pushed, boot, tlog)
     wd = HOST.expand(str(req.get("wd", "~/.gridctl")))
     HOST.disk(p, wd)
     HOST.spot(p, str(req.get("md") or ""))
-    ATTEMPTS.attempts(p, wd, req.get("kill") or [], boot, procs)
+    ATTEMPTS.attempts(p, wd, req.get("kill") or [], boot, HOST.procs)
     p.say("end")
     return "\n".join(p.lines) + "\n"
 

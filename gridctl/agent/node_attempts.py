@@ -83,20 +83,34 @@ def mine(d: str, token: str) -> bool:
 
 
 class Procs:
-    """The processes read once for this probe (pid, comm, state, pgid, start ticks)."""
+    """The processes an attempt check needs: the pid it names, read when asked; every process (pid,
+    comm, state, pgid, start ticks), read once per probe and only when a check needs the group."""
 
-    def __init__(self, procs) -> None:
-        self.procs = procs
+    def __init__(self, scan) -> None:
+        self.scan = scan
+        self.procs = None
+
+    def all(self):
+        if self.procs is None:
+            self.procs = self.scan()
+        return self.procs
 
     def alive(self, pid: int) -> bool:
-        if any(g == pid and not st.startswith("Z") for _, _, st, g, _ in self.procs):
-            return True
+        """The sh probe's `alive`: a process of group pid is alive and not a zombie, or else pid is."""
+        st = _head("/proc/%d/stat" % pid, 4096)
+        if st and not st[st.rfind(")") + 2:].startswith("Z"):
+            try:
+                os.kill(pid, 0)
+                return True
+            except OSError:
+                pass
         try:
-            os.kill(pid, 0)
+            os.killpg(pid, 0)
+        except (ProcessLookupError, OverflowError):
+            return False                      # no process in the group: neither half can hold
         except OSError:
-            return False
-        st = _head("/proc/%d/stat" % pid, 4096) or ""
-        return not st[st.rfind(")") + 2:].startswith("Z")
+            pass
+        return any(g == pid and not s.startswith("Z") for _, _, s, g, _ in self.all())
 
     def start(self, pid: int):
         raw = _head("/proc/%d/stat" % pid, 4096)
@@ -107,7 +121,7 @@ class Procs:
 
     def env_has(self, pgid: int, ident: str) -> bool:
         want = ("GRIDCTL_ATTEMPT=" + ident).encode()
-        for pid, _, _, g, _ in self.procs:
+        for pid, _, _, g, _ in self.all():
             if g != pgid:
                 continue
             try:
@@ -163,9 +177,10 @@ def _trim(d: str) -> None:
             fh.truncate()
 
 
-def attempts(p, wd: str, kill, boot: str, procs) -> None:
+def attempts(p, wd: str, kill, boot: str, scan) -> None:
     """Fence the kill list's attempts, report every unreaped one, trim logs, expire reaped dirs;
-    the `attempt` / `fenced` / `mismatch` / `foreign` / `unsafe` lines of the sh probe."""
+    the `attempt` / `fenced` / `mismatch` / `foreign` / `unsafe` lines of the sh probe; `scan` reads
+    every process (called at most once, only when a check needs the process group)."""
     if not os.path.isdir(wd):
         return
     real, why = safe_wd(wd)
@@ -178,7 +193,7 @@ def attempts(p, wd: str, kill, boot: str, procs) -> None:
         return
     if not os.path.isdir(root):
         return
-    seen = Procs(procs)
+    seen = Procs(scan)
     for order in kill:
         ident, token = str(order[0]), str(order[1])
         d = root + "/" + ident

@@ -212,28 +212,62 @@ def expand(wd: str) -> str:
 
 # ------------------------------------------------------------------ processes
 
-def procs() -> list[tuple[int, str, str, int, int]]:
-    """(pid, comm, state, pgid, start ticks) of every process, read once per probe (os.open/os.read: no
-    file object per process, the scan is most of a probe's CPU on a busy node)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def _stat(name: str):
+    """(pid, comm, state, pgid, start ticks) from /proc/<name>/stat, None when gone (os.open/os.read: no
+    file object per process)."""
+    try:
+        fd = os.open("/proc/%s/stat" % name, os.O_RDONLY)
         try:
-            fd = os.open("/proc/%s/stat" % name, os.O_RDONLY)
-            try:
-                raw = os.read(fd, 4096)
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        cut = raw.rfind(b")")
-        rest = raw[cut + 2:].split()
-        if len(rest) > 19:
-            comm = raw[raw.find(b"(") + 1:cut].decode("utf-8", "replace")
-            out.append((int(name), comm, rest[0].decode("ascii", "replace"), int(rest[2]), int(rest[19])))
-    return out
+            raw = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    cut = raw.rfind(b")")
+    rest = raw[cut + 2:].split()
+    if len(rest) <= 19:
+        return None
+    comm = raw[raw.find(b"(") + 1:cut].decode("utf-8", "replace")
+    return int(name), comm, rest[0].decode("ascii", "replace"), int(rest[2]), int(rest[19])
 
+
+def procs() -> list[tuple[int, str, str, int, int]]:
+    """(pid, comm, state, pgid, start ticks) of every process, read now."""
+    return [e for e in map(_stat, filter(str.isdigit, os.listdir("/proc"))) if e is not None]
+
+
+class ProcTable:
+    """The node's processes as the `stuck` line needs them, for a resident agent: reading every
+    process's stat is most of a probe's CPU on a busy node (27 us a process: 55 ms with 2,000), so a
+    pid is read when it first appears, again on every probe while it is nvidia-smi (its state is what
+    counts), and everything is read afresh every FULL_S (a process that exec'd nvidia-smi after its
+    read counts from then: a stuck nvidia-smi needs 60 s in D to count, so it is seen at worst FULL_S
+    later; so is a pid reused since). Attempts never use this table: their checks read the processes they name (attempts.Procs)."""
+
+    FULL_S = 30.0
+
+    def __init__(self) -> None:
+        self.known: dict = {}
+        self.full_at = float("-inf")
+
+    def scan(self, now: float) -> list[tuple[int, str, str, int, int]]:
+        names = [n for n in os.listdir("/proc") if n.isdigit()]
+        if now - self.full_at >= self.FULL_S or now < self.full_at:
+            self.known, self.full_at, old = {}, now, {}
+        else:
+            old = self.known
+        known = {}
+        for name in names:
+            e = old.get(name)
+            if e is None or e[1] == "nvidia-smi":
+                e = _stat(name)
+            if e is not None:
+                known[name] = e
+        self.known = known
+        return list(known.values())
+
+
+TABLE = ProcTable()
 
 def stuck_smi(procs) -> int:
     up = _head("/proc/uptime", 64)

@@ -17,6 +17,7 @@ from helpers import write_local_fleet
 
 from gridctl.agent.session import LOADER, bootstrap
 from gridctl.health import classify
+from gridctl.launcher import attempt_token
 from gridctl.models import Contact
 from gridctl.reconcile.observe import Transports, sweep, take_inventory
 from gridctl.spec import load_fleet
@@ -297,3 +298,84 @@ def test_a_dark_node_ends_its_session_as_silence_and_the_loop_is_woken(tmp_path)
     assert dark.contact is Contact.UNREACHABLE and dark.probe_path == "agent"
     assert dark.detail.startswith("agent session silent: no answer from the node to TCP keepalives"), dark.detail
     assert lit.contact is Contact.OK and lit.probe_path == "agent"
+
+
+def _start_ticks(pid: int) -> str:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rfind(")") + 2:].split()[19]
+
+
+def test_agent_reports_attempts_as_the_sh_probe_does(tmp_path):
+    """Every case of the attempt checks (the agent reads the named pid, and every process only when the
+    group must be looked at): a live attempt, a dead leader whose group lives on (known by its
+    environment), a pid another process took, an exited one, a zombie leader, and a fence on each path."""
+    path = write_local_fleet(tmp_path, "attempts", count=1, gpus=1)
+    node = take_inventory(load_fleet(path), tmp_path).nodes[0]
+    write_node(node.target.local_dir, node.name, gpus=1)
+    boot = (node.target.local_dir / "boot_id").read_text().strip()
+    key = b"k" * 32
+    root = Path(node.work_dir) / "attempts"
+    root.mkdir(mode=0o700, parents=True)
+    os.chmod(node.work_dir, 0o700)
+    started: list[subprocess.Popen] = []
+
+    def attempt(ident: str, pid: int, start: str | None = None, **extra: str) -> None:
+        d = root / ident
+        d.mkdir(mode=0o700)
+        files = {"token": attempt_token(key, ident), "pid": str(pid), "boot_id": boot, "started": "1764180000",
+                 "pid_start": start if start is not None else _start_ticks(pid), **extra}
+        for name, text in files.items():
+            (d / name).write_text(text + "\n")
+
+    def spawn(argv: list[str], ident: str | None = None) -> subprocess.Popen:
+        env = {**os.environ, **({"GRIDCTL_ATTEMPT": ident} if ident else {})}
+        started.append(subprocess.Popen(argv, start_new_session=True, env=env))
+        return started[-1]
+
+    try:
+        attempt("live.1", spawn(["sleep", "300"]).pid)
+        leader = spawn(["sh", "-c", "sleep 300 & exit 0"], ident="group.1")
+        start = _start_ticks(leader.pid)
+        leader.wait(5)                               # reaped: only its group's sleep is left
+        attempt("group.1", leader.pid, start)
+        attempt("taken.1", spawn(["sleep", "300"]).pid, start="1")
+        gone = subprocess.Popen(["true"])
+        gone.wait(5)
+        attempt("gone.1", gone.pid, start="1", exit="0")
+        zombie = spawn(["sh", "-c", "exit 3"])
+        zstart = None
+        while zstart is None or Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            zstart = zstart or _start_ticks(zombie.pid)
+            time.sleep(0.02)
+        attempt("zombie.1", zombie.pid, zstart)
+        fence_sh, fence_agent = spawn(["sleep", "300"]), spawn(["sleep", "300"])
+        attempt("fence-sh.1", fence_sh.pid)
+        attempt("fence-agent.1", fence_agent.pid)
+
+        sh = sweep([node], Transports(), probe_timeout=3, concurrency=1, key=key,
+                   kill={node.name: ("fence-sh.1",)})[node.name]
+        agents = Transports(agent=True)
+        try:
+            agent = sweep([node], agents, probe_timeout=3, concurrency=1, key=key,
+                          kill={node.name: ("fence-agent.1",)})[node.name]
+        finally:
+            agents.close()
+        assert (sh.probe_path, agent.probe_path) == ("sh", "agent")
+        fenced_sh = [a for a in sh.attempts if a.fenced]
+        fenced_agent = [a for a in agent.attempts if a.fenced]
+        assert [a.id for a in fenced_sh] == ["fence-sh.1"] and [a.id for a in fenced_agent] == ["fence-agent.1"]
+        assert fence_sh.wait(5) == -9 and fence_agent.wait(5) == -9
+
+        def rest(obs):
+            return {a.id: (a.pid, a.alive, a.exit_code, a.pid_mismatch) for a in obs.attempts if "fence" not in a.id}
+        assert rest(agent) == rest(sh) == {
+            "live.1": (started[0].pid, True, None, False), "group.1": (leader.pid, True, None, False),
+            "taken.1": (started[2].pid, False, None, True), "gone.1": (gone.pid, False, 0, False),
+            "zombie.1": (zombie.pid, False, None, False)}
+    finally:
+        for proc in started:
+            try:
+                os.killpg(proc.pid, 9)
+            except OSError:
+                pass
+            proc.wait(5)

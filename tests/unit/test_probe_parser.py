@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gridctl.models import Contact, GpuReading, Observation
 from gridctl.probe import (CORE_FIELDS, FULL_FIELDS, MAX_OUTPUT_BYTES, normalise_bus_id, parse_gpu_rows,
-                           parse_probe, parse_xids, query)
+                           _csv_row, _value, parse_probe, parse_xids, query)
 from unit_support import FIXTURES, fixture_lines, fixture_text
 
 FULL_COLUMNS = query(FULL_FIELDS).split(",")
@@ -510,3 +510,45 @@ def test_kernel_log_read_from_the_nodes_since_skips_lines_stamped_ahead_of_its_c
                    "ahead, read then", "@end")
     obs = parse_probe("n", text, started_at=0, duration_s=0, nonce=NONCE, since=now + 10 ** 8)
     assert [x.xid for x in obs.xids] == [79]
+
+
+# the row reader's fast path (a line without quotes is split on its commas) against the csv module itself
+_CELL = st.text(alphabet=st.sampled_from(list(" ,\t\x00\x0b\x1cab19.-_eEinfINF[]/\u0663\u2028")), max_size=12)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_CELL, max_size=20))
+def test_rows_read_as_the_csv_module_reads_them(cells):
+    import csv
+    line = ",".join(cells)
+    try:
+        want = next(csv.reader([line], skipinitialspace=True))
+    except (csv.Error, StopIteration):
+        want = []
+    assert _csv_row(line) == want
+
+
+NUMBER_COLUMNS = [c for c, f in FULL_FIELDS if f in ("index", "temperature_c", "power_w", "memory_total_mib",
+                                                      "utilization_pct", "ecc_uncorrected_volatile")]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_CELL.filter(lambda c: "," not in c), min_size=len(FULL_FIELDS), max_size=len(FULL_FIELDS)))
+def test_each_cell_of_a_row_reads_as_that_cell_alone(cells):
+    """parse_gpu_rows reads numbers inline (no call per cell): the same values as _value on each cell."""
+    cells[0] = "0"
+    columns = [c for c, _ in FULL_FIELDS]
+    (gpu,), errors = parse_gpu_rows(columns, [", ".join(cells)])
+    for (column, field), cell in zip(FULL_FIELDS, cells):
+        unknown: list[str] = []
+        want = _value(field, cell.lstrip(" "), unknown)
+        got = getattr(gpu, field)
+        assert got == want or (got != got and want != want), (column, cell)    # nan is nan
+
+
+@pytest.mark.parametrize("cell, want", [
+    ("40", 40), (" 40 ", 40), ("40.7", 40), ("1e3", 1000), ("1_000", 1000), ("\u0663", 3), ("inf", None),
+    ("1e400", None), ("nan", None), ("[N/A]", None), ("", None), ("-3", -3), ("\x1c5\x1c", 5), ("0x10", None),
+])
+def test_integer_cells(cell, want):
+    assert _value("memory_total_mib", cell, []) == want
