@@ -7,6 +7,7 @@ Over a real sshd on loopback (tests/fleetsim.py) unless --local (simulated nodes
   fresh sh pass:   Transports(keep=False), one sweep: a new SSH connection and one sh exec per node;
   reused sh pass:  kept connections, one sh exec per node (the loop before the agent);
   agent pass:      kept agent sessions, one probe request per node (after the sessions started).
+Every sweep reads each node's kernel log from where the previous one stopped, as loop passes do.
 Client CPU is this process's CPU (all threads) per sweep. Node-side CPU is the CPU of every process
 below the sshd listener (or below this process with --local): utime+stime of the live ones plus what
 their parents reaped (cutime+cstime), before and after. Idle: CPU of both sides over --idle-s with
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from gridctl.reconcile.observe import Transports, sweep, take_inventory  # noqa: E402
+from gridctl.models import LogPosition  # noqa: E402
 from gridctl.spec import load_fleet  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -62,6 +64,16 @@ def tree_cpu(root: int, own: bool) -> float:
 
 WALL: dict[str, float] = {}
 COMPLETE: dict[str, list[int]] = {}      # complete observations per pass
+POSITIONS: dict = {}                     # where each node's kernel-log read starts, carried as the loop does
+
+
+def pass_once(nodes, transports: Transports) -> dict:
+    """One sweep as a loop pass makes it: each node's kernel log read from where the last read stopped
+    (the loop takes that from the store; here from the previous sweep's observations)."""
+    obs = sweep(nodes, transports, probe_timeout=10, concurrency=64, positions=POSITIONS)
+    POSITIONS.update({name: LogPosition(o.boot_id, o.uptime_s) for name, o in obs.items()
+                      if o.boot_id and o.uptime_s is not None})
+    return obs
 
 
 def measure(nodes, transports: Transports, passes: int, root: int, own: bool, name: str = "") -> tuple[float, float]:
@@ -69,7 +81,7 @@ def measure(nodes, transports: Transports, passes: int, root: int, own: bool, na
     client, walls, n0, answered = [], [], tree_cpu(root, own), []
     for _ in range(passes):
         t0, w0 = time.process_time(), time.monotonic()
-        obs = sweep(nodes, transports, probe_timeout=10, concurrency=64)
+        obs = pass_once(nodes, transports)
         client.append(time.process_time() - t0)
         walls.append(time.monotonic() - w0)
         answered.append(sum(o.complete for o in obs.values()))
@@ -81,19 +93,19 @@ def measure(nodes, transports: Transports, passes: int, root: int, own: bool, na
 def cpu_figures(nodes, passes: int, idle_s: float, root: int, own: bool) -> None:
     fresh_c, fresh_n = measure(nodes, Transports(keep=False), passes, root, own, "fresh")
     kept = Transports(keep=True)
-    sweep(nodes, kept, probe_timeout=10, concurrency=64)
+    pass_once(nodes, kept)
     sh_c, sh_n = measure(nodes, kept, passes, root, own, "sh")
     kept.close()
     agents = Transports(agent=True)
     t0, n0 = time.process_time(), tree_cpu(root, own)
-    first = sweep(nodes, agents, probe_timeout=10, concurrency=64)
+    first = pass_once(nodes, agents)
     start_c, start_n = time.process_time() - t0, tree_cpu(root, own) - n0
     on_agent = sum(o.probe_path == "agent" for o in first.values())
     warm = 0           # agents slow to start (many on few cores) join at a later pass: measure the steady state
     while on_agent < len(nodes) and warm < 6:
         time.sleep(2)
         warm += 1
-        on_agent = sum(o.probe_path == "agent" for o in sweep(nodes, agents, probe_timeout=10, concurrency=64).values())
+        on_agent = sum(o.probe_path == "agent" for o in pass_once(nodes, agents).values())
     ag_c, ag_n = measure(nodes, agents, passes, root, own, "agent")
     t0, n0 = time.process_time(), tree_cpu(root, own)
     time.sleep(idle_s)

@@ -86,6 +86,7 @@ def write_node(node_dir: Path, name: str, *, gpus: int = 4, gpu_type: str = "H10
         (node_dir / f).unlink(missing_ok=True)
     if not (node_dir / "boot_id").exists():
         reboot(node_dir)
+    _boot_line(node_dir)
     for i in range(gpus):
         _write_gpu(node_dir, name, i, gpu_type, memory_gb)
     _apply_mode(node_dir, mode, gpus)
@@ -105,6 +106,13 @@ def reboot(node_dir: Path) -> None:
     """A new boot id, and the kernel log of the old boot is gone."""
     (node_dir / "boot_id").write_text(str(uuid.uuid4()) + "\n")
     (node_dir / "kernel.log").unlink(missing_ok=True)
+    _boot_line(node_dir)
+
+
+def _boot_line(node_dir: Path) -> None:
+    """A kernel log is never empty on a real node (the boot wrote to it), so journalctl finds one."""
+    if not (node_dir / "kernel.log").exists():
+        (node_dir / "kernel.log").write_text(_kernel_line("Linux version 6.8.0-sim (simulated node boot)"))
 
 
 def set_field(node_dir: Path, index: int, field: str, value: str) -> None:

@@ -237,37 +237,46 @@ def procs() -> list[tuple[int, str, str, int, int]]:
 
 
 class ProcTable:
-    """The node's processes as the `stuck` line needs them, for a resident agent: reading every
-    process's stat is most of a probe's CPU on a busy node (27 us a process: 55 ms with 2,000), so a
-    pid is read when it first appears, again on every probe while it is nvidia-smi (its state is what
-    counts), and everything is read afresh every FULL_S (a process that exec'd nvidia-smi after its
-    read counts from then: a stuck nvidia-smi needs 60 s in D to count, so it is seen at worst FULL_S
-    later; so is a pid reused since). Attempts never use this table: their checks read the processes they name (attempts.Procs)."""
+    """The node's processes as the `stuck` line needs them, for a resident agent. Reading every
+    process's stat is most of a probe's CPU on a busy node (27 us a process: 55 ms with 2,000), and
+    even listing /proc costs about 2 us a process; a stuck nvidia-smi counts only after 60 s in D, so:
+    the nvidia-smi processes known are read again on every probe (their state is what counts); /proc
+    is listed every LIST_S, and a pid is read when it first appears; everything is read afresh every
+    FULL_S (a process that exec'd nvidia-smi after its read, or a pid reused since, counts from then).
+    So a stuck nvidia-smi is counted at worst FULL_S after its 60 s. Attempts never use this table:
+    their checks read the processes they name (node_attempts.Procs)."""
 
+    LIST_S = 10.0
     FULL_S = 30.0
 
     def __init__(self) -> None:
         self.known: dict = {}
-        self.full_at = float("-inf")
+        self.full_at = self.listed_at = float("-inf")
 
     def scan(self, now: float) -> list[tuple[int, str, str, int, int]]:
-        names = [n for n in os.listdir("/proc") if n.isdigit()]
         if now - self.full_at >= self.FULL_S or now < self.full_at:
-            self.known, self.full_at, old = {}, now, {}
+            self.known, self.full_at, self.listed_at = {}, now, float("-inf")
+        if now - self.listed_at >= self.LIST_S or now < self.listed_at:
+            self.listed_at, old, self.known = now, self.known, {}
+            for name in os.listdir("/proc"):
+                e = old.get(name)
+                if e is None or e[1] == "nvidia-smi":
+                    e = _stat(name) if name.isdigit() else None
+                if e is not None:
+                    self.known[name] = e
         else:
-            old = self.known
-        known = {}
-        for name in names:
-            e = old.get(name)
-            if e is None or e[1] == "nvidia-smi":
-                e = _stat(name)
-            if e is not None:
-                known[name] = e
-        self.known = known
-        return list(known.values())
+            for name, e in list(self.known.items()):
+                if e[1] == "nvidia-smi":
+                    e = _stat(name)
+                    if e is None:
+                        del self.known[name]
+                    else:
+                        self.known[name] = e
+        return list(self.known.values())
 
 
 TABLE = ProcTable()
+
 
 def stuck_smi(procs) -> int:
     up = _head("/proc/uptime", 64)

@@ -1,5 +1,6 @@
-"""The agent's process table (gridctl/agent/node_host.py ProcTable), against real processes: a pid is
-read when it appears, an nvidia-smi on every scan, everything else again only on the full re-read."""
+"""The agent's process table (gridctl/agent/node_host.py ProcTable), against real processes: /proc is
+listed every LIST_S and a pid read when it appears, an nvidia-smi read on every scan, everything else
+again only on the full re-read."""
 
 from __future__ import annotations
 
@@ -49,15 +50,25 @@ def _until(check, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_a_new_process_is_read_and_a_gone_one_dropped(spawn):
+LIST = ProcTable.LIST_S
+
+
+def test_a_new_process_is_read_at_the_next_listing_and_a_gone_one_dropped(spawn, smi):
     table = ProcTable()
     table.scan(0.0)
-    proc = spawn(["sleep", "300"])
-    pid, comm, state, pgid, start = _entry(table.scan(1.0), proc.pid)
+    proc, gpu = spawn(["sleep", "300"]), spawn([smi, "300"])
+    _until(lambda: Path(f"/proc/{gpu.pid}/comm").read_text().strip() == "nvidia-smi")
+    assert not [e for e in table.scan(1.0) if e[0] in (proc.pid, gpu.pid)]      # not listed yet
+    seen = table.scan(LIST + 0.5)
+    pid, comm, state, pgid, start = _entry(seen, proc.pid)
     assert (comm, pgid) == ("sleep", proc.pid) and state in "RS" and start > 0
-    proc.kill()
-    proc.wait(5)
-    assert not [e for e in table.scan(2.0) if e[0] == proc.pid]
+    assert _entry(seen, gpu.pid)[1] == "nvidia-smi"
+    for p in (proc, gpu):
+        p.kill()
+        p.wait(5)
+    assert not [e for e in table.scan(LIST + 1.0) if e[0] == gpu.pid]           # an nvidia-smi gone: at once
+    assert [e for e in table.scan(LIST + 1.5) if e[0] == proc.pid]              # anything else: at the listing
+    assert not [e for e in table.scan(2 * LIST + 1.0) if e[0] == proc.pid]
 
 
 def test_nvidia_smi_is_read_again_on_every_scan_anything_else_on_the_full_read(spawn, smi):
@@ -67,9 +78,10 @@ def test_nvidia_smi_is_read_again_on_every_scan_anything_else_on_the_full_read(s
     for proc in (other, gpu):
         os.kill(proc.pid, signal.SIGSTOP)
         _until(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] == "T")
-    seen = table.scan(1.0)
-    assert _entry(seen, gpu.pid)[2] == "T"                  # nvidia-smi: its state now
-    assert _entry(seen, other.pid)[2] in "RS"               # not read again within FULL_S
+    for now in (1.0, LIST + 0.5):                           # before and at the next listing
+        seen = table.scan(now)
+        assert _entry(seen, gpu.pid)[2] == "T"              # nvidia-smi: its state now
+        assert _entry(seen, other.pid)[2] in "RS"           # not read again within FULL_S
     assert _entry(table.scan(ProcTable.FULL_S + 0.5), other.pid)[2] == "T"
     for proc in (other, gpu):
         os.kill(proc.pid, signal.SIGCONT)
@@ -80,7 +92,7 @@ def test_a_process_that_execs_nvidia_smi_counts_from_the_full_read(spawn, smi):
     proc = spawn(["sh", "-c", f"sleep 1; exec {smi} 300"])
     assert _entry(table.scan(0.0), proc.pid)[1] == "sh"
     _until(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "nvidia-smi")
-    assert _entry(table.scan(1.0), proc.pid)[1] == "sh"
+    assert _entry(table.scan(LIST + 0.5), proc.pid)[1] == "sh"
     assert _entry(table.scan(ProcTable.FULL_S + 0.5), proc.pid)[1] == "nvidia-smi"
 
 
