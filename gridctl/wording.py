@@ -4,9 +4,10 @@ Pure text rules, in one table; imports nothing."""
 
 from __future__ import annotations
 
+import functools
 import re
 
-_RULES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r in (
+_RULE_TEXT: tuple[tuple[str, str], ...] = (
     (r"^Field required$", "required field is missing"),
     (r"^Extra inputs are not permitted$", "unknown key"),
     (r"^Input should be a valid integer, got a number with a fractional part$", "expected a whole number"),
@@ -28,7 +29,13 @@ _RULES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r i
     (r"^String should have at most (\d+) characters?$", r"takes at most \1 character(s)"),
     (r"^String should match pattern '(.*)'$", r"does not have the expected form (\1)"),
     (r"^(Value error|Assertion failed), ", ""),
-))
+)
+
+
+@functools.cache
+def _rules() -> tuple[tuple[re.Pattern, str], ...]:
+    """Compiled when a message is first worded (compiling them cost every command 8 ms at start)."""
+    return tuple((re.compile(p), r) for p, r in _RULE_TEXT)
 
 # the types whose value is worth quoting back: "expected a whole number; got 'many'"
 QUOTE_INPUT = ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing",
@@ -39,7 +46,7 @@ INPUT_SHOWN = 60
 
 def ours(message: str) -> str:
     """One message in our words; a message that is ours already passes unchanged."""
-    for pattern, replacement in _RULES:
+    for pattern, replacement in _rules():
         message, n = pattern.subn(replacement, message)
         if n:
             break
