@@ -102,6 +102,7 @@ class SshTransport:
         self._lock = threading.Lock()
         self._stores: dict[Path, HostKeyStore] = {}
         self._pkeys: dict[Path, paramiko.PKey] = {}
+        self._key_lock = threading.Lock()
         self._agent_keys: list | None = None
 
     # -- public
@@ -309,25 +310,29 @@ class SshTransport:
             pkey = self._load_key(path)
             if pkey is not None:
                 keys.append(pkey)
-        if self._agent_keys is None:
-            try:
-                self._agent_keys = list(paramiko.Agent().get_keys())
-            except (paramiko.SSHException, OSError):
-                self._agent_keys = []
+        with self._key_lock:
+            if self._agent_keys is None:
+                try:
+                    self._agent_keys = list(paramiko.Agent().get_keys())
+                except (paramiko.SSHException, OSError):
+                    self._agent_keys = []
         return keys + self._agent_keys
 
     def _load_key(self, path: Path):
+        """The key at path, read once per transport (under a lock: a sweep's first handshakes all ask at
+        once); a missing file is looked for again next time (a default ~/.ssh/id_* may appear later)."""
         path = Path(os.path.expanduser(path))
-        if path not in self._pkeys:
-            try:
-                self._pkeys[path] = paramiko.PKey.from_path(path)
-            except FileNotFoundError:
-                return None
-            except paramiko.PasswordRequiredException:
-                raise AuthFailed(f"key {path} is encrypted: add it to ssh-agent") from None
-            except (paramiko.SSHException, OSError, ValueError) as e:
-                raise AuthFailed(f"cannot load key {path}: {_words(e)}") from e
-        return self._pkeys[path]
+        with self._key_lock:
+            if path not in self._pkeys:
+                try:
+                    self._pkeys[path] = paramiko.PKey.from_path(path)
+                except FileNotFoundError:
+                    return None
+                except paramiko.PasswordRequiredException:
+                    raise AuthFailed(f"key {path} is encrypted: add it to ssh-agent") from None
+                except (paramiko.SSHException, OSError, ValueError) as e:
+                    raise AuthFailed(f"cannot load key {path}: {_words(e)}") from e
+            return self._pkeys[path]
 
     def _store(self, path: Path) -> HostKeyStore:
         path = Path(os.path.expanduser(path))
