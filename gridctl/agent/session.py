@@ -124,10 +124,12 @@ class AgentSession:
     reader thread of its own). Lines are parsed as they come; `on_xid(event)` is called for pushed XIDs."""
 
     def __init__(self, stream, on_xid: Callable[[dict], None] = lambda e: None,
-                 on_end: Callable[[], None] = lambda: None) -> None:
+                 on_end: Callable[[], None] = lambda: None,
+                 on_answer: Callable[["AgentSession"], None] = lambda s: None) -> None:
         self.stream = stream
         self.on_xid = on_xid
         self.on_end = on_end            # called once when the session breaks or ends under us
+        self.on_answer = on_answer      # on_answer(self), no lock of ours held: a result came or the session broke
         self.hello: Hello | None = None
         self.broken: str | None = None
         self.ended = False              # the stream ended (the agent exited or crashed), not a protocol breach
@@ -217,6 +219,12 @@ class AgentSession:
         if msg["t"] == "error":
             raise ProtocolError(f"agent refused the request: {str(msg.get('what'))[:200]}")
         return msg["out"], came_at
+
+    def ready(self, ident: int, deadline: float, silent_after_s: float) -> bool:
+        """answer(ident, deadline, silent_after_s, ...) would return or raise now, without waiting."""
+        with self._cond:
+            return (ident in self._results or self.broken is not None or time.monotonic() >= deadline
+                    or self.silent_for() > silent_after_s and not self._unread())
 
     def _unread(self) -> bool:
         """Lines that arrived but our reader has not taken yet (a busy controller is not a silent node)."""
@@ -309,6 +317,9 @@ class AgentSession:
                 self._break("agent result without output text")
             with self._cond:
                 self._results[ident] = (msg, time.monotonic())
+                self._cond.notify_all()
+            self.on_answer(self)
+            return
         else:
             self._break(f"agent wrote an unknown message kind {kind[:20]!r}")
         with self._cond:
@@ -338,6 +349,7 @@ class AgentSession:
         self.close()
         with self._cond:
             self._cond.notify_all()     # after closing: whoever is woken finds the session closed
+        self.on_answer(self)
         if first and self.hello is not None:
             self.on_end()
 

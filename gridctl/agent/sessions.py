@@ -40,6 +40,15 @@ class AgentAnswer:
     came_at: float | None = None      # when a text answer came (monotonic)
 
 
+def _due(flight: tuple) -> float:
+    """When ask_live must look at an in-flight request even without an answer: its deadline, or when its
+    session would turn silent (soon again, when it is past that with lines not yet read)."""
+    _, session, _, sent_at, timeout_s = flight
+    quiet_until = session.last_heard + SILENT_AFTER_S
+    now = time.monotonic()
+    return min(sent_at + timeout_s, quiet_until + 0.01 if quiet_until > now else now + 0.2)
+
+
 class AgentSessions:
     def __init__(self, wake: Callable[[], None] = lambda: None) -> None:
         self.wake = wake
@@ -48,6 +57,8 @@ class AgentSessions:
         self._slow: dict[str, tuple[AgentSession, float]] = {}   # node -> (session still starting, shipped at)
         self._events: list[Event] = []
         self._lock = threading.Lock()
+        self._answers = threading.Condition()     # notified when any session has a result or broke (ask_live)
+        self._poked: set[AgentSession] = set()    # ... those sessions, since ask_live last looked
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_silence, name="gridctl-agent-watch", daemon=True)
         self._watch.start()
@@ -79,7 +90,8 @@ class AgentSessions:
                     waiting[1] -= 1
                     return AgentAnswer("sh")
                 else:
-                    session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e), on_end=self._ended)
+                    session = AgentSession(open_stream(), on_xid=lambda e: self._pushed(name, e), on_end=self._ended,
+                                           on_answer=self._answered)
                     since = time.monotonic()
                     hello = session.start(min(START_TIMEOUT_S, max(timeout_s, 2.0)), keep_slow=True)
             except SlowStart:
@@ -110,14 +122,16 @@ class AgentSessions:
 
     def ask_live(self, asks: dict[str, tuple[dict, float]], window: int = 64) -> dict[str, AgentAnswer]:
         """A pass on the sessions that are up (asks: name -> (args, timeout_s)), from this thread: requests
-        are sent and their answers awaited here, oldest first, with at most `window` in flight (the
-        sweep's concurrency: an endpoint shared by many nodes runs no more of our probes at once than a
-        thread pool would give it). So a pass costs the controller a write and a read per node and no
-        thread of its own. Only settled answers come back (text, silent, hung); a node without a live
+        are sent and their answers taken here as they come, with at most `window` in flight (the sweep's
+        concurrency: an endpoint shared by many nodes runs no more of our probes at once than a thread
+        pool would give it), the window refilled as each settles, so a slow node holds up no other. A
+        pass costs the controller a write and a read per node and no thread of its own. Only settled
+        answers come back (text, silent, hung), in the order they settled; a node without a live
         session, or whose agent ended or refused meanwhile, is left to probe() (re-ship, events, sh)."""
         todo = deque(asks.items())
-        flying: deque = deque()
+        flying: list[tuple[str, AgentSession, int, float, float]] = []
         out: dict[str, AgentAnswer] = {}
+        due = float("inf")        # when some request must be looked at unasked: its deadline, or its session's silence
         while todo or flying:
             while todo and len(flying) < max(1, window):
                 name, (args, timeout_s) = todo.popleft()
@@ -129,13 +143,24 @@ class AgentSessions:
                     flying.append((name, session, session.send(args), time.monotonic(), timeout_s))
                 except ProtocolError:
                     continue
+                due = min(due, _due(flying[-1]))
             if not flying:
                 continue
-            name, session, ident, sent_at, timeout_s = flying.popleft()
-            answer, _ = self._settle(name, session,
-                                     lambda: session.answer(ident, sent_at + timeout_s, SILENT_AFTER_S, timeout_s))
-            if answer is not None:
-                out[name] = replace(answer, took_s=(answer.came_at or time.monotonic()) - sent_at)
+            with self._answers:       # woken by a session's answer (or break), else at `due`
+                if not self._poked and time.monotonic() < due:
+                    self._answers.wait(due - time.monotonic())
+                poked, self._poked = self._poked, set()
+            if time.monotonic() >= due:
+                look, due = flying, min(map(_due, flying))
+            else:
+                look = [f for f in flying if f[1] in poked]
+            for flight in [f for f in look if f[1].ready(f[2], f[3] + f[4], SILENT_AFTER_S)]:
+                flying.remove(flight)
+                name, session, ident, sent_at, timeout_s = flight
+                answer, _ = self._settle(name, session,
+                                         lambda: session.answer(ident, sent_at + timeout_s, SILENT_AFTER_S, timeout_s))
+                if answer is not None:
+                    out[name] = replace(answer, took_s=(answer.came_at or time.monotonic()) - sent_at)
         return out
 
     def live(self, name: str) -> bool:
@@ -212,6 +237,11 @@ class AgentSessions:
         self._note(name, "xid-pushed", f"xid {event['xid']} on GPU {gpu if isinstance(gpu, int) else '?'} pushed by "
                    "the node's NVML event: probing now", "warning")
         self.wake()
+
+    def _answered(self, session: AgentSession) -> None:
+        with self._answers:
+            self._poked.add(session)
+            self._answers.notify_all()
 
     def _ended(self) -> None:
         """A session ended under us (the node went dark, the agent exited): its node's part of a pass now."""

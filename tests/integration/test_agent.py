@@ -19,6 +19,7 @@ from gridctl.agent.session import LOADER, bootstrap
 from gridctl.health import classify
 from gridctl.launcher import attempt_token
 from gridctl.models import Contact
+from gridctl.probe import ProbeBudget, probe_request
 from gridctl.reconcile.observe import Transports, sweep, take_inventory
 from gridctl.spec import load_fleet
 from providers.local import inject_xid, sim_env, write_node
@@ -379,3 +380,25 @@ def test_agent_reports_attempts_as_the_sh_probe_does(tmp_path):
             except OSError:
                 pass
             proc.wait(5)
+
+
+def test_a_wedged_node_asked_first_holds_up_no_other_node_of_the_pass(tmp_path):
+    """ask_live keeps its window full and takes answers as they come: a node whose NVML is wedged (its
+    answer comes only at the probe's deadline) settles last although it was asked first, and the
+    nodes behind it in the queue were asked meanwhile (with oldest-first waits each wedged node at the
+    head of the window held every later node back by its whole deadline)."""
+    path = write_local_fleet(tmp_path, "hol", count=4, gpus=1, probe_timeout="3s")
+    nodes = take_inventory(load_fleet(path), tmp_path).nodes
+    transports = Transports(agent=True)
+    try:
+        first = sweep(nodes, transports, probe_timeout=3, concurrency=4)
+        assert [o.probe_path for o in first.values()] == ["agent"] * 4
+        write_node(nodes[0].target.local_dir, nodes[0].name, gpus=1, mode="hang")
+        budget = ProbeBudget(3)
+        asks = {n.name: (probe_request(budget, n.work_dir).agent_args, budget.total_s) for n in nodes}
+        answers = transports.agents.ask_live(asks, window=2)
+    finally:
+        transports.close()
+    assert list(answers) == [n.name for n in nodes[1:]] + [nodes[0].name]
+    assert [a.kind for a in answers.values()] == ["text"] * 4
+    assert "nvidia-smi rc=124" in answers[nodes[0].name].text
