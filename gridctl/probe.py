@@ -198,14 +198,9 @@ def _value(field: str, raw: str, unknown: list[str]):
     return text[:200]
 
 
-def parse_gpu_rows(columns: list[str], lines: list[str]) -> tuple[tuple[GpuReading, ...], tuple[str, ...]]:
-    """CSV rows (noheader, nounits) -> readings; lines that are not rows are returned as errors."""
-    gpus, errors, _ = _gpu_rows(columns, lines)
-    return gpus, errors
-
-
-def _gpu_rows(columns: list[str], lines: list[str]):
-    """parse_gpu_rows, and the widths of rows that look like GPU rows but not of the width asked for."""
+def parse_gpu_rows(columns: list[str], lines: list[str]) -> tuple[tuple[GpuReading, ...], tuple[str, ...], set[int]]:
+    """CSV rows (noheader, nounits) -> readings; lines that are not rows, returned as errors; and the
+    widths of rows that look like GPU rows but not of the width asked for (read by position)."""
     fields = [_COLUMN_TO_FIELD.get(c.strip()) for c in columns]
     width = len(fields)
     gpus, errors, odd = [], [], set()
@@ -222,16 +217,8 @@ def _gpu_rows(columns: list[str], lines: list[str]):
             continue
         values, unknown = {}, []
         for field, raw in zip(row_fields, row):
-            if not field:
-                continue
-            number = _NUMBER.get(field)
-            if number is not None:          # _value's common case, without the call
-                try:
-                    values[field] = number(raw)
-                    continue
-                except ValueError:
-                    pass
-            values[field] = _value(field, raw, unknown)
+            if field:
+                values[field] = _value(field, raw, unknown)
         gpus.append(GpuReading(**values, unknown_fields=tuple(unknown)))
     return tuple(gpus), tuple(errors), odd
 
@@ -331,7 +318,7 @@ def parse_probe(node: str, output: bytes | str, *, started_at: float, duration_s
         kv = _kv(smi[0])
         rc = _int(kv.get("rc"))
         columns = kv.get("query", "").split(",") if kv.get("query") else []
-        gpus, smi_errors, odd = _gpu_rows(columns, smi[1]) if columns else ((), tuple(smi[1][:20]), set())
+        gpus, smi_errors, odd = parse_gpu_rows(columns, smi[1]) if columns else ((), tuple(smi[1][:20]), set())
         if columns and odd:
             problems.append(f"nvidia-smi rows have {', '.join(map(str, sorted(odd)))} columns, "
                             f"{len(columns)} were asked for: read by position")

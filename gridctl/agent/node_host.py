@@ -254,9 +254,9 @@ class ProcTable:
         self.full_at = self.listed_at = float("-inf")
 
     def scan(self, now: float) -> list[tuple[int, str, str, int, int]]:
-        if now - self.full_at >= self.FULL_S or now < self.full_at:
+        if now - self.full_at >= self.FULL_S:
             self.known, self.full_at, self.listed_at = {}, now, float("-inf")
-        if now - self.listed_at >= self.LIST_S or now < self.listed_at:
+        if now - self.listed_at >= self.LIST_S:
             self.listed_at, old, self.known = now, self.known, {}
             for name in os.listdir("/proc"):
                 e = old.get(name)

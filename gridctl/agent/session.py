@@ -178,13 +178,12 @@ class AgentSession:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_heard
 
-    def request(self, args: dict, timeout_s: float, silent_after_s: float, timed: bool = False):
-        """Send one probe request; its result's text. ProtocolError when the session broke,
-        SessionSilent when nothing at all came for silent_after_s, TimeoutError when heartbeats
-        came but no result in timeout_s. timed: (text, when it came) as answer gives it."""
+    def request(self, args: dict, timeout_s: float, silent_after_s: float) -> tuple[str, float]:
+        """Send one probe request; its result's text and when it came (as answer gives them). ProtocolError
+        when the session broke, SessionSilent when nothing at all came for silent_after_s, TimeoutError
+        when heartbeats came but no result in timeout_s."""
         ident = self.send(args)
-        text, came_at = self.answer(ident, time.monotonic() + timeout_s, silent_after_s, timeout_s)
-        return (text, came_at) if timed else text
+        return self.answer(ident, time.monotonic() + timeout_s, silent_after_s, timeout_s)
 
     def send(self, args: dict) -> int:
         """Send one probe request; its id (for answer). ProtocolError when the session is over."""

@@ -109,7 +109,7 @@ class AgentSessions:
                 self._sessions[name] = session
                 self._sh.pop(name, None)
             self._note(name, "agent-started", f"resident agent running (pid {hello.pid}; {', '.join(hello.caps)})")
-        answer, error = self._settle(name, session, lambda: session.request(args, timeout_s, SILENT_AFTER_S, timed=True))
+        answer, error = self._settle(name, session, lambda: session.request(args, timeout_s, SILENT_AFTER_S))
         if answer is not None:
             return answer
         self._drop(name)
@@ -150,17 +150,16 @@ class AgentSessions:
                 if not self._poked and time.monotonic() < due:
                     self._answers.wait(due - time.monotonic())
                 poked, self._poked = self._poked, set()
-            if time.monotonic() >= due:
-                look, due = flying, min(map(_due, flying))
-            else:
-                look = [f for f in flying if f[1] in poked]
-            for flight in [f for f in look if f[1].ready(f[2], f[3] + f[4], SILENT_AFTER_S)]:
+            every = time.monotonic() >= due
+            for flight in [f for f in flying if (every or f[1] in poked) and f[1].ready(f[2], f[3] + f[4], SILENT_AFTER_S)]:
                 flying.remove(flight)
                 name, session, ident, sent_at, timeout_s = flight
                 answer, _ = self._settle(name, session,
                                          lambda: session.answer(ident, sent_at + timeout_s, SILENT_AFTER_S, timeout_s))
                 if answer is not None:
                     out[name] = replace(answer, took_s=(answer.came_at or time.monotonic()) - sent_at)
+            if every:
+                due = min(map(_due, flying), default=float("inf"))
         return out
 
     def live(self, name: str) -> bool:

@@ -107,7 +107,7 @@ def test_result_text_comes_back_for_its_request():
     session, stream = started()
     stream.write = lambda data: (stream.written.extend(data),
                                  stream.chunks.put(line(t="hb") + line(t="result", id=1, out="@n end\n")))
-    assert session.request({"nonce": "ab" * 8}, 2, 2) == "@n end\n"
+    assert session.request({"nonce": "ab" * 8}, 2, 2)[0] == "@n end\n"
     sent = json.loads(stream.written[len(bootstrap()):].decode())
     assert sent["op"] == "probe" and sent["id"] == 1
 
@@ -116,7 +116,7 @@ def test_a_result_split_across_reads_is_joined():
     session, stream = started()
     whole = line(t="result", id=1, out="x" * 1000)
     stream.write = lambda data: (stream.chunks.put(whole[:100]), stream.chunks.put(whole[100:]))
-    assert session.request({}, 2, 2) == "x" * 1000
+    assert session.request({}, 2, 2)[0] == "x" * 1000
 
 
 def test_garbage_line_ends_session_with_words():
@@ -215,7 +215,7 @@ def test_a_request_the_agent_can_no_longer_take_marks_the_session_ended():
 def test_a_polled_stream_is_read_by_the_shared_thread_not_one_of_its_own(stream_kind):
     session, stream = started()
     stream.write = lambda data: stream.chunks.put(line(t="result", id=1, out="ok\n"))   # answered when asked
-    assert session.request({}, 2, 2) == "ok\n"
+    assert session.request({}, 2, 2)[0] == "ok\n"
     assert session._reader.is_alive() is (stream_kind == "reader-thread")
 
 

@@ -152,7 +152,8 @@ def test_smi_and_kernel_spellings_of_one_gpu_normalise_equal():
 # ---------------------------------------------------------------- parse_gpu_rows
 
 def _csv_rows() -> tuple[tuple[GpuReading, ...], tuple[str, ...]]:
-    return parse_gpu_rows(FULL_COLUMNS, fixture_lines("smi/csv_tokens.csv"))
+    gpus, errors, _ = parse_gpu_rows(FULL_COLUMNS, fixture_lines("smi/csv_tokens.csv"))
+    return gpus, errors
 
 
 def test_clean_row_reads_every_field():
@@ -199,8 +200,8 @@ def test_insufficient_permissions_is_absent():
 ])
 def test_unknown_error_vs_absent_on_each_health_field(column, field):
     columns = ["index", column]
-    (unknown,), _ = parse_gpu_rows(columns, ["0, [Unknown Error]"])
-    (absent,), _ = parse_gpu_rows(columns, ["0, [N/A]"])
+    (unknown,), _, _ = parse_gpu_rows(columns, ["0, [Unknown Error]"])
+    (absent,), _, _ = parse_gpu_rows(columns, ["0, [N/A]"])
     assert getattr(unknown, field) is None and getattr(absent, field) is None
     assert unknown.unknown_fields == (field,)
     assert absent.unknown_fields == ()
@@ -209,7 +210,7 @@ def test_unknown_error_vs_absent_on_each_health_field(column, field):
 @pytest.mark.parametrize("raw, want", [("Active", True), ("Not Active", False), ("Yes", True), ("No", False),
                                        ("[N/A]", None)])
 def test_boolean_fields(raw, want):
-    (g,), _ = parse_gpu_rows(["index", "clocks_event_reasons.hw_thermal_slowdown"], [f"0, {raw}"])
+    (g,), _, _ = parse_gpu_rows(["index", "clocks_event_reasons.hw_thermal_slowdown"], [f"0, {raw}"])
     assert g.thermal_slowdown is want
 
 
@@ -219,8 +220,8 @@ def test_core_query_and_event_reason_alias_map_to_the_same_fields():
     alias = [c.replace("clocks_throttle_reasons", "clocks_event_reasons") for c in cols]
     line = ("0, GPU-x, NVIDIA H100 80GB HBM3, 00000000:18:00.0, 41, 69.85, 81559, 1, 0, 0, 0, [N/A], No, No, "
             "Active, Not Active, Not Active")
-    (a,), _ = parse_gpu_rows(cols, [line])
-    (b,), _ = parse_gpu_rows(alias, [line])
+    (a,), _, _ = parse_gpu_rows(cols, [line])
+    (b,), _, _ = parse_gpu_rows(alias, [line])
     assert a == b and a.hw_slowdown is True and a.thermal_slowdown is False
 
 
@@ -228,13 +229,13 @@ def test_core_query_and_event_reason_alias_map_to_the_same_fields():
                                  "smi/gpu_is_lost.txt", "smi/version_mismatch.txt"])
 def test_nvidia_smi_failure_text_comes_back_as_errors_not_rows(rel):
     lines = fixture_lines(rel)
-    gpus, errors = parse_gpu_rows(FULL_COLUMNS, lines)
+    gpus, errors, _ = parse_gpu_rows(FULL_COLUMNS, lines)
     assert gpus == ()
     assert errors == tuple(line.strip() for line in lines)
 
 
 def test_row_with_wrong_column_count_is_an_error():
-    gpus, errors = parse_gpu_rows(["index", "uuid", "name"], ["0, not-a-uuid", "", "1, GPU-y, NVIDIA H100"])
+    gpus, errors, _ = parse_gpu_rows(["index", "uuid", "name"], ["0, not-a-uuid", "", "1, GPU-y, NVIDIA H100"])
     assert [g.index for g in gpus] == [1]
     assert errors == ("0, not-a-uuid",)
 
@@ -535,10 +536,10 @@ NUMBER_COLUMNS = [c for c, f in FULL_FIELDS if f in ("index", "temperature_c", "
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_CELL.filter(lambda c: "," not in c), min_size=len(FULL_FIELDS), max_size=len(FULL_FIELDS)))
 def test_each_cell_of_a_row_reads_as_that_cell_alone(cells):
-    """parse_gpu_rows reads numbers inline (no call per cell): the same values as _value on each cell."""
+    """A row split on its commas gives each cell to _value: the same values as each cell read alone."""
     cells[0] = "0"
     columns = [c for c, _ in FULL_FIELDS]
-    (gpu,), errors = parse_gpu_rows(columns, [", ".join(cells)])
+    (gpu,), errors, _ = parse_gpu_rows(columns, [", ".join(cells)])
     for (column, field), cell in zip(FULL_FIELDS, cells):
         unknown: list[str] = []
         want = _value(field, cell.lstrip(" "), unknown)

@@ -34,7 +34,7 @@ def test_real_probe_output_parses_to_one_healthy_h100():
 
 
 def test_real_csv_without_units_matches_the_probe_columns():
-    rows, errors = parse_gpu_rows(query(FULL_FIELDS).split(","), fixture_lines("real/h100_smi_full.csv"))
+    rows, errors, _ = parse_gpu_rows(query(FULL_FIELDS).split(","), fixture_lines("real/h100_smi_full.csv"))
     assert errors == () and len(rows) == 1 and rows[0].uuid == UUID and rows[0].power_w is not None
 
 
